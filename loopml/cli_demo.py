@@ -1,0 +1,244 @@
+"""``loopml demo``: the closed loop on the bundled Telco sample, end to end, with no human action.
+
+init -> train a champion -> start the stack (``loopml up``) -> drop a stream of batches into the
+inbox (clean, then drifting) -> the inbox flow scores and monitors each -> drift events start the
+retrain deployment through the automation -> the challenger is gated and promoted -> scoring goes
+on with the new champion. Progress is printed as it happens; a summary table ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from loopml import demo as stream_data
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON line.")]
+PROJECT = "telco"
+WAIT_FOR_BATCH_SECONDS = 240
+WAIT_FOR_RETRAIN_SECONDS = 420
+DEMO_COOLDOWN_SECONDS = 15
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to the ``loopml`` app."""
+    from loopml import cli
+
+    @app.command()
+    def demo(
+        clean: Annotated[int, typer.Option(help="Clean batches before the drift starts.")] = 2,
+        drifting: Annotated[int, typer.Option(help="Drifting batches.")] = 2,
+        rows: Annotated[int, typer.Option(help="Rows per batch.")] = 500,
+        trials: Annotated[int, typer.Option(help="Search trials per training.")] = 6,
+        prefect_port: Annotated[int, typer.Option("--prefect-port")] = 4200,
+        mlflow_port: Annotated[int, typer.Option("--mlflow-port")] = 5000,
+        evidently_port: Annotated[int, typer.Option("--evidently-port")] = 8000,
+        keep_running: Annotated[
+            bool,
+            typer.Option(help="Keep the stack (and its UIs) up after the summary, until Ctrl-C."),
+        ] = False,
+        seed: Annotated[int, typer.Option(help="Seed of the simulated stream.")] = 7,
+        json_output: JsonFlag = False,
+    ) -> None:
+        """The whole closed loop on the bundled Telco churn sample, in minutes."""
+        from loopml import stack
+
+        def progress(message: str) -> None:
+            typer.echo(message, err=True)
+
+        def action() -> dict[str, Any]:
+            settings = cli._settings()
+            project_dir = settings.home / "demo"
+            started = time.monotonic()
+            pool = prepare_project(project_dir, trials=trials, seed=seed, progress=progress)
+            running = stack.Stack(
+                settings=settings,
+                project_dir=project_dir,
+                configs=stack.discover_projects(project_dir, [PROJECT]),
+                ports=stack.StackPorts(prefect_port, mlflow_port, evidently_port),
+                progress=progress,
+            )
+            record = running.start()
+            try:
+                result = run_loop(
+                    settings, project_dir, record, pool, clean, drifting, rows, seed, progress
+                )
+                result["seconds"] = round(time.monotonic() - started, 1)
+                result["urls"] = {
+                    key: record[key] for key in ("prefect_ui_url", "mlflow_url", "evidently_url")
+                }
+                print_summary(result, progress)
+                if keep_running:
+                    progress("the stack stays up: Ctrl-C stops it")
+                    stack.run_until_stopped(running)
+            finally:
+                running.stop()
+            return result
+
+        cli._run(action, json_output, lambda result: None)
+
+
+def prepare_project(project_dir: Path, *, trials: int, seed: int, progress: Any) -> Any:
+    """A fresh demo project: history table, config tuned for a quick loop, suggested suite."""
+    import pandas as pd
+
+    from loopml.data import bundled_sample_path
+    from loopml.project import initialise_project
+
+    project_dir.mkdir(parents=True, exist_ok=True)
+    history, pool = stream_data.split_history(
+        pd.read_csv(bundled_sample_path()), history_share=0.6, seed=seed
+    )
+    history_path = project_dir / "data" / "history.csv"
+    history_path.parent.mkdir(parents=True, exist_ok=True)
+    history.to_csv(history_path, index=False)
+    progress(f"[demo] project {PROJECT}: {len(history)} history rows in {history_path}")
+    initialise_project(
+        str(history_path),
+        target=stream_data.TARGET,
+        name=PROJECT,
+        task=None,
+        positive_label=None,
+        id_column=None,
+        time_column=None,
+        sql_url=None,
+        project_dir=project_dir,
+        force=True,
+    )
+    config_file = project_dir / "configs" / f"{PROJECT}.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["search"].update({"trials": trials, "timeout_seconds": 90})
+    config["schedules"].update({"inbox_poll_seconds": 3, "monitor": None, "retrain": None})
+    # A short cooldown, so each drifting batch of the demo may start its own retraining.
+    config["retraining"].update({"cooldown_seconds": DEMO_COOLDOWN_SECONDS, "window_rows": 3000})
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    return pool
+
+
+def run_loop(
+    settings: Any,
+    project_dir: Path,
+    record: dict[str, Any],
+    pool: Any,
+    clean: int,
+    drifting: int,
+    rows: int,
+    seed: int,
+    progress: Any,
+) -> dict[str, Any]:
+    """Train the first champion, then feed the stream and follow what the stack does with it."""
+    from loopml import ledger
+    from loopml.cli import _call_flow
+
+    progress("[demo] training the first champion...")
+    trained = _call_flow("flows.training:train_flow", project=PROJECT, project_dir=str(project_dir))
+    progress(
+        f"[demo] champion v{trained['version']} ({trained['family']}): "
+        f"roc_auc {trained['test_metrics'].get('roc_auc', float('nan')):.3f}"
+    )
+    inbox = settings.inbox_dir / PROJECT
+    inbox.mkdir(parents=True, exist_ok=True)
+    history_file = settings.monitoring_dir / PROJECT / "history.jsonl"
+    summary: list[dict[str, Any]] = []
+    retrainings: list[dict[str, Any]] = []
+    for number, (kind, batch) in enumerate(
+        stream_data.stream(pool, clean=clean, drifting=drifting, rows=rows, seed=seed), start=1
+    ):
+        name = f"batch-{number:02d}-{kind}.csv"
+        staging = inbox / f".{name}.part"
+        batch.to_csv(staging, index=False)
+        staging.rename(inbox / name)
+        progress(f"[demo] dropped {name} ({len(batch)} rows) into the inbox")
+        verdict = wait_for_verdict(history_file, len(summary), WAIT_FOR_BATCH_SECONDS)
+        row = {
+            "batch": name,
+            "kind": kind,
+            "drift": verdict.get("drift_detected"),
+            "drift_share": verdict.get("drift_share"),
+            "drifted_columns": len(verdict.get("drifted_columns", [])),
+            "roc_auc": ((verdict.get("performance") or {}).get("current") or {}).get("roc_auc"),
+            "degraded": verdict.get("performance_degraded"),
+            "model_version": verdict.get("model_version"),
+            "batch_id": verdict.get("batch_id"),
+        }
+        summary.append(row)
+        progress(
+            f"[demo]   verdict: {'DRIFT' if row['drift'] else 'no drift'} "
+            f"(share {row['drift_share']:.2f}), degraded={row['degraded']}, "
+            f"scored by v{row['model_version']}"
+        )
+        if row["drift"] or row["degraded"]:
+            progress("[demo]   waiting for the automation's retraining...")
+            decision = wait_for_decision(
+                settings.ledger_dir, PROJECT, row["batch_id"], WAIT_FOR_RETRAIN_SECONDS, ledger
+            )
+            retrainings.append(decision)
+            progress(
+                f"[demo]   retraining -> v{decision.get('version')}: {decision.get('action')} "
+                f"({decision.get('reason')})"
+            )
+    return {
+        "project": PROJECT,
+        "champion_v1": trained,
+        "batches": summary,
+        "retrainings": retrainings,
+    }
+
+
+def wait_for_verdict(history_file: Path, seen: int, timeout: float) -> dict[str, Any]:
+    """The next monitoring verdict appended by the inbox flow."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if history_file.is_file():
+            lines = [line for line in history_file.read_text().splitlines() if line.strip()]
+            if len(lines) > seen:
+                return json.loads(lines[seen])
+        time.sleep(1)
+    raise TimeoutError(f"no monitoring verdict within {timeout:.0f} s (see the Prefect UI)")
+
+
+def wait_for_decision(
+    ledger_dir: Path, project: str, batch_id: str, timeout: float, ledger: Any
+) -> dict[str, Any]:
+    """The gate decision of the retraining triggered by ``batch_id``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in reversed(ledger.read_entries(ledger_dir, project)):
+            trigger = entry.get("trigger") or {}
+            if (
+                entry.get("action") in {"promoted", "refused"}
+                and trigger.get("batch_id") == batch_id
+            ):
+                return entry
+        time.sleep(1)
+    return {"action": "no retraining seen", "reason": f"waited {timeout:.0f} s", "version": None}
+
+
+def print_summary(result: dict[str, Any], progress: Any) -> None:
+    lines = [
+        "",
+        "batch                      kind      drift  share  cols  roc_auc  degraded  model",
+    ]
+    for row in result["batches"]:
+        roc = "-" if row["roc_auc"] is None else f"{row['roc_auc']:.3f}"
+        lines.append(
+            f"{row['batch']:<26} {row['kind']:<9} {str(row['drift']):<6} "
+            f"{row['drift_share']:.2f}   {row['drifted_columns']:<4}  {roc:<7}  "
+            f"{str(row['degraded']):<8}  v{row['model_version']}"
+        )
+    lines.append("")
+    for decision in result["retrainings"]:
+        lines.append(
+            f"retraining -> v{decision.get('version')}: {decision.get('action')}: "
+            f"{decision.get('reason')}"
+        )
+    lines.append(f"done in {result['seconds']} s")
+    for label, url in result["urls"].items():
+        lines.append(f"  {label:<16} {url}")
+    for line in lines:
+        progress(line)

@@ -1,0 +1,98 @@
+"""Column handling shared by training and scoring, so both see the same dtypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from loopml.config import ProjectConfig
+from loopml.errors import DataError
+
+
+def missing_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [column for column in columns if column not in frame.columns]
+
+
+def prepare_features(frame: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame:
+    """The model's input columns with stable dtypes: numeric as float64, categorical as strings.
+
+    CSV re-reads, Parquet and SQL give the same column different dtypes (an int flag becomes
+    float once a null appears); fixing them here keeps training and scoring in agreement.
+
+    Raises:
+        DataError: a feature column is missing.
+    """
+    absent = missing_columns(frame, config.columns.features)
+    if absent:
+        raise DataError(f"the batch is missing feature column(s): {', '.join(absent)}")
+    prepared = pd.DataFrame(index=frame.index)
+    for column in config.columns.numeric:
+        prepared[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
+    for column in config.columns.categorical:
+        values = frame[column]
+        prepared[column] = values.where(values.isna(), values.astype(str)).astype(object)
+    return prepared[config.columns.features]
+
+
+def prepare_target(frame: pd.DataFrame, config: ProjectConfig) -> pd.Series:
+    """The target in the form the model learns it: floats for regression, labels as in config.
+
+    Labels keep the config's type (a YAML ``positive_label: 'Yes'`` matches string values,
+    ``1`` matches integers), so CSV and Parquet reads of the same table agree.
+
+    Raises:
+        DataError: the target column is missing or has nulls only.
+    """
+    if config.target not in frame.columns:
+        raise DataError(f"the table has no target column {config.target!r}")
+    target = frame[config.target]
+    if config.task == "regression":
+        return pd.to_numeric(target, errors="coerce").astype(np.float64)
+    labels = config.classes or [config.positive_label]
+    label_type = type(labels[0])
+    if label_type is str:
+        return target.where(target.isna(), target.astype(str))
+    if label_type is bool:
+        return target.map(lambda v: v if pd.isna(v) else str(v).strip().lower() in {"true", "1"})
+    if label_type in (int, float):
+        return pd.to_numeric(target, errors="coerce")
+    return target
+
+
+def labelled_rows(frame: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame:
+    """Rows whose target is known (training ignores rows with a missing label)."""
+    target = prepare_target(frame, config)
+    return frame.loc[target.notna()]
+
+
+def split_holdout(frame: pd.DataFrame, config: ProjectConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and held-out test rows: the latest rows when the config names a time column,
+    else a random split, stratified by the target for classification.
+
+    Raises:
+        DataError: too few labelled rows (or too few per class) to hold any out.
+    """
+    from sklearn.model_selection import train_test_split
+
+    test_size = config.split.test_size
+    if len(frame) < 20:
+        raise DataError(f"only {len(frame)} labelled rows: at least 20 are needed to train")
+    if config.time_column:
+        if config.time_column not in frame.columns:
+            raise DataError(f"the table has no time column {config.time_column!r}")
+        ordered = frame.assign(
+            _order=pd.to_datetime(frame[config.time_column], errors="coerce")
+        ).sort_values("_order", kind="stable")
+        cut = int(round(len(ordered) * (1 - test_size)))
+        ordered = ordered.drop(columns="_order")
+        return ordered.iloc[:cut], ordered.iloc[cut:]
+    stratify = None
+    if config.task == "classification":
+        target = prepare_target(frame, config)
+        counts = target.value_counts()
+        if counts.min() >= 2 and len(frame) * test_size >= len(counts):
+            stratify = target
+    train, test = train_test_split(
+        frame, test_size=test_size, random_state=config.split.random_state, stratify=stratify
+    )
+    return train, test

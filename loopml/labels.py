@@ -1,0 +1,169 @@
+"""Late ground truth: labels joined to logged predictions, and labelled batches for retraining.
+
+Labels arrive as a table of row id + target. They are stored under LOOPML_HOME as Parquet and
+joined to the prediction log on the row id, so performance can be computed per model version.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from loopml.config import ProjectConfig
+from loopml.data import frame_hash
+from loopml.errors import DataError
+from loopml.features import prepare_target
+from loopml.scoring import MODEL_VERSION, PREDICTION, PROBABILITY, ROW_ID, SCORED_AT, PredictionLog
+
+LABELLED_AT = "labelled_at"
+RECEIVED_AT = "received_at"
+
+
+def id_column_of(config: ProjectConfig) -> str:
+    """The column label files use for row ids: the config's id column, else ``row_id``."""
+    return config.id_column or ROW_ID
+
+
+class LabelStore:
+    """Labels and labelled batches of one project under ``root/NAME``."""
+
+    def __init__(self, root: Path, project: str) -> None:
+        self.folder = root / project
+
+    def add_labels(self, labels: pd.DataFrame) -> Path:
+        """Store ``row_id, target, labelled_at`` rows (idempotent on content)."""
+        path = self.folder / "labels" / f"labels-{frame_hash(labels)}.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            labels.to_parquet(tmp, index=False)
+            tmp.replace(path)
+        return path
+
+    def labels(self) -> pd.DataFrame:
+        files = sorted((self.folder / "labels").glob("labels-*.parquet"))
+        if not files:
+            return pd.DataFrame(columns=[ROW_ID, "target", LABELLED_AT])
+        frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        # A later label for the same row corrects an earlier one.
+        return frame.sort_values(LABELLED_AT, kind="stable").drop_duplicates(ROW_ID, keep="last")
+
+    def add_labelled_batch(self, frame: pd.DataFrame, batch_id: str) -> Path:
+        """Keep a batch that arrived with its target (features + target) for retraining."""
+        path = self.folder / "batches" / f"batch={batch_id}.parquet"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            stamped = frame.assign(**{RECEIVED_AT: pd.Timestamp(datetime.now(UTC))})
+            tmp = path.with_suffix(".tmp")
+            _to_parquet(stamped, tmp)
+            tmp.replace(path)
+        return path
+
+    def labelled_batches(self) -> pd.DataFrame:
+        files = sorted((self.folder / "batches").glob("batch=*.parquet"))
+        if not files:
+            return pd.DataFrame()
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def parse_labels(frame: pd.DataFrame, config: ProjectConfig, known_ids: set[str]) -> pd.DataFrame:
+    """Check a label table and normalise it to ``row_id, target, labelled_at``.
+
+    Raises:
+        DataError: the id or target column is missing, a target is empty, or row ids are unknown
+            to the prediction log (then nothing is stored: fix the file and send it again).
+    """
+    id_column = id_column_of(config)
+    missing = [c for c in (id_column, config.target) if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"the label file needs columns {id_column!r} and {config.target!r}; "
+            f"missing: {', '.join(missing)}"
+        )
+    ids = frame[id_column].astype(str)
+    target = prepare_target(frame, config)
+    if target.isna().any():
+        raise DataError(f"{int(target.isna().sum())} label rows have no {config.target!r} value")
+    unknown = sorted(set(ids) - known_ids)
+    if unknown:
+        examples = ", ".join(unknown[:5])
+        raise DataError(
+            f"{len(unknown)} of {len(ids)} row ids were never scored for project "
+            f"{config.name!r} (e.g. {examples}); nothing was stored"
+        )
+    if ids.duplicated().any():
+        raise DataError(f"{int(ids.duplicated().sum())} row ids appear more than once")
+    return pd.DataFrame(
+        {ROW_ID: ids.to_numpy(), "target": target.to_numpy(), LABELLED_AT: pd.Timestamp.now(tz=UTC)}
+    )
+
+
+def joined_predictions(log: PredictionLog, store: LabelStore) -> pd.DataFrame:
+    """Logged predictions that have a label (``target`` column added)."""
+    labels = store.labels()
+    if labels.empty:
+        return pd.DataFrame()
+    predictions = log.read()
+    if predictions.empty:
+        return pd.DataFrame()
+    predictions[ROW_ID] = predictions[ROW_ID].astype(str)
+    # A batch scored twice by different versions keeps both rows; each is judged separately.
+    return predictions.merge(labels[[ROW_ID, "target", LABELLED_AT]], on=ROW_ID, how="inner")
+
+
+def performance_by_version(
+    joined: pd.DataFrame, config: ProjectConfig, metrics_fn: Any
+) -> dict[str, dict[str, Any]]:
+    """Metrics per model version over labelled predictions (``metrics_fn`` computes them)."""
+    result: dict[str, dict[str, Any]] = {}
+    if joined.empty:
+        return result
+    for version, rows in joined.groupby(MODEL_VERSION):
+        probabilities = rows[PROBABILITY].to_numpy() if PROBABILITY in rows else None
+        result[str(version)] = {
+            "rows": len(rows),
+            "metrics": metrics_fn(rows["target"], rows[PREDICTION], probabilities),
+        }
+    return result
+
+
+def recent_window(
+    joined: pd.DataFrame,
+    batches: pd.DataFrame,
+    config: ProjectConfig,
+    *,
+    now: datetime | None = None,
+) -> pd.DataFrame:
+    """The most recent labelled rows (features + target), newest ``window_rows`` at most,
+    none older than ``max_age_days``."""
+    features = config.columns.features
+    parts = []
+    if not joined.empty:
+        part = joined[features].copy()
+        part[config.target] = joined["target"].to_numpy()
+        part["_at"] = pd.to_datetime(joined[SCORED_AT], utc=True)
+        parts.append(part)
+    if not batches.empty and config.target in batches.columns:
+        part = batches[[c for c in features if c in batches.columns]].copy()
+        part[config.target] = batches[config.target].to_numpy()
+        part["_at"] = pd.to_datetime(batches[RECEIVED_AT], utc=True)
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=[*features, config.target])
+    window = pd.concat(parts, ignore_index=True)
+    if config.retraining.max_age_days is not None:
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=config.retraining.max_age_days)
+        window = window[window["_at"] >= pd.Timestamp(cutoff)]
+    window = window.sort_values("_at", kind="stable").tail(config.retraining.window_rows)
+    return window.drop(columns="_at").reset_index(drop=True)
+
+
+def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
+    try:
+        frame.to_parquet(path, index=False)
+    except Exception:  # mixed-type object columns: keep them as text
+        mixed = frame.select_dtypes(include="object").columns
+        frame.astype({c: "string" for c in mixed}).to_parquet(path, index=False)

@@ -1,0 +1,128 @@
+"""Monitoring verdicts: batch drift, prediction drift, performance against the champion."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loopml.config import ProjectConfig
+from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
+from loopml.gate import improvement
+
+PREDICTION_SCORE = "prediction_score"
+
+
+class ReservoirSample:
+    """A uniform random sample of at most ``size`` rows over a stream of chunks (flat memory)."""
+
+    def __init__(self, size: int, random_state: int = 0) -> None:
+        self.size = size
+        self.rows_seen = 0
+        self._rng = np.random.default_rng(random_state)
+        self._sample: pd.DataFrame | None = None
+        self._keys = np.empty(0)
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        keys = self._rng.random(len(chunk))
+        self.rows_seen += len(chunk)
+        combined = chunk if self._sample is None else pd.concat([self._sample, chunk])
+        all_keys = np.concatenate([self._keys, keys])
+        if len(combined) > self.size:
+            keep = np.argpartition(all_keys, self.size)[: self.size]
+            keep.sort()
+            combined, all_keys = combined.iloc[keep], all_keys[keep]
+        self._sample, self._keys = combined, all_keys
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame() if self._sample is None else self._sample.reset_index(drop=True)
+
+
+def sampled(chunks: Iterable[pd.DataFrame], sample: ReservoirSample) -> Iterator[pd.DataFrame]:
+    """Pass chunks through while filling ``sample``."""
+    for chunk in chunks:
+        sample.add(chunk)
+        yield chunk
+
+
+def prediction_drift(
+    reference_scores: np.ndarray, current_scores: np.ndarray, policy: DriftPolicy
+) -> dict[str, Any]:
+    """Drift of the model's output (positive-class probability, or the predicted value)."""
+    reference = pd.DataFrame({PREDICTION_SCORE: np.asarray(reference_scores, dtype=float)})
+    current = pd.DataFrame({PREDICTION_SCORE: np.asarray(current_scores, dtype=float)})
+    profile = build_reference_profile(reference, [PREDICTION_SCORE], [])
+    verdict = detect_drift(profile, current, policy)
+    column = verdict.columns[PREDICTION_SCORE].to_dict()
+    return {
+        "drifted": bool(column.get("drifted")),
+        "method": column.get("method"),
+        "score": column.get("score"),
+        "p_value": column.get("p_value"),
+        "threshold": column.get("threshold"),
+        "reference_mean": float(np.nanmean(reference_scores)) if len(reference_scores) else None,
+        "current_mean": float(np.nanmean(current_scores)) if len(current_scores) else None,
+    }
+
+
+def performance_verdict(
+    current: dict[str, float],
+    reference: dict[str, float],
+    *,
+    metric: str,
+    max_drop: float,
+    rows: int,
+    min_rows: int,
+) -> dict[str, Any]:
+    """Compare batch metrics with the champion's held-out metrics; degraded beyond ``max_drop``."""
+    verdict: dict[str, Any] = {
+        "metric": metric,
+        "rows": rows,
+        "current": current,
+        "reference": {metric: reference.get(metric)},
+        "degraded": False,
+        "drop": None,
+        "max_drop": max_drop,
+    }
+    if rows < min_rows:
+        verdict["note"] = f"only {rows} labelled rows (< {min_rows}): no performance verdict"
+        return verdict
+    if metric not in current or reference.get(metric) is None:
+        verdict["note"] = f"{metric} is not defined on this batch"
+        return verdict
+    drop = -improvement(current[metric], reference[metric], metric)
+    verdict["drop"] = drop
+    verdict["degraded"] = drop > max_drop
+    return verdict
+
+
+def performance_metric(config: ProjectConfig) -> str:
+    """The metric used to judge degradation; must be computable from labels + predictions."""
+    if config.monitoring.performance.metric:
+        return config.monitoring.performance.metric
+    if config.task == "regression":
+        return "rmse"
+    return "roc_auc" if config.is_binary else "f1_macro"
+
+
+def record_result(monitoring_dir: Path, project: str, result: dict[str, Any]) -> Path:
+    """Keep the verdict as ``latest.json`` and append it to ``history.jsonl``."""
+    folder = monitoring_dir / project
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, default=str)
+    with open(folder / "history.jsonl", "a", encoding="utf-8") as history:
+        history.write(text + "\n")
+    latest = folder / "latest.json"
+    tmp = latest.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(latest)
+    return latest
+
+
+def now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,164 @@
+"""Project-level operations that are not flows: ``init`` and ``status``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from loopml import ledger
+from loopml.config import (
+    ColumnsConfig,
+    ProjectConfig,
+    config_path,
+    load_config,
+    save_config,
+    suite_path,
+)
+from loopml.data import read_table
+from loopml.errors import ConfigError
+from loopml.profiling import infer_profile, suggest_suite
+from loopml.settings import Settings
+
+
+def default_project_name(data: str) -> str:
+    stem = Path(data).name.split(".")[0] if data else "project"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_.-") or "project"
+    return name[:64]
+
+
+def _stored_data_location(data: str, project_dir: Path, is_sql: bool) -> str:
+    if is_sql:
+        return data
+    path = Path(data).expanduser().resolve()
+    try:
+        return str(path.relative_to(project_dir))
+    except ValueError:
+        return str(path)
+
+
+def initialise_project(
+    data: str,
+    *,
+    target: str,
+    name: str | None,
+    task: str | None,
+    positive_label: str | None,
+    id_column: str | None,
+    time_column: str | None,
+    sql_url: str | None,
+    project_dir: Path,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Profile ``data`` and write the project's config and suggested suite.
+
+    Raises:
+        DataError: the table cannot be used (missing target, one class, ...).
+        ConfigError: the project exists already and ``force`` is off.
+    """
+    name = name or default_project_name(data)
+    if task not in (None, "classification", "regression"):
+        raise ConfigError(f"--task must be classification or regression, not {task!r}")
+    config_file = config_path(name, project_dir)
+    suite_file = suite_path(name, project_dir)
+    if not force and (config_file.exists() or suite_file.exists()):
+        raise ConfigError(
+            f"project {name!r} exists already ({config_file}); pass --force to overwrite it"
+        )
+    frame = read_table(data, sql_url=sql_url)
+    for column, flag in ((id_column, "--id-column"), (time_column, "--time-column")):
+        if column is not None and column not in frame.columns:
+            raise ConfigError(f"{flag} {column!r} is not a column of the table")
+    profile = infer_profile(
+        frame,
+        target,
+        task=task,
+        positive_label=positive_label,
+        id_column=id_column,
+        time_column=time_column,
+    )
+    config = ProjectConfig(
+        name=name,
+        data=_stored_data_location(data, project_dir, sql_url is not None),
+        sql_url=sql_url,
+        target=target,
+        task=profile.task,
+        positive_label=profile.positive_label,
+        classes=profile.classes,
+        id_column=id_column,
+        time_column=time_column,
+        columns=ColumnsConfig(
+            numeric=profile.numeric, categorical=profile.categorical, excluded=profile.excluded
+        ),
+    )
+    suite = suggest_suite(frame, config)
+    save_config(config, project_dir)
+    suite_file.parent.mkdir(parents=True, exist_ok=True)
+    suite_file.write_text(json.dumps(suite, indent=2, default=str) + "\n")
+    return {
+        "name": name,
+        "task": config.task,
+        "target": target,
+        "positive_label": config.positive_label,
+        "classes": config.classes,
+        "rows": len(frame),
+        "numeric": profile.numeric,
+        "categorical": profile.categorical,
+        "excluded": profile.excluded,
+        "notes": profile.notes,
+        "config": str(config_file),
+        "suite": str(suite_file),
+        "expectations": len(suite.get("expectations", [])),
+    }
+
+
+def last_monitoring(settings: Settings, project: str) -> dict[str, Any] | None:
+    path = settings.monitoring_dir / project / "latest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def project_status(
+    project: str, project_dir: Path, settings: Settings, *, history: int = 10
+) -> dict[str, Any]:
+    """Champion, challenger, last monitoring verdict and the latest promotion history."""
+    from loopml.registry import (
+        CHALLENGER,
+        CHAMPION,
+        TAG_PREFIX,
+        list_versions,
+        mlflow_client,
+        version_by_alias,
+        version_metrics,
+    )
+
+    load_config(project, project_dir)
+    client = mlflow_client(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
+
+    def describe(alias: str) -> dict[str, Any] | None:
+        version = version_by_alias(client, project, alias)
+        if version is None:
+            return None
+        return {
+            "version": str(version.version),
+            "family": version.tags.get(f"{TAG_PREFIX}family"),
+            "metrics": version_metrics(version),
+            "threshold": version.tags.get(f"{TAG_PREFIX}threshold"),
+            "run_id": version.run_id,
+        }
+
+    entries = ledger.read_entries(settings.ledger_dir, project)
+    decisions = [e for e in entries if e.get("action") != "registered"]
+    return {
+        "project": project,
+        "champion": describe(CHAMPION),
+        "challenger": describe(CHALLENGER),
+        "versions": [str(v.version) for v in list_versions(client, project)],
+        "last_monitoring": last_monitoring(settings, project),
+        "history": decisions[-history:] if history > 0 else decisions,
+        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+    }

@@ -1,0 +1,280 @@
+"""Evidently reports for people (HTML, the Evidently UI workspace) and performance from labels.
+
+The verdicts that trigger retraining come from :mod:`loopml.drift` (full data, small-batch-safe);
+the report here is what a person opens to see why. It runs Evidently 0.7.23's own presets on at
+most ``sample_rows`` rows of each side, so its cost does not grow with the batch (see
+docs/monitoring.md for the sampling error bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from evidently.core.report import Snapshot
+
+TaskKind = Literal["classification", "regression"]
+_P_VALUE_MARK = "p_value"
+
+
+def build_monitoring_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    numeric_columns: Sequence[str],
+    categorical_columns: Sequence[str],
+    target: str | None = None,
+    prediction: str | None = None,
+    probability: str | None = None,
+    task: TaskKind = "classification",
+    positive_label: Any = None,
+    sample_rows: int | None = 50_000,
+    drift_policy: Any = None,
+    random_state: int = 0,
+) -> Snapshot:
+    """Run Evidently's data drift preset, plus the task's performance preset when labels exist.
+
+    ``ClassificationPreset`` (or ``RegressionPreset``) is added when both ``target`` and
+    ``prediction`` are columns of both frames. Each side is sampled down to ``sample_rows`` rows
+    (``None``: no sampling) with ``random_state``, so the report costs the same on any batch.
+
+    Args:
+        reference: Reference data (the champion's training data).
+        current: The batch to monitor.
+        numeric_columns: Feature columns Evidently treats as numerical.
+        categorical_columns: Feature columns Evidently treats as categorical.
+        target: Ground-truth column, when labels have arrived.
+        prediction: Predicted label (classification) or value (regression) column.
+        probability: Predicted probability of ``positive_label`` (binary classification).
+        task: "classification" or "regression".
+        positive_label: The positive class (binary classification); without it the
+            classification is treated as multiclass.
+        sample_rows: At most this many rows of each side go into the report.
+        random_state: Seed of the row sample.
+
+    Returns:
+        The Evidently snapshot (``save_report_html``, ``evidently_column_drift``,
+        ``add_to_workspace`` take it).
+    """
+    from evidently import (
+        BinaryClassification,
+        DataDefinition,
+        Dataset,
+        MulticlassClassification,
+        Regression,
+        Report,
+    )
+    from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
+
+    features = [*numeric_columns, *categorical_columns]
+    labelled = (
+        target is not None
+        and prediction is not None
+        and all(
+            column in frame for frame in (reference, current) for column in (target, prediction)
+        )
+    )
+    metrics: list[Any] = [DataDriftPreset(columns=features, **_preset_options(drift_policy))]
+    definition_kwargs: dict[str, Any] = {
+        "numerical_columns": list(numeric_columns),
+        "categorical_columns": list(categorical_columns),
+    }
+    kept = list(features)
+    if labelled:
+        kept += [target, prediction]
+        if task == "regression":
+            definition_kwargs["regression"] = [Regression(target=target, prediction=prediction)]
+            metrics.append(RegressionPreset())
+        elif positive_label is not None:
+            with_probability = probability is not None and all(
+                probability in frame for frame in (reference, current)
+            )
+            if with_probability:
+                kept.append(probability)
+            definition_kwargs["classification"] = [
+                BinaryClassification(
+                    target=target,
+                    prediction_labels=prediction,
+                    prediction_probas=probability if with_probability else None,
+                    pos_label=positive_label,
+                )
+            ]
+            metrics.append(ClassificationPreset())
+        else:
+            definition_kwargs["classification"] = [
+                MulticlassClassification(target=target, prediction_labels=prediction)
+            ]
+            metrics.append(ClassificationPreset())
+    definition = DataDefinition(**definition_kwargs)
+    reference_sample = _sample(reference[kept], sample_rows, random_state)
+    current_sample = _sample(current[kept], sample_rows, random_state)
+    report = Report(metrics, include_tests=True)
+    return report.run(
+        current_data=Dataset.from_pandas(current_sample, data_definition=definition),
+        reference_data=Dataset.from_pandas(reference_sample, data_definition=definition),
+    )
+
+
+def _preset_options(policy: Any) -> dict[str, Any]:
+    """DataDriftPreset options matching a DriftPolicy's effect sizes and dataset rule, so the
+    report and loopml's verdict read alike (the policy's significance test has no Evidently
+    counterpart: on small batches the report may flag a column the verdict leaves out)."""
+    if policy is None:
+        return {}
+    numeric = {"wasserstein": "wasserstein", "psi": "psi"}[policy.numeric_method]
+    categorical = {"jensenshannon": "jensenshannon", "psi": "psi"}[policy.categorical_method]
+    return {
+        "drift_share": policy.drift_share,
+        "num_method": numeric,
+        "cat_method": categorical,
+        "num_threshold": policy.effect_threshold("", "numeric"),
+        "cat_threshold": policy.effect_threshold("", "categorical"),
+    }
+
+
+def _sample(frame: pd.DataFrame, sample_rows: int | None, random_state: int) -> pd.DataFrame:
+    if sample_rows is None or len(frame) <= sample_rows:
+        return frame.reset_index(drop=True)
+    return frame.sample(n=sample_rows, random_state=random_state).reset_index(drop=True)
+
+
+def save_report_html(snapshot: Snapshot, path: str | Path) -> Path:
+    """Write the snapshot as a standalone HTML report (creating the folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    return path
+
+
+def evidently_column_drift(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
+    """Evidently's own drift results from a snapshot.
+
+    Returns:
+        ``{"columns": {column: {"method", "score", "threshold", "drifted"}},
+        "dataset": {"count", "share", "drift_share", "drift_detected"}}``. A column's verdict is
+        the status of Evidently's test when the report has tests, else Evidently's rule
+        (p-value methods: drift below the threshold, KS at or below; distances: at or above).
+    """
+    content = snapshot.dict()
+    failed_metric_ids = {
+        test["metric_config"]["metric_id"]
+        for test in content.get("tests", [])
+        if test.get("status") == "FAIL"
+    }
+    tested_metric_ids = {test["metric_config"]["metric_id"] for test in content.get("tests", [])}
+    columns: dict[str, Any] = {}
+    dataset: dict[str, Any] = {}
+    for metric in content["metrics"]:
+        config = metric["config"]
+        kind = config["type"].rsplit(":", 1)[-1]
+        if kind == "ValueDrift":
+            method, threshold, score = config["method"], config["threshold"], float(metric["value"])
+            if metric["id"] in tested_metric_ids:
+                drifted = metric["id"] in failed_metric_ids
+            else:
+                drifted = _evidently_rule(method, score, threshold)
+            columns[config["column"]] = {
+                "method": method,
+                "score": score,
+                "threshold": threshold,
+                "drifted": bool(drifted),
+            }
+        elif kind == "DriftedColumnsCount":
+            value = metric["value"]
+            dataset = {
+                "count": int(value["count"]),
+                "share": float(value["share"]),
+                "drift_share": float(config["drift_share"]),
+                "drift_detected": bool(value["share"] >= config["drift_share"]),
+            }
+    return {"columns": columns, "dataset": dataset}
+
+
+def _evidently_rule(method: str, score: float, threshold: float) -> bool:
+    if _P_VALUE_MARK in method:
+        return score <= threshold if method.startswith("K-S") else score < threshold
+    return score >= threshold
+
+
+def add_to_workspace(workspace_path: str | Path, project_name: str, snapshot: Snapshot) -> str:
+    """Store a snapshot in the Evidently workspace so ``evidently ui --workspace PATH`` shows it.
+
+    The project is found by name, or created once when missing.
+
+    Returns:
+        The id of the stored run (snapshot).
+    """
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace.create(str(workspace_path))
+    projects = workspace.search_project(project_name)
+    project = projects[0] if projects else workspace.create_project(project_name)
+    return str(workspace.add_run(project.id, snapshot).id)
+
+
+def performance_metrics(
+    y_true: Sequence[Any] | np.ndarray | pd.Series,
+    y_pred: Sequence[Any] | np.ndarray | pd.Series,
+    y_proba: Sequence[float] | np.ndarray | pd.Series | None = None,
+    *,
+    task: TaskKind,
+    positive_label: Any = None,
+) -> dict[str, float]:
+    """Model performance on a labelled batch.
+
+    Classification with ``positive_label`` (binary): accuracy, precision, recall, f1 of the
+    positive class, and with ``y_proba`` (probability of the positive class) log_loss, plus
+    roc_auc and pr_auc when both classes occur. Without ``positive_label`` (multiclass):
+    accuracy, precision_macro, recall_macro, f1_macro. Regression: rmse, mae, r2 (r2 needs two
+    rows). Metrics undefined on the batch are left out instead of failing.
+    """
+    from sklearn import metrics
+
+    truth = np.asarray(y_true)
+    predicted = np.asarray(y_pred)
+    if truth.shape[0] != predicted.shape[0]:
+        raise ValueError(f"y_true has {truth.shape[0]} rows but y_pred has {predicted.shape[0]}")
+    if truth.shape[0] == 0:
+        raise ValueError("no labelled rows to measure performance on")
+    if task == "regression":
+        result = {
+            "rmse": float(metrics.root_mean_squared_error(truth, predicted)),
+            "mae": float(metrics.mean_absolute_error(truth, predicted)),
+        }
+        if truth.shape[0] >= 2:
+            result["r2"] = float(metrics.r2_score(truth, predicted))
+        return result
+    if positive_label is None:
+        return {
+            "accuracy": float(metrics.accuracy_score(truth, predicted)),
+            "precision_macro": float(
+                metrics.precision_score(truth, predicted, average="macro", zero_division=0)
+            ),
+            "recall_macro": float(
+                metrics.recall_score(truth, predicted, average="macro", zero_division=0)
+            ),
+            "f1_macro": float(metrics.f1_score(truth, predicted, average="macro", zero_division=0)),
+        }
+    is_positive = truth == positive_label
+    predicted_positive = predicted == positive_label
+    result = {
+        "accuracy": float(metrics.accuracy_score(is_positive, predicted_positive)),
+        "precision": float(
+            metrics.precision_score(is_positive, predicted_positive, zero_division=0)
+        ),
+        "recall": float(metrics.recall_score(is_positive, predicted_positive, zero_division=0)),
+        "f1": float(metrics.f1_score(is_positive, predicted_positive, zero_division=0)),
+    }
+    if y_proba is not None:
+        probability = np.asarray(y_proba, dtype=np.float64)
+        result["log_loss"] = float(metrics.log_loss(is_positive, probability, labels=[False, True]))
+        # ROC and PR curves need both classes: a single-class batch has no AUC.
+        if 0 < is_positive.sum() < is_positive.size:
+            result["roc_auc"] = float(metrics.roc_auc_score(is_positive, probability))
+            result["pr_auc"] = float(metrics.average_precision_score(is_positive, probability))
+    return result

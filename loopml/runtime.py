@@ -1,0 +1,97 @@
+"""Everything one project run needs, built once at the entry point and passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from loopml.config import ProjectConfig, load_config, suite_path
+from loopml.registry import ensure_experiment, mlflow_client
+from loopml.settings import Settings, load_settings, prefect_environment
+
+
+@dataclass
+class Runtime:
+    """Settings, config and clients for one project.
+
+    Attributes:
+        settings: installation-wide locations and backends.
+        config: the project's validated config.
+        project_dir: the folder holding ``configs/`` and ``expectations/``.
+        mlflow: the MLflow client (tracking and registry).
+        experiment_id: the project's MLflow experiment.
+    """
+
+    settings: Settings
+    config: ProjectConfig
+    project_dir: Path
+    mlflow: MlflowClient
+    experiment_id: str
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def suite_path(self) -> Path:
+        return suite_path(self.config.name, self.project_dir)
+
+
+def configure_process(settings: Settings) -> None:
+    """Point this process (and the Prefect runs it starts) at the installation in ``settings``.
+
+    Called once by an entry point before Prefect or MLflow's fluent API is used.
+    """
+    os.environ.update(prefect_environment(settings))
+    os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow_registry_uri
+    os.environ["LOOPML_HOME"] = str(settings.home)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    quiet_library_logs()
+
+
+def quiet_library_logs() -> None:
+    """Keep Optuna's per-trial lines and MLflow's chatter off the console; loopml's own
+    progress goes through the Prefect run logger."""
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic", "great_expectations", "distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def artifact_location(settings: Settings) -> str | None:
+    """Local artifact root for embedded (SQLite/file) tracking; a server decides its own."""
+    if settings.mlflow_tracking_uri.startswith(("sqlite:", "file:")) or "://" not in (
+        settings.mlflow_tracking_uri
+    ):
+        return settings.artifacts_dir.as_uri()
+    return None
+
+
+def open_runtime(
+    project: str, project_dir: str | Path, settings: Settings | None = None
+) -> Runtime:
+    """Load the project's config and connect to MLflow.
+
+    Raises:
+        ProjectNotFound, ConfigError: the project is unknown or its config is invalid.
+    """
+    settings = settings or load_settings()
+    directory = Path(project_dir).resolve()
+    config = load_config(project, directory)
+    client = mlflow_client(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
+    experiment_id = ensure_experiment(client, project, artifact_location(settings))
+    return Runtime(
+        settings=settings,
+        config=config,
+        project_dir=directory,
+        mlflow=client,
+        experiment_id=experiment_id,
+    )

@@ -1,0 +1,262 @@
+"""Batch scoring and the prediction log (Parquet under LOOPML_HOME), kept for monitoring.
+
+The log holds one folder per project and batch, written atomically: ``batch=<id>/part-*.parquet``
+plus a ``_SUCCESS`` marker. A batch whose marker exists is never logged again, so re-scoring the
+same content does not duplicate rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loopml.config import ProjectConfig
+from loopml.errors import DataError
+from loopml.features import prepare_features
+
+ROW_ID = "row_id"
+PREDICTION = "prediction"
+PROBABILITY = "probability"
+MODEL_VERSION = "model_version"
+BATCH_ID = "batch_id"
+SCORED_AT = "scored_at"
+SUCCESS_MARKER = "_SUCCESS"
+
+
+def row_ids(frame: pd.DataFrame, config: ProjectConfig, batch_id: str, offset: int) -> pd.Series:
+    """The id column when the config names one, else ``<batch>-<row number>``."""
+    if config.id_column:
+        if config.id_column not in frame.columns:
+            raise DataError(f"the batch has no id column {config.id_column!r}")
+        return frame[config.id_column].astype(str).reset_index(drop=True)
+    numbers = np.arange(offset, offset + len(frame)).astype(str)
+    return pd.Series(np.char.add(f"{batch_id}-", numbers), dtype=object)
+
+
+def predict(
+    model: Any, features: pd.DataFrame, config: ProjectConfig, threshold: float | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (thresholded for binary models) and the positive-class (or top-class) probability."""
+    if config.task == "regression":
+        return np.asarray(model.predict(features), dtype=float), None
+    probabilities = model.predict_proba(features)
+    classes = list(model.classes_)
+    if config.is_binary:
+        positive = _class_index(classes, config.positive_label)
+        negative = classes[1 - positive]
+        scores = probabilities[:, positive]
+        cut = 0.5 if threshold is None else threshold
+        labels = np.where(scores >= cut, classes[positive], negative)
+        return labels, scores
+    top = probabilities.argmax(axis=1)
+    return np.asarray(classes, dtype=object)[top], probabilities.max(axis=1)
+
+
+def _class_index(classes: list[Any], label: Any) -> int:
+    for index, value in enumerate(classes):
+        if value == label or str(value) == str(label):
+            return index
+    raise DataError(f"the model has no class {label!r} (classes: {classes})")
+
+
+def score_chunk(
+    model: Any,
+    chunk: pd.DataFrame,
+    config: ProjectConfig,
+    *,
+    threshold: float | None,
+    batch_id: str,
+    model_version: str,
+    offset: int,
+    scored_at: datetime,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score one chunk: the user's output rows and the prediction-log rows."""
+    features = prepare_features(chunk, config)
+    labels, scores = predict(model, features, config, threshold)
+    ids = row_ids(chunk, config, batch_id, offset)
+    output = pd.DataFrame({ROW_ID: ids, PREDICTION: labels})
+    if scores is not None:
+        output[PROBABILITY] = scores
+    output[MODEL_VERSION] = model_version
+    log = pd.concat([output, features.reset_index(drop=True)], axis=1)
+    log[BATCH_ID] = batch_id
+    log[SCORED_AT] = pd.Timestamp(scored_at)
+    if config.time_column and config.time_column in chunk.columns:
+        log[config.time_column] = chunk[config.time_column].reset_index(drop=True)
+    return output, log
+
+
+class PredictionLog:
+    """The per-project prediction log under ``root/NAME``."""
+
+    def __init__(self, root: Path, project: str) -> None:
+        self.folder = root / project
+
+    def batch_folder(self, batch_id: str) -> Path:
+        return self.folder / f"batch={batch_id}"
+
+    def has_batch(self, batch_id: str) -> bool:
+        return (self.batch_folder(batch_id) / SUCCESS_MARKER).is_file()
+
+    def write_batch(self, batch_id: str, parts: Iterable[pd.DataFrame]) -> int:
+        """Write a batch atomically (staging folder, then rename); returns rows written."""
+        with self.batch_writer(batch_id) as write:
+            return sum(write(part) for part in parts)
+
+    @contextmanager
+    def batch_writer(self, batch_id: str) -> Iterator[Callable[[pd.DataFrame], int]]:
+        """Write a batch part by part into a staging folder; it joins the log only when the
+        block ends without error (a half-written batch is never seen, nothing is re-read)."""
+        staging = self.folder / f".staging-{batch_id}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True, exist_ok=True)
+        counts = {"parts": 0, "rows": 0}
+
+        def write(part: pd.DataFrame) -> int:
+            _write_part(part, staging / f"part-{counts['parts']:05d}.parquet")
+            counts["parts"] += 1
+            counts["rows"] += len(part)
+            return len(part)
+
+        try:
+            yield write
+            (staging / SUCCESS_MARKER).write_text(str(counts["rows"]))
+            target = self.batch_folder(batch_id)
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def batches(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(
+            path.name.split("=", 1)[1]
+            for path in self.folder.glob("batch=*")
+            if (path / SUCCESS_MARKER).is_file()
+        )
+
+    def read(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Every logged row (empty frame when nothing was scored yet)."""
+        frames = []
+        for batch_id in self.batches():
+            for part in sorted(self.batch_folder(batch_id).glob("part-*.parquet")):
+                frames.append(pd.read_parquet(part, columns=columns))
+        if not frames:
+            return pd.DataFrame(columns=columns or [ROW_ID, PREDICTION, MODEL_VERSION, BATCH_ID])
+        return pd.concat(frames, ignore_index=True)
+
+
+def _write_part(frame: pd.DataFrame, path: Path) -> None:
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        mixed = frame.select_dtypes(include="object").columns
+        table = pa.Table.from_pandas(
+            frame.astype({c: "string" for c in mixed}), preserve_index=False
+        )
+    pq.write_table(table, path)
+
+
+def write_output_chunks(chunks: Iterator[pd.DataFrame], path: Path) -> int:
+    """Stream scored chunks to CSV or Parquet at ``path`` (via a temp file, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    as_parquet = path.suffix.lower() in {".parquet", ".pq"}
+    try:
+        for number, chunk in enumerate(chunks):
+            rows += len(chunk)
+            if as_parquet:
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(staging, table.schema)
+                writer.write_table(table.cast(writer.schema))
+            else:
+                chunk.to_csv(
+                    staging, mode="w" if number == 0 else "a", header=number == 0, index=False
+                )
+        if writer is not None:
+            writer.close()
+            writer = None
+        if rows == 0:
+            raise DataError("the batch has no rows to score")
+        staging.replace(path)
+    finally:
+        if writer is not None:
+            writer.close()
+        staging.unlink(missing_ok=True)
+    return rows
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def score_file(
+    model: Any,
+    source: Path,
+    config: ProjectConfig,
+    *,
+    threshold: float | None,
+    batch_id: str,
+    model_version: str,
+    out: Path | None,
+    log: PredictionLog | None,
+    chunk_rows: int = 100_000,
+    on_chunk: Callable[[int], None] | None = None,
+) -> int:
+    """Score ``source`` chunk by chunk into ``out`` and (when given) the prediction log.
+
+    Memory stays flat: each chunk's log rows go straight to the log's staging folder, which
+    joins the log only once the whole batch has been scored (a half-scored batch is never
+    logged).
+
+    Returns:
+        The number of rows scored.
+    """
+    from loopml.data import iter_table_chunks
+
+    scored_at = now()
+    with contextlib.ExitStack() as stack:
+        write_log = stack.enter_context(log.batch_writer(batch_id)) if log is not None else None
+
+        def outputs() -> Iterator[pd.DataFrame]:
+            offset = 0
+            for chunk in iter_table_chunks(source, chunk_rows):
+                output, log_rows = score_chunk(
+                    model,
+                    chunk,
+                    config,
+                    threshold=threshold,
+                    batch_id=batch_id,
+                    model_version=model_version,
+                    offset=offset,
+                    scored_at=scored_at,
+                )
+                offset += len(chunk)
+                if write_log is not None:
+                    write_log(log_rows)
+                if on_chunk is not None:
+                    on_chunk(offset)
+                yield output
+
+        if out is not None:
+            return write_output_chunks(outputs(), out)
+        rows = sum(len(chunk) for chunk in outputs())
+        if rows == 0:
+            raise DataError("the batch has no rows to score")
+        return rows

@@ -1,0 +1,158 @@
+"""Where loopml keeps its state, read from the environment once, in the entry point.
+
+Nothing here runs at import time: call :func:`load_settings` and pass the result down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Locations and backends for one loopml installation.
+
+    Attributes:
+        home: ``LOOPML_HOME``; embedded state lives below it.
+        mlflow_tracking_uri: ``MLFLOW_TRACKING_URI`` or SQLite under ``home``.
+        mlflow_registry_uri: ``MLFLOW_REGISTRY_URI`` or the tracking URI.
+        prefect_api_url: ``PREFECT_API_URL``, else the server recorded by ``loopml up`` in
+            ``stack.json``, else ``None`` (Prefect then starts an embedded server).
+        optuna_storage: ``LOOPML_OPTUNA_STORAGE`` or SQLite under ``home``.
+        dask_address: ``LOOPML_DASK_ADDRESS``: a Dask scheduler to run tasks on; ``"local"``
+            starts a local cluster; empty runs tasks in threads.
+        dask_workers: worker count for a local Dask cluster (``LOOPML_DASK_WORKERS``).
+        max_threads: native (OpenMP/BLAS) threads per process (``LOOPML_MAX_THREADS``, default
+            1). HistGradientBoosting's OpenMP threads slow down many-fold when the cores are
+            shared with the servers and runners loopml starts; 1 keeps runs predictable.
+    """
+
+    home: Path
+    mlflow_tracking_uri: str
+    mlflow_registry_uri: str
+    prefect_api_url: str | None
+    optuna_storage: str
+    dask_address: str
+    dask_workers: int
+    max_threads: int = 1
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.home / "data_docs"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.home / "predictions"
+
+    @property
+    def labels_dir(self) -> Path:
+        return self.home / "labels"
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.home / "ledger"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        return self.home / "monitoring"
+
+    @property
+    def evidently_workspace(self) -> Path:
+        return self.home / "evidently"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.home / "inbox"
+
+    @property
+    def references_dir(self) -> Path:
+        return self.home / "references"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / "stack.json"
+
+
+def _stack_prefect_url(stack_file: Path) -> str | None:
+    """The Prefect API URL written by a running ``loopml up``, if any."""
+    try:
+        stack = json.loads(stack_file.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = stack.get("pid")
+    if pid is not None:
+        try:
+            os.kill(int(pid), 0)
+        except (OSError, ValueError):
+            return None
+    return stack.get("prefect_api_url")
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read settings from the environment (``os.environ`` by default)."""
+    env = dict(os.environ if environ is None else environ)
+    home = Path(env.get("LOOPML_HOME") or ".loopml").expanduser().resolve()
+    tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    registry = env.get("MLFLOW_REGISTRY_URI") or tracking
+    prefect_url = env.get("PREFECT_API_URL") or _stack_prefect_url(home / "stack.json")
+    optuna = env.get("LOOPML_OPTUNA_STORAGE") or f"sqlite:///{home / 'optuna.db'}"
+    return Settings(
+        home=home,
+        mlflow_tracking_uri=tracking,
+        mlflow_registry_uri=registry,
+        prefect_api_url=prefect_url,
+        optuna_storage=optuna,
+        dask_address=env.get("LOOPML_DASK_ADDRESS", ""),
+        dask_workers=int(env.get("LOOPML_DASK_WORKERS", "2")),
+        max_threads=int(env.get("LOOPML_MAX_THREADS", "1")),
+    )
+
+
+def _show_progress() -> bool:
+    forced = os.environ.get("LOOPML_PROGRESS")
+    if forced is not None:
+        return forced.strip().lower() not in {"0", "false", "no", ""}
+    return sys.stderr.isatty()
+
+
+def prefect_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that point Prefect at this installation.
+
+    Must be applied before ``prefect`` is first imported (Prefect reads its settings then).
+    """
+    env = {
+        "PREFECT_HOME": str(settings.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # INFO reaches the Prefect UI (run logs); the console shows it as progress only to a
+        # person at a terminal (LOOPML_PROGRESS=1/0 forces it), so scripts get one error line.
+        "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO" if _show_progress() else "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "DO_NOT_TRACK": "1",
+        # Read by OpenMP/BLAS when they load: set before scikit-learn is imported.
+        "OMP_NUM_THREADS": str(settings.max_threads),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    if settings.prefect_api_url:
+        env["PREFECT_API_URL"] = settings.prefect_api_url
+    return env
