@@ -1,0 +1,83 @@
+"""The monitoring flow: drift, prediction drift and performance of a batch vs. the champion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from loopml.data import file_hash
+from loopml.runtime import open_runtime
+from tasks.monitoring import (
+    check_drift,
+    check_performance,
+    check_predictions,
+    evidently_report,
+    keep_labelled_batch,
+    load_reference,
+    publish_verdict,
+)
+from tasks.scoring import load_champion
+
+
+@flow(name="monitor", log_prints=False)
+def monitor_flow(
+    project: str,
+    data: str,
+    reference: str | None = None,
+    project_dir: str = ".",
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """Compare the batch ``data`` with the champion's training data (or ``reference``)."""
+    runtime = open_runtime(project, project_dir)
+    source = Path(data)
+    batch_id = batch_id or "b" + file_hash(source)
+    checked_at = datetime.now(UTC)
+    serving = load_champion(runtime)
+    baseline = load_reference(runtime, serving, reference)
+    drift, current_sample, rows = check_drift(runtime, baseline, source)
+    prediction_drift, reference_predictions, current_predictions = check_predictions(
+        runtime, serving, baseline, current_sample
+    )
+    performance = check_performance(
+        runtime, baseline, current_sample, current_predictions, batch_id
+    )
+    report_path, workspace_run = evidently_report(
+        runtime,
+        baseline,
+        current_sample,
+        reference_predictions,
+        current_predictions,
+        batch_id,
+        checked_at.strftime("%Y%m%dT%H%M%S"),
+    )
+    labelled_rows = keep_labelled_batch(runtime, current_sample, batch_id)
+    return publish_verdict(
+        runtime,
+        {
+            "project": project,
+            "batch_id": batch_id,
+            "checked_at": checked_at.isoformat(timespec="seconds"),
+            "model_version": serving.version,
+            "reference": baseline.source,
+            "rows": rows,
+            "status": drift["status"],
+            "drift_detected": drift["drift_detected"],
+            "drift_share": drift["drift_share"],
+            "weighted_drift_share": drift["weighted_drift_share"],
+            "drifted_columns": drift["drifted_columns"],
+            "drifted_columns_detail": [drift["columns"][c] for c in drift["drifted_columns"]],
+            "drifted_column_scores": {
+                c: drift["columns"][c]["score"] for c in drift["drifted_columns"]
+            },
+            "columns": drift["columns"],
+            "prediction_drift": prediction_drift,
+            "performance": performance,
+            "performance_degraded": bool(performance and performance.get("degraded")),
+            "labelled_rows_kept": labelled_rows,
+            "report_path": str(report_path),
+            "evidently_run": workspace_run,
+        },
+    )

@@ -1,0 +1,62 @@
+"""Hand-driven alias moves as flows, so they show in the Prefect UI with their events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from loopml import ledger
+from loopml.errors import RegistryError
+from loopml.registry import CHAMPION, version_by_alias
+from loopml.runtime import open_runtime
+from tasks.registry import promote_version
+
+
+@flow(name="promote", log_prints=False)
+def promote_flow(
+    project: str, version: str, reason: str = "manual promotion", project_dir: str = "."
+) -> dict[str, Any]:
+    """Make ``version`` the champion."""
+    runtime = open_runtime(project, project_dir)
+    return promote_version(
+        runtime, version, action="promoted", reason=reason, trigger={"kind": "manual"}
+    )
+
+
+@flow(name="rollback", log_prints=False)
+def rollback_flow(project: str, project_dir: str = ".") -> dict[str, Any]:
+    """Give ``champion`` back to the version that held it before the current one."""
+    runtime = open_runtime(project, project_dir)
+    current = version_by_alias(runtime.mlflow, project, CHAMPION)
+    if current is None:
+        raise RegistryError(f"project {project!r} has no champion to roll back")
+    previous = previous_champion(
+        ledger.read_entries(runtime.settings.ledger_dir, project), str(current.version)
+    )
+    if previous is None:
+        raise RegistryError(
+            f"project {project!r}: champion v{current.version} has no earlier champion to return to"
+        )
+    return promote_version(
+        runtime,
+        previous,
+        action="rolled_back",
+        reason=f"rollback from v{current.version}",
+        trigger={"kind": "manual"},
+    )
+
+
+def previous_champion(entries: list[dict[str, Any]], current: str) -> str | None:
+    """The champion before ``current``: walks back over earlier rollbacks too."""
+    # Collapse the history to a stack: a rollback pops the version it rolled back from.
+    stack: list[str] = []
+    for entry in entries:
+        action = entry.get("action")
+        if action == "promoted" and (not stack or stack[-1] != str(entry["version"])):
+            stack.append(str(entry["version"]))
+        elif action == "rolled_back" and stack:
+            stack.pop()
+    while stack and stack[-1] == current:
+        stack.pop()
+    return stack[-1] if stack else None

@@ -1,0 +1,119 @@
+"""The retraining flow: reference + recent labelled data -> challenger -> two-sided gate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import deployment, flow_run
+
+from flows.runner import parallel_workers
+from loopml.data import frame_hash
+from loopml.profiling import suite_hash
+from loopml.runtime import open_runtime
+from loopml.validation import load_suite
+from tasks.parallel import search_in_shards
+from tasks.registry import apply_gate, register_candidate
+from tasks.retraining import (
+    claim_trigger,
+    compare_retrained,
+    gather_data,
+    release_claim,
+    retraining_lock,
+)
+from tasks.training import evaluate_candidate, fit_candidate, search_models
+from tasks.validation import validate_batch
+
+
+@flow(name="retrain", log_prints=False, on_failure=[release_claim], on_crashed=[release_claim])
+def retrain_flow(
+    project: str,
+    project_dir: str = ".",
+    batch_id: str | None = None,
+    event: str | None = None,
+    trials: int | None = None,
+    timeout: float | None = None,
+    as_of: datetime | None = None,
+) -> dict[str, Any]:
+    """Retrain ``project``; promote the challenger only if the gate says so.
+
+    ``batch_id``/``event`` name what triggered the run (an automation passes them); the same
+    batch never causes two retrainings. ``as_of`` defaults to the run's scheduled start time.
+    """
+    runtime = open_runtime(project, project_dir)
+    as_of = as_of or flow_run.get_scheduled_start_time()
+    trigger = {
+        "kind": "event" if event or batch_id else _run_kind(),
+        "batch_id": batch_id,
+        "event": event,
+        "flow_run_id": flow_run.get_id(),
+    }
+    with retraining_lock(runtime):
+        if not claim_trigger(runtime, trigger):
+            return {
+                "project": project,
+                "skipped": True,
+                "batch_id": batch_id,
+                "reason": f"batch {batch_id} already caused a retraining",
+            }
+        data = gather_data(runtime, as_of)
+        validate_batch(
+            runtime,
+            data.train,
+            source=None,
+            batch_id=f"retrain-{frame_hash(data.train)}",
+            require_target=True,
+        )
+        study_name = f"{project}-retrain-{flow_run.get_id()}"
+        workers = parallel_workers(runtime.settings)
+        if workers > 1:
+            search = search_in_shards(
+                runtime,
+                data.train,
+                study_name=study_name,
+                trials=trials,
+                timeout=timeout,
+                shards=workers,
+            )
+        else:
+            search = search_models(
+                runtime, data.train, study_name=study_name, trials=trials, timeout=timeout
+            )
+        candidate = fit_candidate(runtime, data.train, search)
+        metrics, figures, importances = evaluate_candidate(runtime, candidate, data.frozen_test)
+        decision, _, recent_metrics = compare_retrained(runtime, candidate, data)
+        registered = register_candidate(
+            runtime,
+            candidate,
+            train=data.train,
+            test=data.frozen_test,
+            test_metrics=metrics,
+            figures=figures,
+            importances=importances,
+            data_hash=frame_hash(data.train),
+            suite_hash=suite_hash(load_suite(runtime.suite_path)),
+            trigger=trigger,
+        )
+        apply_gate(runtime, registered, decision, trigger=trigger)
+    return {
+        "project": project,
+        "skipped": False,
+        "version": registered.version,
+        "family": candidate.family,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "comparisons": decision.comparisons,
+        "test_metrics": metrics,
+        "recent_metrics": recent_metrics,
+        "training_rows": len(data.train),
+        "recent_window_rows": data.window_rows,
+        "champion_before": data.champion_version,
+        "batch_id": batch_id,
+        "run_id": registered.run_id,
+    }
+
+
+def _run_kind() -> str:
+    """``scheduled`` for a deployment run without a triggering event, else ``manual``."""
+    return "scheduled" if deployment.get_id() else "manual"

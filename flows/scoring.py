@@ -1,0 +1,34 @@
+"""The scoring flow: validate -> score with the champion -> log predictions.
+
+With several workers the batch is scored in partitions, one task each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows.runner import parallel_workers
+from loopml.data import file_hash
+from loopml.runtime import open_runtime
+from tasks.parallel import score_in_partitions
+from tasks.scoring import load_champion, score_file
+from tasks.validation import validate_file
+
+
+@flow(name="score", log_prints=False)
+def score_flow(
+    project: str, data: str, out: str | None = None, project_dir: str = "."
+) -> dict[str, Any]:
+    """Score the batch ``data`` (CSV/Parquet) with ``models:/project@champion``."""
+    runtime = open_runtime(project, project_dir)
+    source = Path(data)
+    batch_id = "b" + file_hash(source)
+    serving = load_champion(runtime)
+    validate_file(runtime, source, batch_id=batch_id, require_target=False)
+    out_path = None if out is None else Path(out)
+    if parallel_workers(runtime.settings) > 1:
+        return score_in_partitions(runtime, serving, source, batch_id=batch_id, out=out_path)
+    return score_file(runtime, serving, source, batch_id=batch_id, out=out_path)

@@ -1,0 +1,104 @@
+"""The training flow: validate -> split -> search -> fit -> evaluate -> register -> gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.runner import parallel_workers
+from loopml.data import frame_hash
+from loopml.features import labelled_rows
+from loopml.profiling import suite_hash
+from loopml.runtime import open_runtime
+from loopml.validation import load_suite
+from tasks.ingest import load_table
+from tasks.parallel import search_in_shards
+from tasks.registry import apply_gate, register_candidate
+from tasks.training import (
+    compare_with_champion,
+    evaluate_candidate,
+    fit_candidate,
+    search_models,
+    split_data,
+)
+from tasks.validation import validate_batch
+
+
+@flow(name="train", log_prints=False)
+def train_flow(
+    project: str,
+    project_dir: str = ".",
+    data: str | None = None,
+    trials: int | None = None,
+    timeout: float | None = None,
+    trigger: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train, register and gate a new version of ``project``'s model."""
+    runtime = open_runtime(project, project_dir)
+    source = data_location(runtime.project_dir, data or runtime.config.data, runtime.config.sql_url)
+    frame, batch_id = load_table(source, runtime.config.sql_url)
+    validate_batch(
+        runtime,
+        frame,
+        source=_as_file(source, runtime.config.sql_url),
+        batch_id=batch_id,
+        require_target=True,
+    )
+    train, test = split_data(runtime, labelled_rows(frame, runtime.config))
+    study_name = f"{project}-{flow_run.get_id()}"
+    workers = parallel_workers(runtime.settings)
+    if workers > 1:
+        search = search_in_shards(
+            runtime, train, study_name=study_name, trials=trials, timeout=timeout, shards=workers
+        )
+    else:
+        search = search_models(
+            runtime, train, study_name=study_name, trials=trials, timeout=timeout
+        )
+    candidate = fit_candidate(runtime, train, search)
+    metrics, figures, importances = evaluate_candidate(runtime, candidate, test)
+    decision = compare_with_champion(runtime, metrics, test)
+    trigger = {"kind": "manual", "batch_id": batch_id, **(trigger or {})}
+    registered = register_candidate(
+        runtime,
+        candidate,
+        train=train,
+        test=test,
+        test_metrics=metrics,
+        figures=figures,
+        importances=importances,
+        data_hash=frame_hash(frame),
+        suite_hash=suite_hash(load_suite(runtime.suite_path)),
+        trigger=trigger,
+    )
+    apply_gate(runtime, registered, decision, trigger=trigger)
+    return {
+        "project": project,
+        "version": registered.version,
+        "run_id": registered.run_id,
+        "family": candidate.family,
+        "best_params": candidate.params,
+        "threshold": candidate.threshold,
+        "cv_metrics": candidate.cv_metrics,
+        "test_metrics": metrics,
+        "trials": search.n_trials,
+        "pruned": search.n_pruned,
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "batch_id": batch_id,
+    }
+
+
+def data_location(project_dir: Path, data: str, sql_url: str | None) -> str:
+    """A data path relative to the project folder, or the SQL query unchanged."""
+    if sql_url:
+        return data
+    path = Path(data).expanduser()
+    return str(path if path.is_absolute() else project_dir / path)
+
+
+def _as_file(source: str, sql_url: str | None) -> Path | None:
+    return None if sql_url else Path(source)

@@ -1,0 +1,35 @@
+"""The validation flow: one batch against the project's suite (quarantined on failure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from loopml.runtime import open_runtime
+from tasks.ingest import load_table
+from tasks.validation import validate_batch
+
+
+@flow(name="validate", log_prints=False)
+def validate_flow(
+    project: str, data: str, project_dir: str = ".", require_target: bool | None = None
+) -> dict[str, Any]:
+    """Validate ``data``; raises ValidationFailed (after quarantining) when it fails."""
+    runtime = open_runtime(project, project_dir)
+    frame, batch_id = load_table(data)
+    with_target = (
+        runtime.config.target in frame.columns if require_target is None else require_target
+    )
+    report = validate_batch(
+        runtime, frame, source=Path(data), batch_id=batch_id, require_target=with_target
+    )
+    return {
+        "project": project,
+        "batch_id": batch_id,
+        "success": report.success,
+        "rows": len(frame),
+        "evaluated": report.evaluated,
+        "data_docs": str(report.data_docs_path) if report.data_docs_path else None,
+    }

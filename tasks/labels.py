@@ -1,0 +1,96 @@
+"""Late labels: store them, then judge each model version on its labelled predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from loopml import events, monitoring, reports
+from loopml.labels import LabelStore, joined_predictions, parse_labels, performance_by_version
+from loopml.registry import CHAMPION, version_by_alias, version_metrics
+from loopml.runtime import Runtime
+from loopml.scoring import BATCH_ID, ROW_ID, PredictionLog
+from tasks.artifacts import artifact_key
+from tasks.events import emit
+
+
+@task(name="attach-labels", cache_policy=NO_CACHE)
+def attach_labels(runtime: Runtime, frame: pd.DataFrame) -> pd.DataFrame:
+    """Check the labels against the prediction log and store them (all or nothing)."""
+    log = PredictionLog(runtime.settings.predictions_dir, runtime.name)
+    known = set(log.read(columns=[ROW_ID])[ROW_ID].astype(str))
+    labels = parse_labels(frame, runtime.config, known)
+    LabelStore(runtime.settings.labels_dir, runtime.name).add_labels(labels)
+    get_run_logger().info("stored %d labels", len(labels))
+    return labels
+
+
+@task(name="labelled-performance", cache_policy=NO_CACHE)
+def judge_labelled_performance(
+    runtime: Runtime, new_labels: pd.DataFrame, labels_id: str
+) -> dict[str, Any]:
+    """Performance per model version over all labelled predictions; the champion's rows
+    labelled just now are judged against its held-out metrics (and may emit an event)."""
+    config = runtime.config
+    joined = joined_predictions(
+        PredictionLog(runtime.settings.predictions_dir, runtime.name),
+        LabelStore(runtime.settings.labels_dir, runtime.name),
+    )
+
+    def metrics_fn(truth, predicted, probability):
+        return reports.performance_metrics(
+            truth.to_numpy(),
+            predicted.to_numpy(),
+            probability if config.task != "regression" else None,
+            task=config.task,
+            positive_label=config.positive_label if config.is_binary else None,
+        )
+
+    by_version = performance_by_version(joined, config, metrics_fn)
+    create_table_artifact(
+        key=artifact_key(config.name, "performance-by-version"),
+        table=[
+            {"version": version, "rows": entry["rows"], **entry["metrics"]}
+            for version, entry in sorted(by_version.items())
+        ],
+        description=f"{config.name}: performance of each version on labelled predictions",
+    )
+    verdict = None
+    champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+    fresh = joined[joined[ROW_ID].isin(set(new_labels[ROW_ID]))] if not joined.empty else joined
+    if champion is not None and not fresh.empty:
+        fresh = fresh[fresh["model_version"].astype(str) == str(champion.version)]
+        if not fresh.empty:
+            current = metrics_fn(fresh["target"], fresh["prediction"], _probability(fresh))
+            verdict = monitoring.performance_verdict(
+                current,
+                version_metrics(champion),
+                metric=monitoring.performance_metric(config),
+                max_drop=config.monitoring.performance.max_drop,
+                rows=len(fresh),
+                min_rows=config.monitoring.performance.min_labelled_rows,
+            )
+            if verdict["degraded"]:
+                batches = sorted(set(fresh[BATCH_ID]))
+                emit(
+                    config.name,
+                    events.PERFORMANCE_DEGRADED,
+                    {
+                        "batch_id": labels_id,
+                        "scored_batches": batches,
+                        "model_version": str(champion.version),
+                        "metric": verdict["metric"],
+                        "drop": verdict["drop"],
+                        "current": current.get(verdict["metric"]),
+                    },
+                )
+    return {"performance_by_version": by_version, "champion_verdict": verdict}
+
+
+def _probability(rows: pd.DataFrame):
+    return rows["probability"].to_numpy() if "probability" in rows else None

@@ -1,0 +1,324 @@
+"""Monitoring tasks: reference loading, drift, prediction drift, performance, Evidently report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from loopml import events, monitoring, reports
+from loopml.data import iter_table_chunks, read_table
+from loopml.drift import ReferenceProfile, build_reference_profile, detect_drift
+from loopml.features import prepare_features, prepare_target
+from loopml.labels import LabelStore, joined_predictions
+from loopml.registry import download_reference, version_metrics
+from loopml.runtime import Runtime
+from loopml.scoring import BATCH_ID, PREDICTION, PROBABILITY, PredictionLog, predict
+from tasks.artifacts import artifact_key, markdown_table
+from tasks.events import emit
+from tasks.ingest import transient
+from tasks.scoring import ServingModel
+
+SAMPLE_ROWS = 50_000
+CHUNK_ROWS = 250_000
+TARGET = "__target__"  # the batch's own labels, kept apart from the features
+
+
+@dataclass
+class Reference:
+    """What a batch is compared with: the champion's training data, profiled once."""
+
+    profile: ReferenceProfile
+    sample: pd.DataFrame
+    importances: dict[str, float]
+    metrics: dict[str, float]
+    source: str
+
+
+@task(
+    name="load-reference",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=transient,
+    cache_policy=NO_CACHE,
+)
+def load_reference(
+    runtime: Runtime, serving: ServingModel, reference_path: str | None
+) -> Reference:
+    """The champion's reference (stored with its version), or a user-given reference table."""
+    config = runtime.config
+    champion = runtime.mlflow.get_model_version(runtime.name, serving.version)
+    cache = runtime.settings.references_dir / runtime.name
+    importances_file = download_reference(
+        runtime.mlflow, champion.run_id, "importances.json", cache
+    )
+    # Permutation importance can dip below zero for useless columns: they weigh nothing.
+    importances = {
+        column: max(float(value), 0.0)
+        for column, value in json.loads(importances_file.read_text()).items()
+    }
+    if reference_path:
+        frame = read_table(reference_path)
+        features = prepare_features(frame, config)
+        profile = build_reference_profile(
+            features, config.columns.numeric, config.columns.categorical
+        )
+        source = str(reference_path)
+    else:
+        profile_file = download_reference(runtime.mlflow, champion.run_id, "profile.json", cache)
+        profile = ReferenceProfile.from_dict(json.loads(profile_file.read_text()))
+        frame = pd.read_parquet(
+            download_reference(runtime.mlflow, champion.run_id, "train.parquet", cache)
+        )
+        source = f"models:/{runtime.name}/{serving.version} training data"
+    sample = frame.sample(n=min(SAMPLE_ROWS, len(frame)), random_state=0).reset_index(drop=True)
+    return Reference(
+        profile=profile,
+        sample=sample,
+        importances=importances,
+        metrics=version_metrics(champion),
+        source=source,
+    )
+
+
+@task(name="data-drift", cache_policy=NO_CACHE)
+def check_drift(
+    runtime: Runtime, reference: Reference, source: Path
+) -> tuple[dict[str, Any], pd.DataFrame, int]:
+    """Per-column and dataset drift over the whole batch, read in chunks; plus a row sample."""
+    config = runtime.config
+    sample = monitoring.ReservoirSample(SAMPLE_ROWS)
+
+    def prepared_chunks():
+        for chunk in iter_table_chunks(source, CHUNK_ROWS):
+            prepared = prepare_features(chunk, config)
+            if config.target in chunk.columns:
+                prepared[TARGET] = chunk[config.target]
+            sample.add(prepared)
+            yield prepared[config.columns.features]
+
+    verdict = detect_drift(
+        reference.profile,
+        prepared_chunks(),
+        config.monitoring.drift,
+        importances=reference.importances,
+    )
+    result = verdict.to_dict()
+    get_run_logger().info(
+        "drift: %s (share %.2f of columns; drifted: %s)",
+        verdict.status,
+        verdict.drift_share,
+        ", ".join(verdict.drifted_columns) or "none",
+    )
+    return result, sample.frame(), sample.rows_seen
+
+
+@task(name="prediction-drift", cache_policy=NO_CACHE)
+def check_predictions(
+    runtime: Runtime, serving: ServingModel, reference: Reference, current_sample: pd.DataFrame
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Drift of the champion's outputs between reference and batch (samples)."""
+    config = runtime.config
+    scored = []
+    for frame in (reference.sample, current_sample):
+        labels, scores = predict(
+            serving.model, prepare_features(frame, config), config, serving.threshold
+        )
+        out = pd.DataFrame({PREDICTION: labels})
+        out[PROBABILITY] = scores if scores is not None else pd.to_numeric(labels, errors="coerce")
+        scored.append(out)
+    result = monitoring.prediction_drift(
+        scored[0][PROBABILITY].to_numpy(),
+        scored[1][PROBABILITY].to_numpy(),
+        config.monitoring.drift,
+    )
+    return result, scored[0], scored[1]
+
+
+@task(name="performance", cache_policy=NO_CACHE)
+def check_performance(
+    runtime: Runtime,
+    reference: Reference,
+    current_sample: pd.DataFrame,
+    current_predictions: pd.DataFrame,
+    batch_id: str,
+) -> dict[str, Any] | None:
+    """Performance on labelled rows of this batch (target in the file, or labels that arrived)."""
+    config = runtime.config
+    if TARGET in current_sample.columns:
+        truth = prepare_target(current_sample.rename(columns={TARGET: config.target}), config)
+        labelled = truth.notna().to_numpy()
+        y_true = truth[labelled]
+        y_pred = current_predictions[PREDICTION][labelled]
+        y_proba = (
+            current_predictions[PROBABILITY][labelled] if config.task != "regression" else None
+        )
+    else:
+        joined = joined_predictions(
+            PredictionLog(runtime.settings.predictions_dir, runtime.name),
+            LabelStore(runtime.settings.labels_dir, runtime.name),
+        )
+        if joined.empty or batch_id not in set(joined[BATCH_ID]):
+            return None
+        rows = joined[joined[BATCH_ID] == batch_id]
+        y_true, y_pred = rows["target"], rows[PREDICTION]
+        y_proba = rows[PROBABILITY] if PROBABILITY in rows and config.task != "regression" else None
+    if len(y_true) == 0:
+        return None
+    current = reports.performance_metrics(
+        y_true.to_numpy(),
+        y_pred.to_numpy(),
+        None if y_proba is None else y_proba.to_numpy(),
+        task=config.task,
+        positive_label=config.positive_label if config.is_binary else None,
+    )
+    return monitoring.performance_verdict(
+        current,
+        reference.metrics,
+        metric=monitoring.performance_metric(config),
+        max_drop=config.monitoring.performance.max_drop,
+        rows=len(y_true),
+        min_rows=config.monitoring.performance.min_labelled_rows,
+    )
+
+
+@task(name="evidently-report", cache_policy=NO_CACHE)
+def evidently_report(
+    runtime: Runtime,
+    reference: Reference,
+    current_sample: pd.DataFrame,
+    reference_predictions: pd.DataFrame,
+    current_predictions: pd.DataFrame,
+    batch_id: str,
+    stamp: str,
+) -> tuple[Path, str | None]:
+    """Evidently's own report (drift, and performance when labels exist) on the samples."""
+    config = runtime.config
+    reference_frame = prepare_features(reference.sample, config)
+    current_frame = current_sample[config.columns.features].copy()
+    for frame, predictions in (
+        (reference_frame, reference_predictions),
+        (current_frame, current_predictions),
+    ):
+        frame[PREDICTION] = predictions[PREDICTION].to_numpy()
+        if config.is_binary:
+            frame[PROBABILITY] = predictions[PROBABILITY].to_numpy()
+    target = None
+    if TARGET in current_sample.columns and config.target in reference.sample.columns:
+        reference_frame[config.target] = prepare_target(reference.sample, config).to_numpy()
+        current_frame[config.target] = prepare_target(
+            current_sample.rename(columns={TARGET: config.target}), config
+        ).to_numpy()
+        target = config.target
+    snapshot = reports.build_monitoring_report(
+        reference_frame,
+        current_frame,
+        numeric_columns=config.columns.numeric,
+        categorical_columns=config.columns.categorical,
+        target=target,
+        prediction=PREDICTION,
+        probability=PROBABILITY if config.is_binary else None,
+        task=config.task,
+        positive_label=config.positive_label if config.is_binary else None,
+        sample_rows=SAMPLE_ROWS,
+        drift_policy=config.monitoring.drift,
+    )
+    path = runtime.settings.reports_dir / runtime.name / f"{stamp}-{batch_id}.html"
+    reports.save_report_html(snapshot, path)
+    try:
+        run_id = reports.add_to_workspace(
+            runtime.settings.evidently_workspace, runtime.name, snapshot
+        )
+    except Exception as exc:  # the HTML report stands on its own; the dashboard is a bonus
+        get_run_logger().warning("could not add the report to the Evidently workspace: %s", exc)
+        run_id = None
+    return path, run_id
+
+
+@task(name="keep-labelled-batch", cache_policy=NO_CACHE)
+def keep_labelled_batch(runtime: Runtime, current_sample: pd.DataFrame, batch_id: str) -> int:
+    """A batch that came with its target joins the data the next retraining learns from."""
+    if TARGET not in current_sample.columns:
+        return 0
+    labelled = current_sample.rename(columns={TARGET: runtime.config.target})
+    labelled = labelled[labelled[runtime.config.target].notna()]
+    LabelStore(runtime.settings.labels_dir, runtime.name).add_labelled_batch(labelled, batch_id)
+    return len(labelled)
+
+
+@task(name="publish-verdict", cache_policy=NO_CACHE)
+def publish_verdict(runtime: Runtime, result: dict[str, Any]) -> dict[str, Any]:
+    """Record the verdict, publish the artifact and emit the events the automations react to."""
+    config = runtime.config
+    monitoring.record_result(runtime.settings.monitoring_dir, runtime.name, result)
+    report_path = Path(result["report_path"])
+    create_link_artifact(
+        key=artifact_key(config.name, "monitoring-report"),
+        link=report_path.as_uri(),
+        link_text=f"Evidently report for batch {result['batch_id']}",
+        description="Evidently HTML report (data drift, prediction drift, performance)",
+    )
+    create_markdown_artifact(
+        key=artifact_key(config.name, "monitoring"),
+        markdown=_verdict_markdown(result),
+        description=f"{config.name}: batch {result['batch_id']} monitoring verdict",
+    )
+    payload = {
+        "batch_id": result["batch_id"],
+        "model_version": result["model_version"],
+        "drift_share": result["drift_share"],
+        "drifted_columns": result["drifted_columns"],
+        "prediction_drift": result["prediction_drift"].get("drifted"),
+        "report_path": result["report_path"],
+        "rows": result["rows"],
+    }
+    if result["drift_detected"]:
+        emit(config.name, events.DRIFT_DETECTED, payload)
+    performance = result.get("performance") or {}
+    if performance.get("degraded"):
+        emit(
+            config.name,
+            events.PERFORMANCE_DEGRADED,
+            {
+                **payload,
+                "metric": performance["metric"],
+                "drop": performance["drop"],
+                "current": performance["current"].get(performance["metric"]),
+            },
+        )
+    return result
+
+
+def _verdict_markdown(result: dict[str, Any]) -> str:
+    verdict = "DRIFT DETECTED" if result["drift_detected"] else "no drift"
+    performance = result.get("performance")
+    perf_text = "no labels for this batch"
+    if performance:
+        metric = performance["metric"]
+        perf_text = (
+            f"{metric} {performance['current'].get(metric, float('nan')):.4f} vs reference "
+            f"{(performance['reference'] or {}).get(metric) or float('nan'):.4f}"
+            f" ({'DEGRADED' if performance['degraded'] else 'ok'})"
+        )
+    rows = [
+        {"column": c["column"], "score": c["score"], "method": c["method"], "p_value": c["p_value"]}
+        for c in result["drifted_columns_detail"]
+    ]
+    report = Path(result["report_path"])
+    return (
+        f"# Batch `{result['batch_id']}`: {verdict}\n\n"
+        f"- rows: {result['rows']}, model v{result['model_version']}\n"
+        f"- drifted columns: {len(result['drifted_columns'])} "
+        f"(share {result['drift_share']:.2f})\n"
+        f"- prediction drift: {result['prediction_drift'].get('drifted')}\n"
+        f"- performance: {perf_text}\n"
+        f"- report: [{report.name}]({report.as_uri()})\n\n"
+        f"{markdown_table(rows)}\n"
+    )

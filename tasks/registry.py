@@ -1,0 +1,228 @@
+"""Register candidates in MLflow, run the promotion gate and move aliases (with a ledger entry)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from loopml import events, ledger, modeling
+from loopml.drift import build_reference_profile
+from loopml.features import prepare_features
+from loopml.gate import GateDecision
+from loopml.registry import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_PREFIX,
+    RegisteredVersion,
+    clear_alias,
+    get_version,
+    log_and_register,
+    set_alias,
+    set_version_tags,
+    version_by_alias,
+)
+from loopml.runtime import Runtime
+from tasks.artifacts import artifact_key, markdown_table
+from tasks.events import emit
+from tasks.training import TrainedModel
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register_candidate(
+    runtime: Runtime,
+    candidate: TrainedModel,
+    *,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    test_metrics: dict[str, float],
+    figures: dict[str, Any],
+    importances: dict[str, float],
+    data_hash: str,
+    suite_hash: str,
+    trigger: dict[str, Any],
+) -> RegisteredVersion:
+    """Log the run and register a new version tagged with its lineage; alias it ``challenger``."""
+    config = runtime.config
+    champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+    features = prepare_features(train, config)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        reference_files = {
+            "train": _write(train, folder / "train.parquet"),
+            "test": _write(test, folder / "test.parquet"),
+        }
+        profile = build_reference_profile(
+            features, config.columns.numeric, config.columns.categorical
+        )
+        reference_files["profile"] = _write_json(profile.to_dict(), folder / "profile.json")
+        reference_files["importances"] = _write_json(importances, folder / "importances.json")
+        version_tags = {
+            f"{TAG_PREFIX}training_data_hash": data_hash,
+            f"{TAG_PREFIX}suite_hash": suite_hash,
+            f"{TAG_PREFIX}parent_version": str(champion.version) if champion else "none",
+            f"{TAG_PREFIX}family": candidate.family,
+            f"{TAG_PREFIX}trigger": trigger.get("kind", "manual"),
+            f"{TAG_PREFIX}batch_id": str(trigger.get("batch_id") or ""),
+            f"{TAG_PREFIX}training_rows": str(len(train)),
+            **{f"{TAG_PREFIX}test_{k}": f"{v:.6g}" for k, v in test_metrics.items()},
+            **{f"{TAG_PREFIX}{k}": f"{v:.6g}" for k, v in candidate.cv_metrics.items()},
+        }
+        if candidate.threshold is not None:
+            version_tags[f"{TAG_PREFIX}threshold"] = f"{candidate.threshold:.6g}"
+        registered = log_and_register(
+            client=runtime.mlflow,
+            experiment_id=runtime.experiment_id,
+            name=config.name,
+            model=candidate.model,
+            input_example=features.head(20),
+            trusted_types=modeling.skops_trusted_types(candidate.model),
+            params={"family": candidate.family, **candidate.params},
+            metrics={
+                **{f"test_{k}": v for k, v in test_metrics.items()},
+                **candidate.cv_metrics,
+                "search_trials": candidate.search.n_trials,
+                "search_pruned": candidate.search.n_pruned,
+            },
+            run_tags={f"{TAG_PREFIX}trigger": trigger.get("kind", "manual")},
+            version_tags=version_tags,
+            figures=figures,
+            reference_files=reference_files,
+            run_name=f"{config.name}-{candidate.family}",
+        )
+    set_alias(runtime.mlflow, config.name, CHALLENGER, registered.version)
+    ledger.append_entry(
+        runtime.settings.ledger_dir,
+        config.name,
+        {
+            "action": "registered",
+            "version": registered.version,
+            "run_id": registered.run_id,
+            "family": candidate.family,
+            "test_metrics": test_metrics,
+            "trigger": trigger,
+        },
+    )
+    emit(
+        config.name,
+        events.MODEL_REGISTERED,
+        {
+            "version": registered.version,
+            "run_id": registered.run_id,
+            "family": candidate.family,
+            "metrics": test_metrics,
+            "batch_id": trigger.get("batch_id"),
+        },
+    )
+    get_run_logger().info("registered %s version %s", config.name, registered.version)
+    return registered
+
+
+@task(name="promotion-gate", cache_policy=NO_CACHE)
+def apply_gate(
+    runtime: Runtime,
+    registered: RegisteredVersion,
+    decision: GateDecision,
+    *,
+    trigger: dict[str, Any],
+) -> GateDecision:
+    """Move ``champion`` to the candidate when the gate says so; record the decision either way."""
+    config = runtime.config
+    previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+    set_version_tags(
+        runtime.mlflow,
+        config.name,
+        registered.version,
+        {f"{TAG_PREFIX}gate": "promoted" if decision.promote else "refused"},
+    )
+    entry = {
+        "action": "promoted" if decision.promote else "refused",
+        "version": registered.version,
+        "previous_champion": str(previous.version) if previous else None,
+        "reason": decision.reason,
+        "decision": decision.to_dict(),
+        "trigger": trigger,
+    }
+    if decision.promote:
+        set_alias(runtime.mlflow, config.name, CHAMPION, registered.version)
+        clear_alias(runtime.mlflow, config.name, CHALLENGER)
+    ledger.append_entry(runtime.settings.ledger_dir, config.name, entry)
+    if decision.promote:
+        emit(
+            config.name,
+            events.MODEL_PROMOTED,
+            {
+                "version": registered.version,
+                "previous_champion": entry["previous_champion"],
+                "reason": decision.reason,
+                "batch_id": trigger.get("batch_id"),
+            },
+        )
+    create_markdown_artifact(
+        key=artifact_key(config.name, "promotion"),
+        markdown=_decision_markdown(config.name, registered.version, decision),
+        description=f"{config.name} v{registered.version}: {entry['action']}",
+    )
+    get_run_logger().info("gate: %s (%s)", entry["action"], decision.reason)
+    return decision
+
+
+def promote_version(
+    runtime: Runtime, version: str, *, action: str, reason: str, trigger: dict[str, Any]
+) -> dict[str, Any]:
+    """Point ``champion`` at ``version`` by hand (promote or rollback), with a ledger entry."""
+    config = runtime.config
+    get_version(runtime.mlflow, config.name, version)
+    previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+    set_alias(runtime.mlflow, config.name, CHAMPION, version)
+    challenger = version_by_alias(runtime.mlflow, config.name, CHALLENGER)
+    if challenger is not None and str(challenger.version) == str(version):
+        clear_alias(runtime.mlflow, config.name, CHALLENGER)
+    entry = ledger.append_entry(
+        runtime.settings.ledger_dir,
+        config.name,
+        {
+            "action": action,
+            "version": str(version),
+            "previous_champion": str(previous.version) if previous else None,
+            "reason": reason,
+            "trigger": trigger,
+        },
+    )
+    event = events.MODEL_ROLLED_BACK if action == "rolled_back" else events.MODEL_PROMOTED
+    emit(
+        config.name,
+        event,
+        {
+            "version": str(version),
+            "previous_champion": entry["previous_champion"],
+            "reason": reason,
+        },
+    )
+    return entry
+
+
+def _decision_markdown(project: str, version: str, decision: GateDecision) -> str:
+    rows = [{"comparison": name, **values} for name, values in decision.comparisons.items()]
+    verdict = "promoted to champion" if decision.promote else "kept as challenger"
+    return (
+        f"# {project} v{version}: {verdict}\n\n{decision.reason}\n\n"
+        f"Gate metric: `{decision.metric}`\n\n{markdown_table(rows)}\n"
+    )
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def _write_json(payload: Any, path: Path) -> Path:
+    path.write_text(json.dumps(payload, default=str))
+    return path

@@ -1,0 +1,107 @@
+"""Batch scoring with the champion, logged for monitoring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from loopml import scoring
+from loopml.registry import TAG_PREFIX, load_model, require_champion
+from loopml.runtime import Runtime
+from loopml.scoring import PredictionLog
+from tasks.artifacts import artifact_key
+from tasks.ingest import transient
+
+CHUNK_ROWS = 100_000
+
+
+@dataclass
+class ServingModel:
+    """The champion as loaded for scoring."""
+
+    model: Any
+    version: str
+    threshold: float | None
+
+
+@task(
+    name="load-champion",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=transient,
+    cache_policy=NO_CACHE,
+)
+def load_champion(runtime: Runtime) -> ServingModel:
+    """``models:/NAME@champion`` resolved to its version, so every row names the version used."""
+    champion = require_champion(runtime.mlflow, runtime.name)
+    threshold = champion.tags.get(f"{TAG_PREFIX}threshold")
+    model = load_model(f"models:/{runtime.name}/{champion.version}")
+    get_run_logger().info("scoring with %s v%s", runtime.name, champion.version)
+    return ServingModel(model, str(champion.version), float(threshold) if threshold else None)
+
+
+@task(name="score-file", cache_policy=NO_CACHE)
+def score_file(
+    runtime: Runtime,
+    serving: ServingModel,
+    source: Path,
+    *,
+    batch_id: str,
+    out: Path | None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> dict[str, Any]:
+    """Score ``source`` chunk by chunk into ``out`` and the prediction log (once per batch)."""
+    logger = get_run_logger()
+    log = PredictionLog(runtime.settings.predictions_dir, runtime.name)
+    already_logged = log.has_batch(batch_id)
+    if already_logged:
+        logger.info("batch %s is in the prediction log already: not logged twice", batch_id)
+    rows = scoring.score_file(
+        serving.model,
+        source,
+        runtime.config,
+        threshold=serving.threshold,
+        batch_id=batch_id,
+        model_version=serving.version,
+        out=out,
+        log=None if already_logged else log,
+        chunk_rows=chunk_rows,
+        on_chunk=lambda scored: logger.info("scored %d rows", scored),
+    )
+    return publish_scoring(
+        runtime, serving, batch_id=batch_id, rows=rows, out=out, logged=not already_logged
+    )
+
+
+def publish_scoring(
+    runtime: Runtime,
+    serving: ServingModel,
+    *,
+    batch_id: str,
+    rows: int,
+    out: Path | None,
+    logged: bool,
+) -> dict[str, Any]:
+    """The scoring artifact of a batch, and the flow's result."""
+    create_markdown_artifact(
+        key=artifact_key(runtime.name, "scoring"),
+        markdown=(
+            f"# Scored batch `{batch_id}`\n\n{rows} rows with {runtime.name} v{serving.version}"
+            f"{'' if out is None else f' -> `{out}`'}\n"
+        ),
+        description=f"{runtime.name}: {rows} rows scored",
+    )
+    return {
+        "project": runtime.name,
+        "batch_id": batch_id,
+        "rows": rows,
+        "model_version": serving.version,
+        "out": None if out is None else str(out),
+        "logged": logged,
+    }

@@ -1,0 +1,186 @@
+"""Search, fit and evaluate: thin Prefect wrappers over loopml.modeling and loopml.evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from loopml import evaluation, modeling
+from loopml.config import ProjectConfig
+from loopml.features import prepare_features, prepare_target, split_holdout
+from loopml.gate import GateDecision, decide_promotion
+from loopml.registry import CHAMPION, TAG_PREFIX, load_model, version_by_alias
+from loopml.runtime import Runtime
+from tasks.artifacts import artifact_key, markdown_table
+
+
+@dataclass
+class TrainedModel:
+    """A fitted candidate and what is known about it before registration."""
+
+    model: Any
+    family: str
+    params: dict[str, Any]
+    threshold: float | None
+    search: Any
+    cv_metrics: dict[str, float]
+
+
+@task(name="split", cache_policy=NO_CACHE)
+def split_data(runtime: Runtime, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train, test = split_holdout(frame, runtime.config)
+    get_run_logger().info("split: %d training rows, %d held-out rows", len(train), len(test))
+    return train, test
+
+
+@task(name="search", cache_policy=NO_CACHE)
+def search_models(
+    runtime: Runtime,
+    train: pd.DataFrame,
+    *,
+    study_name: str,
+    trials: int | None,
+    timeout: float | None,
+) -> Any:
+    """Optuna search across algorithm families; progress goes to the run log."""
+    logger = get_run_logger()
+    config = runtime.config
+    result = modeling.run_search(
+        prepare_features(train, config),
+        prepare_target(train, config),
+        config,
+        storage=runtime.settings.optuna_storage,
+        study_name=study_name,
+        n_trials=trials,
+        timeout=timeout,
+        on_trial=trial_reporter(logger, config.search_metric),
+        max_threads=runtime.settings.max_threads,
+    )
+    publish_search(config, result, logger)
+    return result
+
+
+def trial_reporter(logger: Any, metric: str) -> Callable[[dict[str, Any]], None]:
+    """An ``on_trial`` callback for :func:`loopml.modeling.run_search` that logs each trial."""
+
+    def report(info: dict[str, Any]) -> None:
+        value = info.get("value")
+        pruned = info.get("state") == "PRUNED" or value is None
+        shown = "pruned" if pruned else f"{metric}={value:.4f}"
+        logger.info(
+            "trial %s (%s): %s [%.1fs]",
+            info.get("number"),
+            info.get("family"),
+            shown,
+            info.get("elapsed") or 0.0,
+        )
+
+    return report
+
+
+def publish_search(config: ProjectConfig, result: Any, logger: Any) -> None:
+    """The search's per-family table artifact and summary log line."""
+    rows = [
+        {"family": family, f"best cv {result.metric}": score}
+        for family, score in sorted(result.per_family_best.items())
+    ]
+    create_table_artifact(
+        key=artifact_key(config.name, "search"),
+        table=rows,
+        description=(
+            f"{result.n_trials} trials ({result.n_pruned} pruned); best {result.best_family} "
+            f"cv {result.metric}={result.best_cv_score:.4f}"
+        ),
+    )
+    logger.info(
+        "search done: %d trials, %d pruned, best %s (%s=%.4f)",
+        result.n_trials,
+        result.n_pruned,
+        result.best_family,
+        result.metric,
+        result.best_cv_score,
+    )
+
+
+@task(name="fit", cache_policy=NO_CACHE)
+def fit_candidate(runtime: Runtime, train: pd.DataFrame, search: Any) -> TrainedModel:
+    """Fit the best pipeline on all training rows; choose the decision threshold out of fold."""
+    config = runtime.config
+    features = prepare_features(train, config)
+    target = prepare_target(train, config)
+    threads = runtime.settings.max_threads
+    model = modeling.fit_best(features, target, search, config, max_threads=threads)
+    threshold = None
+    if config.is_binary:
+        scores = modeling.out_of_fold_scores(search, features, target, config, max_threads=threads)
+        threshold = evaluation.choose_threshold(target, scores, config.positive_label)
+        get_run_logger().info("decision threshold %.3f chosen on out-of-fold scores", threshold)
+    return TrainedModel(
+        model=model,
+        family=search.best_family,
+        params=dict(search.best_params),
+        threshold=threshold,
+        search=search,
+        cv_metrics={f"cv_{search.metric}": float(search.best_cv_score)},
+    )
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_candidate(
+    runtime: Runtime, candidate: TrainedModel, test: pd.DataFrame
+) -> tuple[dict[str, float], dict[str, Any], dict[str, float]]:
+    """Held-out metrics, figures and permutation importances of the candidate."""
+    config = runtime.config
+    features = prepare_features(test, config)
+    target = prepare_target(test, config)
+    metrics = evaluation.evaluate(candidate.model, features, target, config, candidate.threshold)
+    importances = evaluation.permutation_importances(
+        candidate.model, features, target, config, threshold=candidate.threshold
+    )
+    figures = evaluation.evaluation_figures(
+        candidate.model, features, target, config, candidate.threshold, importances=importances
+    )
+    create_markdown_artifact(
+        key=artifact_key(config.name, "evaluation"),
+        markdown=(
+            f"# Held-out evaluation: {candidate.family}\n\n"
+            + markdown_table([{"metric": k, "value": v} for k, v in sorted(metrics.items())])
+        ),
+        description=f"{config.name}: {len(test)} held-out rows",
+    )
+    return metrics, figures, importances
+
+
+@task(name="compare-with-champion", cache_policy=NO_CACHE)
+def compare_with_champion(
+    runtime: Runtime, candidate_metrics: dict[str, float], test: pd.DataFrame
+) -> GateDecision:
+    """Score the current champion on the candidate's held-out rows and decide promotion."""
+    config = runtime.config
+    metric = config.gate_metric
+    champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+    champion_score = None
+    if champion is not None:
+        threshold = champion.tags.get(f"{TAG_PREFIX}threshold")
+        model = load_model(f"models:/{config.name}/{champion.version}")
+        champion_metrics = evaluation.evaluate(
+            model,
+            prepare_features(test, config),
+            prepare_target(test, config),
+            config,
+            float(threshold) if threshold else None,
+        )
+        champion_score = champion_metrics[metric]
+    return decide_promotion(
+        candidate_metrics[metric],
+        champion_score,
+        metric=metric,
+        min_improvement=config.gate.min_improvement,
+    )
