@@ -1,0 +1,487 @@
+"""Pure logic of the maintenance loop: scoring and its prediction log, late labels and the
+recent window, the monitoring reservoir sample and the performance verdict. No servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+
+from loopml.config import ColumnsConfig, ProjectConfig, RetrainingConfig
+from loopml.errors import DataError
+from loopml.labels import LabelStore, parse_labels, recent_window
+from loopml.monitoring import ReservoirSample, performance_verdict
+from loopml.scoring import (
+    PredictionLog,
+    predict,
+    row_ids,
+    score_chunk,
+    write_output_chunks,
+)
+
+SCORED_AT = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def _config(**options) -> ProjectConfig:
+    return ProjectConfig(
+        name="toy",
+        data="toy.csv",
+        target="churn",
+        task="classification",
+        positive_label=options.pop("positive_label", "Yes"),
+        columns=ColumnsConfig(numeric=["x"], categorical=["plan"]),
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=400)
+    plan = rng.choice(["basic", "plus"], size=400)
+    churn = np.where(x + rng.normal(scale=0.7, size=400) > 0, "Yes", "No")
+    return pd.DataFrame(
+        {"customer": [f"c{i}" for i in range(400)], "x": x, "plan": plan, "churn": churn}
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_model(toy_frame):
+    """A real scikit-learn model on the numeric feature (``plan`` is ignored by it)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    model = Pipeline(
+        [
+            ("columns", ColumnTransformer([("x", "passthrough", ["x"])])),
+            ("logistic", LogisticRegression()),
+        ]
+    )
+    return model.fit(toy_frame[["x", "plan"]], toy_frame["churn"])
+
+
+# --------------------------------------------------------------------------- row ids
+
+
+def test_row_ids_without_id_column_number_rows_from_the_offset():
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=[10, 11, 12])
+
+    ids = row_ids(frame, _config(), "b123", offset=200)
+
+    assert list(ids) == ["b123-200", "b123-201", "b123-202"]
+    assert list(ids.index) == [0, 1, 2]
+
+
+def test_row_ids_with_id_column_are_the_column_as_text():
+    frame = pd.DataFrame({"customer": [7, 8, 9], "x": [1.0, 2.0, 3.0]}, index=[5, 6, 7])
+
+    ids = row_ids(frame, _config(id_column="customer"), "b123", offset=0)
+
+    assert list(ids) == ["7", "8", "9"]
+
+
+def test_row_ids_with_id_column_missing_from_the_batch_is_an_error():
+    with pytest.raises(DataError, match="no id column 'customer'"):
+        row_ids(pd.DataFrame({"x": [1.0]}), _config(id_column="customer"), "b1", offset=0)
+
+
+# --------------------------------------------------------------------------- thresholding
+
+
+@pytest.mark.parametrize("threshold", [None, 0.2, 0.5, 0.8])
+def test_binary_labels_are_the_positive_probability_cut_at_the_threshold(
+    toy_model, toy_frame, threshold
+):
+    features = toy_frame[["x", "plan"]]
+    labels, scores = predict(toy_model, features, _config(), threshold)
+
+    expected_scores = toy_model.predict_proba(features)[:, list(toy_model.classes_).index("Yes")]
+    np.testing.assert_allclose(scores, expected_scores)
+    cut = 0.5 if threshold is None else threshold
+    assert list(labels) == ["Yes" if s >= cut else "No" for s in scores]
+    assert 0 < (labels == "Yes").sum() < len(labels)
+
+
+def test_a_higher_threshold_predicts_fewer_positives(toy_model, toy_frame):
+    features = toy_frame[["x", "plan"]]
+    low, _ = predict(toy_model, features, _config(), 0.2)
+    high, _ = predict(toy_model, features, _config(), 0.8)
+
+    assert (high == "Yes").sum() < (low == "Yes").sum()
+
+
+def test_the_positive_label_decides_which_probability_is_reported(toy_model, toy_frame):
+    features = toy_frame[["x", "plan"]]
+    _, yes_scores = predict(toy_model, features, _config(positive_label="Yes"), None)
+    labels, no_scores = predict(toy_model, features, _config(positive_label="No"), 0.5)
+
+    np.testing.assert_allclose(yes_scores + no_scores, 1.0)
+    assert list(labels) == ["No" if s >= 0.5 else "Yes" for s in no_scores]
+
+
+def test_a_positive_label_the_model_never_saw_is_an_error(toy_model, toy_frame):
+    with pytest.raises(DataError, match="no class 'Maybe'"):
+        predict(toy_model, toy_frame[["x", "plan"]], _config(positive_label="Maybe"), None)
+
+
+def test_score_chunk_output_and_log_rows(toy_model, toy_frame):
+    chunk = toy_frame.iloc[100:150]
+    output, log = score_chunk(
+        toy_model,
+        chunk,
+        _config(),
+        threshold=0.4,
+        batch_id="bx",
+        model_version="3",
+        offset=100,
+        scored_at=SCORED_AT,
+    )
+
+    assert list(output.columns) == ["row_id", "prediction", "probability", "model_version"]
+    assert list(output["row_id"]) == [f"bx-{n}" for n in range(100, 150)]
+    assert set(output["model_version"]) == {"3"}
+    assert {"x", "plan", "batch_id", "scored_at"} <= set(log.columns)
+    assert list(log["row_id"]) == list(output["row_id"])
+    np.testing.assert_allclose(log["x"], chunk["x"])
+    assert set(log["batch_id"]) == {"bx"} and set(log["scored_at"]) == {pd.Timestamp(SCORED_AT)}
+
+
+# --------------------------------------------------------------------------- prediction log
+
+
+def _log_rows(batch_id: str, rows: int, start: int = 0) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "row_id": [f"{batch_id}-{n}" for n in range(start, start + rows)],
+            "prediction": ["No"] * rows,
+            "probability": np.linspace(0, 1, rows),
+            "model_version": ["1"] * rows,
+            "batch_id": [batch_id] * rows,
+        }
+    )
+
+
+def test_prediction_log_writes_a_batch_with_a_success_marker(tmp_path):
+    log = PredictionLog(tmp_path, "toy")
+    assert not log.has_batch("b1")
+    assert log.read().empty
+
+    rows = log.write_batch("b1", [_log_rows("b1", 30), _log_rows("b1", 20, start=30)])
+
+    assert rows == 50
+    assert log.has_batch("b1") and log.batches() == ["b1"]
+    assert (tmp_path / "toy" / "batch=b1" / "_SUCCESS").is_file()
+    assert list(log.read()["row_id"]) == [f"b1-{n}" for n in range(50)]
+    assert list(log.read(columns=["row_id"]).columns) == ["row_id"]
+
+
+def test_prediction_log_rewriting_a_batch_replaces_it(tmp_path):
+    log = PredictionLog(tmp_path, "toy")
+    log.write_batch("b1", [_log_rows("b1", 40)])
+    log.write_batch("b2", [_log_rows("b2", 10)])
+
+    log.write_batch("b1", [_log_rows("b1", 40)])
+
+    logged = log.read()
+    assert len(logged) == 50 and logged["row_id"].is_unique
+    assert log.batches() == ["b1", "b2"]
+
+
+def test_prediction_log_a_failed_write_leaves_nothing_behind(tmp_path):
+    log = PredictionLog(tmp_path, "toy")
+    log.write_batch("b0", [_log_rows("b0", 5)])
+
+    def parts():
+        yield _log_rows("b1", 10)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        log.write_batch("b1", parts())
+
+    assert not log.has_batch("b1")
+    assert log.batches() == ["b0"]
+    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == ["batch=b0"]
+    assert len(log.read()) == 5
+
+
+def test_prediction_log_ignores_a_batch_folder_without_its_marker(tmp_path):
+    log = PredictionLog(tmp_path, "toy")
+    log.write_batch("b1", [_log_rows("b1", 5)])
+    (tmp_path / "toy" / "batch=b1" / "_SUCCESS").unlink()
+
+    assert not log.has_batch("b1")
+    assert log.batches() == [] and log.read().empty
+
+
+# --------------------------------------------------------------------------- output files
+
+
+def _output_chunks():
+    for start in (0, 3, 6):
+        yield pd.DataFrame(
+            {
+                "row_id": [f"b-{n}" for n in range(start, start + 3)],
+                "prediction": ["Yes", "No", "No"],
+                "probability": [0.9, 0.1, 0.2],
+                "model_version": ["2"] * 3,
+            }
+        )
+
+
+@pytest.mark.parametrize("file_name", ["out.csv", "out.parquet"])
+def test_write_output_chunks_streams_every_chunk_once(tmp_path, file_name):
+    path = tmp_path / "nested" / file_name
+
+    rows = write_output_chunks(_output_chunks(), path)
+
+    written = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    expected = pd.concat(list(_output_chunks()), ignore_index=True)
+    assert rows == 9
+    assert list(written.columns) == list(expected.columns)
+    assert list(written["row_id"]) == list(expected["row_id"])
+    np.testing.assert_allclose(written["probability"], expected["probability"])
+    assert [p.name for p in path.parent.iterdir()] == [file_name]  # no temp file left
+
+
+def test_write_output_chunks_without_rows_is_an_error_and_writes_nothing(tmp_path):
+    path = tmp_path / "out.csv"
+
+    with pytest.raises(DataError, match="no rows"):
+        write_output_chunks(iter([pd.DataFrame(columns=["row_id", "prediction"])]), path)
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_output_chunks_keeps_an_old_file_when_scoring_fails(tmp_path):
+    path = tmp_path / "out.csv"
+    path.write_text("previous predictions\n")
+
+    def failing():
+        yield next(_output_chunks())
+        raise DataError("chunk 2 is broken")
+
+    with pytest.raises(DataError, match="broken"):
+        write_output_chunks(failing(), path)
+
+    assert path.read_text() == "previous predictions\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+# --------------------------------------------------------------------------- labels
+
+
+KNOWN = {"b1-0", "b1-1", "b1-2", "b1-3"}
+
+
+def test_parse_labels_normalises_ids_and_targets():
+    frame = pd.DataFrame({"row_id": ["b1-0", "b1-2"], "churn": ["Yes", "No"], "note": ["a", "b"]})
+
+    labels = parse_labels(frame, _config(), KNOWN)
+
+    assert list(labels.columns) == ["row_id", "target", "labelled_at"]
+    assert list(labels["row_id"]) == ["b1-0", "b1-2"]
+    assert list(labels["target"]) == ["Yes", "No"]
+    assert labels["labelled_at"].notna().all()
+
+
+def test_parse_labels_uses_the_configured_id_column():
+    frame = pd.DataFrame({"customer": [17, 18], "churn": ["Yes", "No"]})
+
+    labels = parse_labels(frame, _config(id_column="customer"), {"17", "18"})
+
+    assert list(labels["row_id"]) == ["17", "18"]
+
+
+@pytest.mark.parametrize(
+    ("columns", "missing"),
+    [(["row_id"], "churn"), (["churn"], "row_id"), (["id", "label"], "row_id, churn")],
+)
+def test_parse_labels_names_missing_columns(columns, missing):
+    frame = pd.DataFrame({column: ["b1-0"] for column in columns})
+
+    with pytest.raises(DataError, match=f"missing: {missing}"):
+        parse_labels(frame, _config(), KNOWN)
+
+
+def test_parse_labels_refuses_unknown_row_ids_and_names_them():
+    frame = pd.DataFrame({"row_id": ["b1-0", "zz-1", "zz-2"], "churn": ["Yes", "No", "No"]})
+
+    with pytest.raises(DataError) as failure:
+        parse_labels(frame, _config(), KNOWN)
+
+    message = str(failure.value)
+    assert "2 of 3 row ids were never scored" in message
+    assert "zz-1" in message and "zz-2" in message
+    assert "nothing was stored" in message
+
+
+def test_parse_labels_refuses_duplicate_row_ids():
+    frame = pd.DataFrame({"row_id": ["b1-0", "b1-0", "b1-1"], "churn": ["Yes", "No", "No"]})
+
+    with pytest.raises(DataError, match="1 row ids appear more than once"):
+        parse_labels(frame, _config(), KNOWN)
+
+
+def test_parse_labels_refuses_rows_without_a_target():
+    frame = pd.DataFrame({"row_id": ["b1-0", "b1-1"], "churn": ["Yes", None]})
+
+    with pytest.raises(DataError, match="1 label rows have no 'churn' value"):
+        parse_labels(frame, _config(), KNOWN)
+
+
+def test_label_store_a_later_label_corrects_an_earlier_one(tmp_path):
+    store = LabelStore(tmp_path, "toy")
+    first = parse_labels(
+        pd.DataFrame({"row_id": ["b1-0", "b1-1"], "churn": ["Yes", "No"]}), _config(), KNOWN
+    )
+    second = parse_labels(pd.DataFrame({"row_id": ["b1-1"], "churn": ["Yes"]}), _config(), KNOWN)
+    second["labelled_at"] = first["labelled_at"].iloc[0] + pd.Timedelta(seconds=1)
+
+    store.add_labels(first)
+    store.add_labels(second)
+    store.add_labels(first)  # the same file again adds nothing
+
+    labels = store.labels().set_index("row_id")["target"].to_dict()
+    assert labels == {"b1-0": "Yes", "b1-1": "Yes"}
+    assert len(list((tmp_path / "toy" / "labels").glob("*.parquet"))) == 2
+
+
+# --------------------------------------------------------------------------- recent window
+
+
+def _joined(at: list[datetime], start: int = 0) -> pd.DataFrame:
+    """Labelled predictions as ``joined_predictions`` returns them."""
+    count = len(at)
+    return pd.DataFrame(
+        {
+            "row_id": [f"s-{n}" for n in range(start, start + count)],
+            "x": np.arange(start, start + count, dtype=float),
+            "plan": ["basic"] * count,
+            "scored_at": pd.to_datetime(at, utc=True),
+            "target": ["Yes"] * count,
+        }
+    )
+
+
+def _labelled_batch(at: datetime, xs: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"x": xs, "plan": ["plus"] * len(xs), "churn": ["No"] * len(xs), "received_at": at}
+    )
+
+
+def test_recent_window_is_oldest_first_and_keeps_the_newest_rows():
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    joined = _joined([now - timedelta(days=d) for d in (5, 1, 3)])
+    batches = _labelled_batch(now - timedelta(days=2), [100.0, 101.0])
+    config = _config(retraining=RetrainingConfig(window_rows=4, max_age_days=30))
+
+    window = recent_window(joined, batches, config, now=now)
+
+    # Ages 5, 3, 2, 2, 1 days: the oldest one drops out of a 4-row window.
+    assert list(window["x"]) == [2.0, 100.0, 101.0, 1.0]
+    assert list(window.columns) == ["x", "plan", "churn"]
+    assert list(window["churn"]) == ["Yes", "No", "No", "Yes"]
+
+
+def test_recent_window_ages_out_old_rows():
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    joined = _joined([now - timedelta(days=d) for d in (100, 40, 10)])
+    batches = _labelled_batch(now - timedelta(days=31), [7.0])
+    config = _config(retraining=RetrainingConfig(window_rows=100, max_age_days=30))
+
+    window = recent_window(joined, batches, config, now=now)
+
+    assert list(window["x"]) == [2.0]
+
+
+def test_recent_window_without_labels_is_empty_with_the_training_columns():
+    window = recent_window(pd.DataFrame(), pd.DataFrame(), _config())
+
+    assert window.empty and list(window.columns) == ["x", "plan", "churn"]
+
+
+# --------------------------------------------------------------------------- reservoir sample
+
+
+def test_reservoir_sample_is_bounded_and_counts_every_row():
+    sample = ReservoirSample(250, random_state=1)
+    for start in range(0, 10_000, 700):
+        sample.add(pd.DataFrame({"n": np.arange(start, min(start + 700, 10_000))}))
+
+    frame = sample.frame()
+    assert sample.rows_seen == 10_000
+    assert len(frame) == 250
+    assert frame["n"].is_unique
+    assert list(frame.index) == list(range(250))
+
+
+def test_reservoir_sample_keeps_everything_from_a_short_stream_in_order():
+    sample = ReservoirSample(100)
+    sample.add(pd.DataFrame({"n": range(30)}))
+    sample.add(pd.DataFrame({"n": range(30, 60)}))
+
+    assert list(sample.frame()["n"]) == list(range(60))
+    assert ReservoirSample(5).frame().empty
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reservoir_sample_is_uniform_over_the_stream(seed):
+    """Early, middle and late rows are equally likely to be kept, whatever the chunking."""
+    sample = ReservoirSample(1_000, random_state=seed)
+    for start in range(0, 20_000, 1_300):
+        sample.add(pd.DataFrame({"n": np.arange(start, min(start + 1_300, 20_000))}))
+
+    kept = sample.frame()["n"].to_numpy()
+    per_tenth = np.bincount(kept // 2_000, minlength=10)
+    assert stats.chisquare(per_tenth).pvalue > 0.001, per_tenth
+    assert per_tenth.min() > 60  # each tenth of the stream expects 100
+
+
+# --------------------------------------------------------------------------- performance verdict
+
+
+def _verdict(current: dict, reference: dict, metric: str = "roc_auc", rows: int = 500, **kw):
+    return performance_verdict(
+        current,
+        reference,
+        metric=metric,
+        max_drop=kw.get("max_drop", 0.05),
+        rows=rows,
+        min_rows=kw.get("min_rows", 50),
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "degraded"),
+    [(0.84, False), (0.80, False), (0.79, True), (0.55, True), (0.90, False)],
+)
+def test_performance_is_degraded_when_the_metric_drops_more_than_allowed(current, degraded):
+    verdict = _verdict({"roc_auc": current}, {"roc_auc": 0.85})
+
+    assert verdict["degraded"] is degraded
+    assert verdict["drop"] == pytest.approx(0.85 - current)
+    assert verdict["reference"] == {"roc_auc": 0.85}
+
+
+def test_performance_of_an_error_metric_degrades_when_it_rises():
+    assert _verdict({"rmse": 13.0}, {"rmse": 10.0}, metric="rmse", max_drop=1.0)["degraded"]
+    assert not _verdict({"rmse": 8.0}, {"rmse": 10.0}, metric="rmse", max_drop=1.0)["degraded"]
+
+
+def test_performance_on_too_few_labelled_rows_gives_no_verdict():
+    verdict = _verdict({"roc_auc": 0.3}, {"roc_auc": 0.85}, rows=20, min_rows=50)
+
+    assert verdict["degraded"] is False and verdict["drop"] is None
+    assert "20 labelled rows" in verdict["note"]
+
+
+def test_performance_with_the_metric_undefined_on_the_batch_gives_no_verdict():
+    # A batch with one class only has no ROC AUC.
+    verdict = _verdict({"accuracy": 0.2}, {"roc_auc": 0.85})
+
+    assert verdict["degraded"] is False
+    assert "roc_auc is not defined" in verdict["note"]
