@@ -1,0 +1,215 @@
+"""What loopml's orchestration costs on top of the training work itself.
+
+Times ``loopml train NAME --trials N`` against ``python benchmarks/bare_train.py --trials N``
+(the same split, families, ranges, folds and pruner in plain pandas + scikit-learn + Optuna) on
+the same table, and prints both wall times and their ratio (target: loopml <= 1.15 x bare).
+
+What is and is not counted:
+
+- Both sides are timed the same way: a subprocess, wall clock from launch to exit, so Python
+  start-up and imports count on both sides (loopml's are heavier: Prefect, MLflow, GX).
+- The Prefect server is NOT counted: the benchmark starts one before timing (its start-up is
+  printed separately), or uses ``PREFECT_API_URL`` when that is set.
+- ``loopml init`` (profiling, suggested suite) is NOT counted: it is a one-off per project.
+- loopml does more than the bare script, and that is counted: GX validation, out-of-fold scores
+  for the decision threshold, evaluation figures, permutation importances, MLflow logging and
+  registration, the champion comparison (from the second run on) and Prefect task bookkeeping.
+  The per-task breakdown read back from the Prefect API shows where the time went.
+
+Runs alternate (loopml, bare, loopml, bare, ...) so a busy machine slows both alike; ``--repeats``
+runs each side that many times and the medians are compared. ``--threads`` sets
+``OMP_NUM_THREADS`` for both sides (on a shared machine oversubscribed OpenMP threads can make
+HistGradientBoosting many times slower, which would drown the comparison).
+
+Usage::
+
+    python benchmarks/train_benchmark.py --trials 12 [--data FILE --target COL] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PROJECT = "bench"
+TARGET_RATIO = 1.15
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_prefect_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
+    """A ``prefect server start`` on a free loopback port; returns it, its API URL and how long
+    it took to answer ``/api/health``."""
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    server_env = {**env, "PREFECT_HOME": str(home)}
+    server_env.pop("PREFECT_API_URL", None)
+    started = time.perf_counter()
+    with open(home / "server.log", "w") as log:  # the server keeps its own copy of the handle
+        process = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    api_url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2):
+                return process, api_url, time.perf_counter() - started
+        except OSError:
+            time.sleep(0.5)
+    stop(process)
+    raise TimeoutError("prefect server did not answer within 300 s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, dict]:
+    """Run ``command``; return its wall time and the JSON object on its last stdout line."""
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return seconds, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def task_breakdown(api_url: str) -> dict[str, float]:
+    """Seconds per task of the latest ``train`` flow run (from the Prefect API)."""
+    os.environ["PREFECT_API_URL"] = api_url
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        latest = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["train"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )[0]
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[latest.id]))
+        )
+    breakdown = {"(flow run)": latest.total_run_time.total_seconds()}
+    for task_run in task_runs:
+        name = task_run.name.rsplit("-", 1)[0]
+        breakdown[name] = breakdown.get(name, 0.0) + task_run.total_run_time.total_seconds()
+    return breakdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO / "loopml" / "data" / "telco_churn.csv"))
+    parser.add_argument("--target", default="churn")
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both")
+    arguments = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="loopml-train-benchmark-"))
+    data = Path(arguments.data).resolve()
+    env = {
+        **os.environ,
+        "LOOPML_HOME": str(workdir / "home"),
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LOOPML_OPTUNA_STORAGE"):
+        env.pop(variable, None)  # everything in the benchmark's own LOOPML_HOME
+    if arguments.threads:
+        env["OMP_NUM_THREADS"] = str(arguments.threads)
+
+    server = None
+    if env.get("PREFECT_API_URL"):
+        api_url = env["PREFECT_API_URL"]
+        print(f"Prefect API: {api_url} (PREFECT_API_URL)")
+    else:
+        server, api_url, startup = start_prefect_server(workdir / "prefect-server", env)
+        env["PREFECT_API_URL"] = api_url
+        print(f"Prefect server started in {startup:.1f} s at {api_url} (not counted)")
+    try:
+        project_dir = workdir / "project"
+        project_dir.mkdir()
+        init = [str(BIN / "loopml"), "init", str(data), "--target", arguments.target]
+        timed([*init, "--name", PROJECT, "--json"], env, project_dir)
+
+        train = [str(BIN / "loopml"), "train", PROJECT, "--trials", str(arguments.trials)]
+        bare = [sys.executable, str(REPO / "benchmarks" / "bare_train.py"), "--data", str(data)]
+        bare += ["--target", arguments.target, "--trials", str(arguments.trials)]
+        loopml_times, bare_times = [], []
+        for repeat in range(1, arguments.repeats + 1):
+            seconds, result = timed([*train, "--json"], env, project_dir)
+            loopml_times.append(seconds)
+            print(
+                f"[{repeat}] loopml train: {seconds:7.1f} s  v{result['version']} "
+                f"{result['family']} test roc_auc={result['test_metrics'].get('roc_auc', 0):.4f} "
+                f"({result['trials']} trials, {result['pruned']} pruned)"
+            )
+            for task, task_seconds in sorted(task_breakdown(api_url).items()):
+                print(f"        {task:<22} {task_seconds:7.1f} s")
+            seconds, result = timed(bare, env, REPO)
+            bare_times.append(seconds)
+            print(
+                f"[{repeat}] bare_train:   {seconds:7.1f} s  {result['best_family']} "
+                f"holdout roc_auc={result['holdout']['roc_auc']:.4f} ({result['trials']} trials, "
+                f"{result['pruned']} pruned; in-process {result['seconds']:.1f} s, "
+                f"search {result['search_seconds']:.1f} s)"
+            )
+    finally:
+        if server is not None:
+            stop(server)
+
+    loopml_median = statistics.median(loopml_times)
+    bare_median = statistics.median(bare_times)
+    ratio = loopml_median / bare_median
+    with open(data) as handle:
+        rows = sum(1 for _ in handle) - 1
+    print(
+        f"\n{data.name} ({rows} rows), {arguments.trials} trials, {arguments.repeats} run(s) each, "
+        f"OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', 'unset')}, load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(f"loopml train (median): {loopml_median:.1f} s")
+    print(f"bare_train   (median): {bare_median:.1f} s")
+    verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
+    print(f"ratio: {ratio:.2f} ({verdict} the {TARGET_RATIO} target)")
+    print(f"work folder: {workdir}")
+
+
+if __name__ == "__main__":
+    main()
