@@ -120,7 +120,10 @@ def test_automations_are_idempotent_and_a_burst_runs_one_retraining(
 
     Storm: 20 drift events for one project within about a second, with 10 distinct batch ids
     (each id twice). Reactive + threshold 1 + within=cooldown: exactly one flow run of the retrain
-    deployment, carrying the first event's batch id. (No runner here: the run stays Scheduled.)
+    deployment, carrying the batch id of the event that fired it. Which event of the burst that is
+    is the server's choice: events sent within milliseconds are not processed in send order, so
+    the run carries one of the storm's ids, not necessarily the first. (No runner here: the run
+    stays Scheduled.)
     A promotion event reaches the local notification sink through the Custom Webhook block.
     """
     from prefect.automations import Automation
@@ -193,7 +196,7 @@ def test_automations_are_idempotent_and_a_burst_runs_one_retraining(
         time.sleep(8)  # late firings would show up here
         runs = _wait_for_runs(retrain_id, expected=1, timeout=0)
         assert len(runs) == 1, [r.parameters for r in runs]
-        assert runs[0].parameters["batch_id"] == "bstorm0"
+        assert runs[0].parameters["batch_id"] in {f"bstorm{index}" for index in range(10)}
         assert runs[0].parameters["event"] == "loopml.drift.detected"
         latency = (runs[0].created - storm_started).total_seconds()
         print(
