@@ -64,6 +64,7 @@ def retrain_flow(
             source=None,
             batch_id=f"retrain-{frame_hash(data.train)}",
             require_target=True,
+            require_id=False,
         )
         study_name = f"{project}-retrain-{flow_run.get_id()}"
         workers = parallel_workers(runtime.settings)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from loopml.errors import DataError
 
@@ -100,12 +102,30 @@ def read_sql(query: str, url: str) -> pd.DataFrame:
     return frame
 
 
+def arrow_table(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as an Arrow table; object columns mixing types (``True`` beside ``"True"``,
+    numbers beside text) are kept as text rather than refused."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        mixed = frame.select_dtypes(include="object").columns
+        return pa.Table.from_pandas(
+            frame.astype({column: "string" for column in mixed}), preserve_index=False
+        )
+
+
+def write_parquet(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``frame`` to Parquet at ``path`` (mixed-type object columns as text)."""
+    pq.write_table(arrow_table(frame), path)
+    return Path(path)
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write CSV or Parquet by the file's suffix, creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if _table_kind(path) == "parquet":
-        frame.to_parquet(path, index=False)
+        write_parquet(frame, path)
     else:
         frame.to_csv(path, index=False)
     return path

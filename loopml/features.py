@@ -34,6 +34,29 @@ def prepare_features(frame: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame
     return prepared[config.columns.features]
 
 
+def align_dtypes(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose columns take the dtypes they have in ``reference``.
+
+    Logged rows hold features as :func:`prepare_features` left them (categories as text, so a
+    boolean flag reads ``"True"``); before they join the reference table for retraining, they go
+    back to the reference's types, or the joined column would mix both and fail its suite.
+    """
+    aligned = frame.copy()
+    for column in frame.columns.intersection(reference.columns):
+        wanted = reference[column].dtype
+        values = frame[column]
+        if values.dtype == wanted:
+            continue
+        if pd.api.types.is_bool_dtype(wanted):
+            text = values.astype(str).str.strip().str.lower()
+            aligned[column] = values.where(values.isna(), text.isin({"true", "1", "1.0"}))
+            if not values.isna().any():
+                aligned[column] = aligned[column].astype(bool)
+        elif pd.api.types.is_numeric_dtype(wanted):
+            aligned[column] = pd.to_numeric(values, errors="coerce")
+    return aligned
+
+
 def prepare_target(frame: pd.DataFrame, config: ProjectConfig) -> pd.Series:
     """The target in the form the model learns it: floats for regression, labels as in config.
 

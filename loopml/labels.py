@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from loopml.config import ProjectConfig
-from loopml.data import frame_hash
+from loopml.data import frame_hash, write_parquet
 from loopml.errors import DataError
 from loopml.features import prepare_target
 from loopml.scoring import MODEL_VERSION, PREDICTION, PROBABILITY, ROW_ID, SCORED_AT, PredictionLog
@@ -58,7 +58,7 @@ class LabelStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             stamped = frame.assign(**{RECEIVED_AT: pd.Timestamp(datetime.now(UTC))})
             tmp = path.with_suffix(".tmp")
-            _to_parquet(stamped, tmp)
+            write_parquet(stamped, tmp)
             tmp.replace(path)
         return path
 
@@ -159,11 +159,3 @@ def recent_window(
         window = window[window["_at"] >= pd.Timestamp(cutoff)]
     window = window.sort_values("_at", kind="stable").tail(config.retraining.window_rows)
     return window.drop(columns="_at").reset_index(drop=True)
-
-
-def _to_parquet(frame: pd.DataFrame, path: Path) -> None:
-    try:
-        frame.to_parquet(path, index=False)
-    except Exception:  # mixed-type object columns: keep them as text
-        mixed = frame.select_dtypes(include="object").columns
-        frame.astype({c: "string" for c in mixed}).to_parquet(path, index=False)

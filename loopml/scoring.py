@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from loopml.config import ProjectConfig
+from loopml.data import write_parquet
 from loopml.errors import DataError
 from loopml.features import prepare_features
 
@@ -123,7 +124,7 @@ class PredictionLog:
         counts = {"parts": 0, "rows": 0}
 
         def write(part: pd.DataFrame) -> int:
-            _write_part(part, staging / f"part-{counts['parts']:05d}.parquet")
+            write_parquet(part, staging / f"part-{counts['parts']:05d}.parquet")
             counts["parts"] += 1
             counts["rows"] += len(part)
             return len(part)
@@ -157,17 +158,6 @@ class PredictionLog:
         if not frames:
             return pd.DataFrame(columns=columns or [ROW_ID, PREDICTION, MODEL_VERSION, BATCH_ID])
         return pd.concat(frames, ignore_index=True)
-
-
-def _write_part(frame: pd.DataFrame, path: Path) -> None:
-    try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        mixed = frame.select_dtypes(include="object").columns
-        table = pa.Table.from_pandas(
-            frame.astype({c: "string" for c in mixed}), preserve_index=False
-        )
-    pq.write_table(table, path)
 
 
 def write_output_chunks(chunks: Iterator[pd.DataFrame], path: Path) -> int:

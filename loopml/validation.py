@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from loopml.data import write_parquet
 from loopml.errors import ConfigError
 from loopml.profiling import NUMERIC_TYPE_LIST, coerce_numeric
 
@@ -236,7 +237,7 @@ def quarantine_batch(
     folder = Path(quarantine_dir) / batch_id
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(source, pd.DataFrame):
-        source.to_parquet(folder / "batch.parquet", index=False)
+        write_parquet(source, folder / "batch.parquet")
         source_text = "DataFrame"
     else:
         source = Path(source)

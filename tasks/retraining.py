@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 
 from loopml import evaluation, ledger
 from loopml.errors import LoopmlError
-from loopml.features import prepare_features, prepare_target
+from loopml.features import align_dtypes, prepare_features, prepare_target
 from loopml.gate import GateDecision, decide_retrain_promotion
 from loopml.labels import LabelStore, joined_predictions, recent_window
 from loopml.registry import (
@@ -146,7 +146,9 @@ def gather_data(runtime: Runtime, as_of: datetime | None) -> RetrainingData:
     joined = joined_predictions(
         PredictionLog(runtime.settings.predictions_dir, runtime.name), store
     )
-    window = recent_window(joined, store.labelled_batches(), config, now=as_of)
+    window = align_dtypes(
+        recent_window(joined, store.labelled_batches(), config, now=as_of), reference
+    )
     evaluation_rows = int(len(window) * RECENT_EVALUATION_SHARE)
     if evaluation_rows >= MIN_RECENT_EVALUATION_ROWS:
         window_train, recent_evaluation = (

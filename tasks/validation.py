@@ -35,8 +35,12 @@ def validate_batch(
     source: Path | None,
     batch_id: str,
     require_target: bool,
+    require_id: bool = True,
 ) -> ValidationReport:
     """Run the suite on a batch in memory; on failure quarantine it and raise.
+
+    ``require_id=False`` for tables loopml assembles itself (the retraining set keeps features
+    and target only), where the id column's absence says nothing about the data.
 
     Raises:
         ValidationFailed: carrying the report and the quarantine folder.
@@ -45,6 +49,7 @@ def validate_batch(
         frame,
         load_suite(runtime.suite_path),
         require_target=require_target,
+        require_id=require_id,
         data_docs_dir=runtime.settings.data_docs_dir / runtime.name,
     )
     return _conclude(runtime, report, source if source is not None else frame, batch_id, len(frame))

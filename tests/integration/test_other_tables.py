@@ -259,3 +259,47 @@ def test_loan_defaults_from_parquet_with_a_numeric_imbalanced_target(
     safe = table.head(300).assign(late_payments=0, debt_ratio=0.1, credit_score=800)
     assert model.predict(prepare_features(risky, config)).mean() > 0.7
     assert model.predict(prepare_features(safe, config)).mean() < 0.1
+
+
+@pytest.mark.slow
+def test_loans_with_an_id_column_and_flags_go_round_the_whole_loop(
+    prefect_api, loopml_home, project_dir, tmp_path
+):
+    """init with ``--id-column`` -> train -> score -> label -> retrain, through the CLI.
+
+    Boolean flags come back from the prediction log as text and the retraining table carries no
+    id column: the retraining must still validate and register a version.
+    """
+    table = loan_defaults(rows=1_600, seed=5)
+    history, later = table.iloc[:1_200], table.iloc[1_200:]
+    data = tmp_path / "loans.csv"
+    history.to_csv(data, index=False)
+    batch = tmp_path / "batch.csv"
+    later.drop(columns="defaulted").to_csv(batch, index=False)
+    labels = tmp_path / "labels.csv"
+    later[["application_id", "defaulted"]].to_csv(labels, index=False)
+
+    init = run_cli(
+        "init", str(data), "--target", "defaulted", "--name", "loanloop",
+        "--id-column", "application_id", "--json", cwd=project_dir,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    assert last_json(init.stdout)["excluded"]["application_id"] == "the id column"
+    for command in (
+        ("train", "loanloop", "--trials", "2"),
+        ("score", "loanloop", "--data", str(batch), "--out", str(tmp_path / "scored.csv")),
+        ("label", "loanloop", "--data", str(labels)),
+    ):
+        result = run_cli(*command, "--json", cwd=project_dir)
+        assert result.returncode == 0, (command, result.stderr)
+    scored = pd.read_csv(tmp_path / "scored.csv")
+    assert list(scored["row_id"]) == list(later["application_id"])
+
+    retrained = run_cli("retrain", "loanloop", "--trials", "2", "--json", cwd=project_dir)
+
+    assert retrained.returncode == 0, retrained.stderr
+    result = last_json(retrained.stdout)
+    assert result["version"] == "2" and result["skipped"] is False
+    assert result["training_rows"] > len(history) * 0.7  # the reference plus the labelled window
+    version = mlflow.MlflowClient().get_model_version("loanloop", "2")
+    assert version.tags["loopml.parent_version"] == "1"

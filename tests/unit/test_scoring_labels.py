@@ -7,12 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
 from loopml.config import ColumnsConfig, ProjectConfig, RetrainingConfig
+from loopml.data import write_parquet
 from loopml.errors import DataError
+from loopml.features import align_dtypes, prepare_features
 from loopml.labels import LabelStore, parse_labels, recent_window
 from loopml.monitoring import ReservoirSample, performance_verdict
 from loopml.scoring import (
@@ -402,6 +405,51 @@ def test_recent_window_without_labels_is_empty_with_the_training_columns():
     window = recent_window(pd.DataFrame(), pd.DataFrame(), _config())
 
     assert window.empty and list(window.columns) == ["x", "plan", "churn"]
+
+
+def test_logged_rows_take_the_reference_dtypes_back_before_they_join_it():
+    reference = pd.DataFrame(
+        {"member": [True, False], "visits": [3, 4], "plan": ["basic", "plus"]}
+    ).assign(churn=["No", "Yes"])
+    config = ProjectConfig(
+        name="toy",
+        data="toy.csv",
+        target="churn",
+        task="classification",
+        positive_label="Yes",
+        columns=ColumnsConfig(numeric=["visits"], categorical=["member", "plan"]),
+    )
+    logged = prepare_features(reference, config).assign(churn=["Yes", "No"])
+    assert list(logged["member"]) == ["True", "False"]  # as the prediction log keeps them
+
+    aligned = align_dtypes(logged, reference)
+    joined = pd.concat([reference, aligned], ignore_index=True)
+
+    assert joined["member"].dtype == bool
+    assert list(joined["member"]) == [True, False, True, False]
+    assert joined["visits"].dtype.kind in "if" and list(joined["visits"]) == [3, 4, 3, 4]
+    assert list(joined["plan"]) == ["basic", "plus", "basic", "plus"]
+
+
+def test_aligning_a_flag_with_gaps_keeps_the_gaps():
+    reference = pd.DataFrame({"member": [True, False]})
+    logged = pd.DataFrame({"member": ["True", None, "False"]})
+
+    aligned = align_dtypes(logged, reference)
+
+    assert aligned["member"].tolist()[0] is True and aligned["member"].tolist()[2] is False
+    assert pd.isna(aligned["member"].iloc[1])
+
+
+def test_write_parquet_keeps_a_column_mixing_types_as_text(tmp_path):
+    mixed = pd.DataFrame({"member": [True, "True", False], "x": [1.0, 2.0, 3.0]})
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):  # what pandas alone does
+        mixed.to_parquet(tmp_path / "plain.parquet")
+
+    path = write_parquet(mixed, tmp_path / "mixed.parquet")
+
+    back = pd.read_parquet(path)
+    assert list(back["member"]) == ["True", "True", "False"] and list(back["x"]) == [1.0, 2.0, 3.0]
 
 
 # --------------------------------------------------------------------------- reservoir sample
