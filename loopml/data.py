@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,8 @@ import pyarrow.parquet as pq
 from loopml.errors import DataError
 
 CSV_SUFFIXES = {".csv", ".txt", ".tsv"}
+CSV_DELIMITERS = ",;\t|"  # the ones spreadsheets and databases export with
+SNIFF_BYTES = 64 * 1024
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 
 
@@ -29,6 +33,30 @@ def _table_kind(path: Path) -> str:
         f"{path}: unsupported file type {suffix or '(none)'!r}; "
         "use CSV (.csv) or Parquet (.parquet)"
     )
+
+
+def csv_separator(path: Path) -> str:
+    """The field separator of a delimited text file: tab for ``.tsv``, else sniffed from its
+    start among ``, ; tab |`` (European exports use ``;``), falling back to a comma."""
+    if ".tsv" in [suffix.lower() for suffix in path.suffixes]:
+        return "\t"
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes[-1:] == [".zip"]:
+        return ","
+    opener = gzip.open if suffixes[-1:] == [".gz"] else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as handle:
+            sample = handle.read(SNIFF_BYTES)
+    except OSError:
+        return ","  # pandas reports the unreadable file
+    header = sample.splitlines()[0] if sample else ""
+    try:
+        separator = csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        separator = max(CSV_DELIMITERS, key=header.count)
+    if header.count(separator) == 0 and header.count(",") > 0:
+        return ","
+    return separator if header.count(separator) > 0 else ","
 
 
 def read_table(path: str | Path, *, sql_url: str | None = None) -> pd.DataFrame:
@@ -49,8 +77,7 @@ def read_table(path: str | Path, *, sql_url: str | None = None) -> pd.DataFrame:
         if kind == "parquet":
             frame = pd.read_parquet(path)
         else:
-            sep = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
-            frame = pd.read_csv(path, sep=sep, low_memory=False)
+            frame = pd.read_csv(path, sep=csv_separator(path), low_memory=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise DataError(f"{path}: cannot be read as {kind.upper()}: {_first_line(exc)}") from exc
     except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
@@ -79,7 +106,9 @@ def iter_table_chunks(path: str | Path, chunk_rows: int = 100_000) -> Iterator[p
             for record_batch in parquet.iter_batches(batch_size=chunk_rows):
                 yield record_batch.to_pandas()
         else:
-            yield from pd.read_csv(path, chunksize=chunk_rows, low_memory=False)
+            yield from pd.read_csv(
+                path, sep=csv_separator(path), chunksize=chunk_rows, low_memory=False
+            )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be read as {kind.upper()}: {_first_line(exc)}") from exc
 
