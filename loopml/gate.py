@@ -15,6 +15,31 @@ def improvement(candidate: float, champion: float, metric: str) -> float:
     return candidate - champion
 
 
+def relative_bounds(metric: str) -> bool:
+    """Whether margins and tolerances on ``metric`` are fractions of the champion's value.
+
+    Error metrics (RMSE, MAE, log-loss ...) are in the target's own units, so an absolute bound
+    such as 0.02 means nothing on a price in dollars; bounded scores (ROC-AUC, F1, accuracy, R²)
+    keep absolute bounds.
+    """
+    return metric_direction(metric) == "minimize"
+
+
+def scaled_improvement(candidate: float, champion: float, metric: str) -> float:
+    """The improvement in the units margins are stated in (see :func:`relative_bounds`)."""
+    gain = improvement(candidate, champion, metric)
+    if relative_bounds(metric):
+        return gain / max(abs(champion), 1e-12)
+    return gain
+
+
+def bound_text(bound: float, metric: str) -> str:
+    """A margin as people read it: ``0.02`` or ``2% of the champion's rmse``."""
+    if relative_bounds(metric):
+        return f"{bound:.0%} of the champion's {metric}"
+    return f"{bound:g}"
+
+
 @dataclass
 class GateDecision:
     """Why a version was (or was not) promoted.
@@ -53,14 +78,14 @@ def decide_promotion(
             metric=metric,
             comparisons={"held_out": _comparison(candidate_score, None, metric, min_improvement)},
         )
-    gain = improvement(candidate_score, champion_score, metric)
+    gain = scaled_improvement(candidate_score, champion_score, metric)
     promote = gain > min_improvement if min_improvement > 0 else gain > 0
     verb = "beats" if promote else "does not beat"
     return GateDecision(
         promote=promote,
         reason=(
             f"candidate {metric}={candidate_score:.4f} {verb} champion {champion_score:.4f} "
-            f"on the same held-out data (margin {min_improvement:g})"
+            f"on the same held-out data (margin {bound_text(min_improvement, metric)})"
         ),
         metric=metric,
         comparisons={
@@ -87,13 +112,15 @@ def decide_retrain_promotion(
     comparisons = {
         "frozen_held_out": _comparison(candidate_old, champion_old, metric, -old_data_tolerance),
     }
-    old_gain = improvement(candidate_old, champion_old, metric)
+    old_gain = scaled_improvement(candidate_old, champion_old, metric)
     if old_gain < -old_data_tolerance:
+        lost = improvement(candidate_old, champion_old, metric)
         return GateDecision(
             promote=False,
             reason=(
-                f"challenger loses {-old_gain:.4f} {metric} on the frozen held-out set "
-                f"(tolerance {old_data_tolerance:g})"
+                f"challenger loses {-lost:.4f} {metric} on the frozen held-out set "
+                f"({candidate_old:.4f} vs {champion_old:.4f}; "
+                f"tolerance {bound_text(old_data_tolerance, metric)})"
             ),
             metric=metric,
             comparisons=comparisons,
@@ -108,7 +135,7 @@ def decide_retrain_promotion(
     comparisons["recent_window"] = _comparison(
         candidate_recent, champion_recent, metric, min_improvement
     )
-    recent_gain = improvement(candidate_recent, champion_recent, metric)
+    recent_gain = scaled_improvement(candidate_recent, champion_recent, metric)
     promote = recent_gain > min_improvement if min_improvement > 0 else recent_gain > 0
     if promote:
         reason = (
@@ -119,7 +146,8 @@ def decide_retrain_promotion(
     else:
         reason = (
             f"challenger does not beat champion on the recent window ({metric} "
-            f"{candidate_recent:.4f} vs {champion_recent:.4f}, margin {min_improvement:g})"
+            f"{candidate_recent:.4f} vs {champion_recent:.4f}, "
+            f"margin {bound_text(min_improvement, metric)})"
         )
     return GateDecision(promote=promote, reason=reason, metric=metric, comparisons=comparisons)
 
@@ -131,5 +159,9 @@ def _comparison(
         "candidate": float(candidate),
         "champion": None if champion is None else float(champion),
         "improvement": None if champion is None else improvement(candidate, champion, metric),
+        "scaled_improvement": (
+            None if champion is None else scaled_improvement(candidate, champion, metric)
+        ),
         "required_improvement": float(bound),
+        "bound_units": "fraction of champion" if relative_bounds(metric) else "absolute",
     }

@@ -13,7 +13,7 @@ import pandas as pd
 
 from loopml.config import ProjectConfig
 from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
-from loopml.gate import improvement
+from loopml.gate import relative_bounds, scaled_improvement
 
 PREDICTION_SCORE = "prediction_score"
 
@@ -79,7 +79,11 @@ def performance_verdict(
     rows: int,
     min_rows: int,
 ) -> dict[str, Any]:
-    """Compare batch metrics with the champion's held-out metrics; degraded beyond ``max_drop``."""
+    """Compare batch metrics with the champion's held-out metrics; degraded beyond ``max_drop``.
+
+    ``max_drop`` is absolute for bounded scores (ROC-AUC 0.91 -> 0.85 is a drop of 0.06) and a
+    fraction of the champion's value for error metrics (RMSE 10 -> 12 is a drop of 0.2).
+    """
     verdict: dict[str, Any] = {
         "metric": metric,
         "rows": rows,
@@ -88,6 +92,7 @@ def performance_verdict(
         "degraded": False,
         "drop": None,
         "max_drop": max_drop,
+        "drop_units": "fraction of champion" if relative_bounds(metric) else "absolute",
     }
     if rows < min_rows:
         verdict["note"] = f"only {rows} labelled rows (< {min_rows}): no performance verdict"
@@ -95,7 +100,7 @@ def performance_verdict(
     if metric not in current or reference.get(metric) is None:
         verdict["note"] = f"{metric} is not defined on this batch"
         return verdict
-    drop = -improvement(current[metric], reference[metric], metric)
+    drop = -scaled_improvement(current[metric], reference[metric], metric)
     verdict["drop"] = drop
     verdict["degraded"] = drop > max_drop
     return verdict

@@ -72,8 +72,8 @@ def test_first_version_is_promoted_when_there_is_no_champion():
         pytest.param(0.90625, 0.75, "roc_auc", 0.125, True, id="beyond-margin"),
         pytest.param(9.0, 10.0, "rmse", 0.0, True, id="rmse-lower-is-better"),
         pytest.param(11.0, 10.0, "rmse", 0.0, False, id="rmse-higher-is-worse"),
-        pytest.param(9.75, 10.0, "rmse", 0.5, False, id="rmse-within-margin"),
-        pytest.param(9.25, 10.0, "rmse", 0.5, True, id="rmse-beyond-margin"),
+        pytest.param(9.75, 10.0, "rmse", 0.05, False, id="rmse-within-margin"),  # 5% of 10
+        pytest.param(9.25, 10.0, "rmse", 0.05, True, id="rmse-beyond-margin"),
         pytest.param(0.25, 0.5, "log_loss", 0.0, True, id="log-loss-lower-is-better"),
         pytest.param(0.625, 0.5, "f1_macro", 0.0, True, id="f1-macro-higher-is-better"),
     ],
@@ -199,8 +199,32 @@ def test_retrain_gate_on_an_error_metric(candidate_old, candidate_recent, promot
         candidate_recent=candidate_recent,
         champion_recent=9.0,
         metric="rmse",
-        old_data_tolerance=0.5,
+        old_data_tolerance=0.05,  # 5% of the champion's frozen RMSE of 10
         min_improvement=0.0,
     )
 
     assert decision.promote is promote
+    assert decision.comparisons["frozen_held_out"]["bound_units"] == "fraction of champion"
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 50_000.0])
+def test_margins_on_an_error_metric_are_fractions_of_the_champion(scale):
+    """An RMSE is in the target's units; a margin of 0.02 must mean the same on cents and on
+    house prices: 2% of the champion's error."""
+    champion = 100.0 * scale
+
+    small_gain = decide_promotion(99.0 * scale, champion, metric="rmse", min_improvement=0.02)
+    large_gain = decide_promotion(97.0 * scale, champion, metric="rmse", min_improvement=0.02)
+
+    assert small_gain.promote is False
+    assert large_gain.promote is True
+    assert large_gain.comparisons["held_out"]["scaled_improvement"] == pytest.approx(0.03)
+    assert "2% of the champion's rmse" in large_gain.reason
+
+
+def test_margins_on_a_bounded_score_stay_absolute():
+    decision = decide_promotion(0.80, 0.78, metric="roc_auc", min_improvement=0.01)
+
+    assert decision.promote is True
+    assert decision.comparisons["held_out"]["scaled_improvement"] == pytest.approx(0.02)
+    assert decision.comparisons["held_out"]["bound_units"] == "absolute"

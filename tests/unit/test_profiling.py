@@ -258,3 +258,35 @@ def test_suite_hash_is_stable_and_sensitive():
 
     assert suite_hash(suite) == suite_hash(same_content_other_ids)
     assert suite_hash(suite) != suite_hash(changed)
+
+
+@pytest.mark.parametrize(
+    ("target_values", "expected_max_drop"),
+    [
+        pytest.param(np.linspace(1_000, 90_000, ROWS), 0.15, id="regression-relative"),
+        pytest.param(np.tile(["yes", "no"], ROWS // 2), 0.05, id="classification-absolute"),
+    ],
+)
+def test_init_writes_a_degradation_threshold_suited_to_the_task(
+    tmp_path, target_values, expected_max_drop
+):
+    from loopml.config import load_config
+    from loopml.project import initialise_project
+
+    data = tmp_path / "table.csv"
+    _with_target(target_values).to_csv(data, index=False)
+
+    initialise_project(
+        str(data),
+        target="target",
+        name="table",
+        task=None,
+        positive_label=None,
+        id_column=None,
+        time_column=None,
+        sql_url=None,
+        project_dir=tmp_path,
+    )
+
+    config = load_config("table", tmp_path)
+    assert config.monitoring.performance.max_drop == expected_max_drop

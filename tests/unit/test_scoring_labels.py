@@ -516,8 +516,22 @@ def test_performance_is_degraded_when_the_metric_drops_more_than_allowed(current
 
 
 def test_performance_of_an_error_metric_degrades_when_it_rises():
-    assert _verdict({"rmse": 13.0}, {"rmse": 10.0}, metric="rmse", max_drop=1.0)["degraded"]
-    assert not _verdict({"rmse": 8.0}, {"rmse": 10.0}, metric="rmse", max_drop=1.0)["degraded"]
+    assert _verdict({"rmse": 13.0}, {"rmse": 10.0}, metric="rmse", max_drop=0.2)["degraded"]
+    assert not _verdict({"rmse": 8.0}, {"rmse": 10.0}, metric="rmse", max_drop=0.2)["degraded"]
+
+
+@pytest.mark.parametrize("scale", [0.001, 1.0, 1_000.0, 1e6])
+def test_an_error_metric_is_judged_relative_to_the_champion_whatever_the_target_units(scale):
+    """RMSE is in the target's units: a 10% rise is not degraded, a 30% rise is, at any scale."""
+    reference = {"rmse": 10.0 * scale}
+
+    slightly_worse = _verdict({"rmse": 11.0 * scale}, reference, metric="rmse", max_drop=0.15)
+    much_worse = _verdict({"rmse": 13.0 * scale}, reference, metric="rmse", max_drop=0.15)
+
+    assert slightly_worse["degraded"] is False
+    assert slightly_worse["drop"] == pytest.approx(0.1)
+    assert much_worse["degraded"] is True
+    assert much_worse["drop_units"] == "fraction of champion"
 
 
 def test_performance_on_too_few_labelled_rows_gives_no_verdict():
