@@ -175,11 +175,10 @@ def init(
         typer.echo(f"project {result['name']}: {result['task']} on target {result['target']!r}")
         if result.get("positive_label") is not None:
             typer.echo(f"  positive label: {result['positive_label']!r}")
-        typer.echo(f"  numeric features ({len(result['numeric'])}): {', '.join(result['numeric'])}")
-        typer.echo(
-            f"  categorical features ({len(result['categorical'])}): "
-            f"{', '.join(result['categorical'])}"
-        )
+        for kind in ("numeric", "categorical"):
+            columns = result[kind]
+            listed = ", ".join(columns) if columns else "none"
+            typer.echo(f"  {kind} features ({len(columns)}): {listed}")
         for column, reason in result["excluded"].items():
             typer.echo(f"  excluded {column!r}: {reason}")
         typer.echo(f"wrote {result['config']}")
@@ -312,12 +311,7 @@ def monitor(
         typer.echo(f"  prediction drift: {result['prediction_drift'].get('drifted')}")
         performance = result.get("performance")
         if performance:
-            metric = performance["metric"]
-            typer.echo(
-                f"  {metric}: {performance['current'].get(metric)} "
-                f"(reference {performance['reference'].get(metric)}, "
-                f"{'DEGRADED' if performance['degraded'] else 'ok'})"
-            )
+            typer.echo("  performance: " + _performance_line(performance))
         typer.echo(f"  report: {result['report_path']}")
 
     _run(action, json_output, render)
@@ -359,7 +353,37 @@ def label(
             project_dir=str(project_dir.resolve()),
         )
 
-    _run(action, json_output)
+    def render(result: dict[str, Any]) -> None:
+        typer.echo(f"{name}: {result['labels']} labels stored ({result['labels_id']})")
+        for version, entry in sorted(result["performance_by_version"].items()):
+            typer.echo(f"  v{version} on {entry['rows']} labelled rows: {_metrics(entry)}")
+        verdict = result.get("champion_verdict")
+        if verdict:
+            typer.echo("  champion: " + _performance_line(verdict))
+
+    _run(action, json_output, render)
+
+
+def _metrics(entry: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted((entry.get("metrics") or {}).items()))
+
+
+def _performance_line(verdict: dict[str, Any]) -> str:
+    """``rmse 12.1 vs 10.0 held-out: degraded (drop 21% of the champion's, max 15%)``."""
+    metric = verdict["metric"]
+    current = (verdict.get("current") or {}).get(metric)
+    reference = (verdict.get("reference") or {}).get(metric)
+    if verdict.get("drop") is None or current is None or reference is None:
+        return verdict.get("note") or "no verdict"
+    relative = verdict.get("drop_units") == "fraction of champion"
+    rounded = round(verdict["drop"], 4) + 0.0  # no "-0.0000"
+    drop = f"{rounded:.0%}" if relative else f"{rounded:.4f}"
+    bound = f"{verdict['max_drop']:.0%}" if relative else f"{verdict['max_drop']:g}"
+    state = "DEGRADED" if verdict["degraded"] else "ok"
+    return (
+        f"{metric} {current:.4f} vs {reference:.4f} held-out on {verdict['rows']} rows: "
+        f"{state} (drop {drop}, max {bound})"
+    )
 
 
 @app.command()
@@ -385,7 +409,28 @@ def retrain(
             timeout=timeout,
         )
 
-    _run(action, json_output)
+    def render(result: dict[str, Any]) -> None:
+        if result.get("skipped"):
+            typer.echo(f"{name}: retraining skipped: {result['reason']}")
+            return
+        verdict = "promoted to champion" if result["promoted"] else "kept as challenger"
+        held_back = result.get("recent_evaluation_rows", 0)
+        learned = result["recent_window_rows"] - held_back
+        typer.echo(f"{name} v{result['version']} ({result['family']}): {verdict}")
+        typer.echo(
+            f"  trained on {result['training_rows']} rows ({result['training_rows'] - learned} "
+            f"reference + {learned} recent labelled); {held_back} recent rows held back to judge"
+        )
+        typer.echo(f"  {result['reason']}")
+        for comparison, values in (result.get("comparisons") or {}).items():
+            champion = values.get("champion")
+            typer.echo(
+                f"  {comparison}: challenger {values['candidate']:.4f} vs champion "
+                + ("-" if champion is None else f"{champion:.4f}")
+            )
+        typer.echo(f"  MLflow run {result['run_id']}")
+
+    _run(action, json_output, render)
 
 
 @app.command()
@@ -460,12 +505,24 @@ def status(
             typer.echo("last monitoring: none")
         typer.echo("history:")
         for entry in result["history"]:
-            typer.echo(
-                f"  {entry.get('at')} {entry.get('action')} v{entry.get('version')}"
-                f" {entry.get('reason') or ''}".rstrip()
-            )
+            typer.echo("  " + _history_line(entry))
 
     _run(action, json_output, render)
+
+
+def _history_line(entry: dict[str, Any]) -> str:
+    """One promotion-history entry as a line: when, what, which version, why, what triggered it."""
+    trigger = entry.get("trigger") or {}
+    parts = [str(entry.get("at")), str(entry.get("action"))]
+    if entry.get("version") is not None:
+        parts.append(f"v{entry['version']}")
+    if trigger.get("kind"):
+        cause = trigger.get("event") or trigger["kind"]
+        batch_id = trigger.get("batch_id") or entry.get("batch_id")
+        parts.append(f"[{cause}, batch {batch_id}]" if batch_id else f"[{cause}]")
+    if entry.get("reason"):
+        parts.append(str(entry["reason"]))
+    return " ".join(parts)
 
 
 def _register_extensions() -> None:

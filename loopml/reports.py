@@ -217,6 +217,34 @@ def add_to_workspace(workspace_path: str | Path, project_name: str, snapshot: Sn
     return str(workspace.add_run(project.id, snapshot).id)
 
 
+def comparable_labels(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels of one kind on both sides, as scikit-learn's metrics need them.
+
+    Labels read back from CSV, Parquet or the prediction log can arrive as object arrays of
+    numbers (which scikit-learn calls an 'unknown' target type) or as numbers on one side and text
+    on the other; numbers stay numbers when both sides are numeric, else both become text.
+    """
+    sides = [pd.Series(values).infer_objects() for values in (truth, predicted)]
+    if all(pd.api.types.is_numeric_dtype(side) for side in sides):
+        return sides[0].to_numpy(), sides[1].to_numpy()
+    as_text = [side.map(_label_text).to_numpy(dtype=object) for side in sides]
+    return as_text[0], as_text[1]
+
+
+def is_label(values: np.ndarray, label: Any) -> np.ndarray:
+    """Which values are ``label``, by value or by text (1, 1.0 and "1" are the same label)."""
+    same = np.asarray(pd.Series(values) == label, dtype=bool)
+    if same.any() or len(values) == 0:
+        return same
+    return np.asarray(pd.Series(values).map(_label_text) == _label_text(label), dtype=bool)
+
+
+def _label_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def performance_metrics(
     y_true: Sequence[Any] | np.ndarray | pd.Series,
     y_pred: Sequence[Any] | np.ndarray | pd.Series,
@@ -250,6 +278,7 @@ def performance_metrics(
             result["r2"] = float(metrics.r2_score(truth, predicted))
         return result
     if positive_label is None:
+        truth, predicted = comparable_labels(truth, predicted)
         return {
             "accuracy": float(metrics.accuracy_score(truth, predicted)),
             "precision_macro": float(
@@ -260,8 +289,8 @@ def performance_metrics(
             ),
             "f1_macro": float(metrics.f1_score(truth, predicted, average="macro", zero_division=0)),
         }
-    is_positive = truth == positive_label
-    predicted_positive = predicted == positive_label
+    is_positive = is_label(truth, positive_label)
+    predicted_positive = is_label(predicted, positive_label)
     result = {
         "accuracy": float(metrics.accuracy_score(is_positive, predicted_positive)),
         "precision": float(

@@ -61,7 +61,9 @@ def predict(
         labels = np.where(scores >= cut, classes[positive], negative)
         return labels, scores
     top = probabilities.argmax(axis=1)
-    return np.asarray(classes, dtype=object)[top], probabilities.max(axis=1)
+    # model.classes_ keeps the labels' own dtype (int64 for 0/1/2, object for text): an object
+    # array of ints would make scikit-learn's metrics see an 'unknown' target type.
+    return np.asarray(model.classes_)[top], probabilities.max(axis=1)
 
 
 def _class_index(classes: list[Any], label: Any) -> int:

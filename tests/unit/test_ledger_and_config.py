@@ -320,3 +320,57 @@ def test_a_dead_stack_is_ignored(tmp_path):
     _write_stack(tmp_path, finished.pid)
 
     assert load_settings({"LOOPML_HOME": str(tmp_path)}).prefect_api_url is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "line"),
+    [
+        pytest.param(
+            {"at": "T", "action": "promoted", "version": "2", "reason": "beats it"},
+            "T promoted v2 beats it",
+            id="manual-promotion",
+        ),
+        pytest.param(
+            {
+                "at": "T",
+                "action": "retrain_started",
+                "batch_id": "b7",
+                "trigger": {"kind": "event", "event": "loopml.drift.detected", "batch_id": "b7"},
+            },
+            "T retrain_started [loopml.drift.detected, batch b7]",
+            id="event-without-version",
+        ),
+        pytest.param(
+            {"at": "T", "action": "retrain_started", "trigger": {"kind": "scheduled"}},
+            "T retrain_started [scheduled]",
+            id="scheduled",
+        ),
+    ],
+)
+def test_status_history_lines_name_what_is_known_and_nothing_else(entry, line):
+    from loopml.cli import _history_line
+
+    assert _history_line(entry) == line
+
+
+def test_performance_lines_state_the_drop_in_the_units_of_the_bound():
+    from loopml.cli import _performance_line
+    from loopml.monitoring import performance_verdict
+
+    relative = performance_verdict(
+        {"rmse": 12.0}, {"rmse": 10.0}, metric="rmse", max_drop=0.15, rows=300, min_rows=50
+    )
+    absolute = performance_verdict(
+        {"roc_auc": 0.83}, {"roc_auc": 0.85}, metric="roc_auc", max_drop=0.05, rows=300, min_rows=50
+    )
+    too_few = performance_verdict(
+        {"rmse": 12.0}, {"rmse": 10.0}, metric="rmse", max_drop=0.15, rows=10, min_rows=50
+    )
+
+    assert _performance_line(relative) == (
+        "rmse 12.0000 vs 10.0000 held-out on 300 rows: DEGRADED (drop 20%, max 15%)"
+    )
+    assert _performance_line(absolute) == (
+        "roc_auc 0.8300 vs 0.8500 held-out on 300 rows: ok (drop 0.0200, max 0.05)"
+    )
+    assert "only 10 labelled rows" in _performance_line(too_few)

@@ -172,3 +172,34 @@ def test_regression_and_multiclass_metrics() -> None:
     assert "f1_macro" in multiclass
     with pytest.raises(ValueError, match="rows"):
         performance_metrics([1, 2], [1], task="regression")
+
+
+@pytest.mark.parametrize(
+    ("truth", "predicted"),
+    [
+        pytest.param(
+            np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2], dtype=object), id="object-ints"
+        ),
+        pytest.param(np.array([0, 1, 2, 2]), np.array(["0", "1", "1", "2"]), id="ints-vs-text"),
+        pytest.param(np.array([0.0, 1.0, 2.0, 2.0]), np.array([0, 1, 1, 2]), id="floats-vs-ints"),
+    ],
+)
+def test_multiclass_labels_read_back_in_another_dtype_are_still_compared(truth, predicted):
+    """Integer classes come back from CSV, Parquet and the prediction log as object arrays, text
+    or floats; scikit-learn refuses such mixes ('unknown' target type), loopml compares them."""
+    result = performance_metrics(truth, predicted, task="classification")
+
+    assert result["accuracy"] == pytest.approx(0.75)
+
+
+def test_binary_positive_label_matches_by_value_or_text():
+    result = performance_metrics(
+        np.array(["1", "0", "1", "0"], dtype=object),
+        np.array([1, 0, 0, 0]),
+        np.array([0.9, 0.1, 0.4, 0.2]),
+        task="classification",
+        positive_label=1,
+    )
+
+    assert result["recall"] == pytest.approx(0.5)
+    assert result["roc_auc"] == pytest.approx(1.0)

@@ -109,6 +109,21 @@ def test_binary_labels_are_the_positive_probability_cut_at_the_threshold(
     assert 0 < (labels == "Yes").sum() < len(labels)
 
 
+def test_multiclass_integer_labels_keep_their_dtype(toy_frame):
+    """Classes 0/1/2 come out as integers, not an object array scikit-learn cannot classify."""
+    from sklearn.metrics import accuracy_score
+
+    classes = np.digitize(toy_frame["x"], [-0.5, 0.5])
+    model = LogisticRegression().fit(toy_frame[["x"]], classes)
+    config = _config(positive_label=None, classes=[0, 1, 2])
+
+    labels, scores = predict(model, toy_frame[["x"]], config, None)
+
+    assert labels.dtype.kind == "i"
+    assert accuracy_score(classes, labels) > 0.8
+    assert np.all((scores > 1 / 3) & (scores <= 1))
+
+
 def test_a_higher_threshold_predicts_fewer_positives(toy_model, toy_frame):
     features = toy_frame[["x", "plan"]]
     low, _ = predict(toy_model, features, _config(), 0.2)
