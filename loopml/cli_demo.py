@@ -48,8 +48,10 @@ def register(app: typer.Typer) -> None:
         """The whole closed loop on the bundled Telco churn sample, in minutes."""
         from loopml import stack
 
+        began = time.monotonic()
+
         def progress(message: str) -> None:
-            typer.echo(message, err=True)
+            typer.echo(f"{time.monotonic() - began:6.1f}s {message}", err=True)
 
         def action() -> dict[str, Any]:
             settings = cli._settings()
@@ -68,11 +70,15 @@ def register(app: typer.Typer) -> None:
                 result = run_loop(
                     settings, project_dir, record, pool, clean, drifting, rows, seed, progress
                 )
+                # A retraining writes its decision before it finishes logging: let it finish.
+                unfinished = running.wait_for_runs(["retrain", "score", "monitor"], timeout=120)
+                if unfinished:
+                    progress(f"[demo] {unfinished} flow run(s) still running at the end")
                 result["seconds"] = round(time.monotonic() - started, 1)
                 result["urls"] = {
                     key: record[key] for key in ("prefect_ui_url", "mlflow_url", "evidently_url")
                 }
-                print_summary(result, progress)
+                print_summary(result, lambda line: typer.echo(line, err=True))
                 if keep_running:
                     progress("the stack stays up: Ctrl-C stops it")
                     stack.run_until_stopped(running)
@@ -219,7 +225,8 @@ def wait_for_decision(
     return {"action": "no retraining seen", "reason": f"waited {timeout:.0f} s", "version": None}
 
 
-def print_summary(result: dict[str, Any], progress: Any) -> None:
+def print_summary(result: dict[str, Any], echo: Any) -> None:
+    """The closing table: one line per batch, one per retraining, the time and the URLs."""
     lines = [
         "",
         "batch                      kind      drift  share  cols  roc_auc  degraded  model",
@@ -241,4 +248,4 @@ def print_summary(result: dict[str, Any], progress: Any) -> None:
     for label, url in result["urls"].items():
         lines.append(f"  {label:<16} {url}")
     for line in lines:
-        progress(line)
+        echo(line)

@@ -44,6 +44,8 @@ from loopml.settings import Settings, prefect_environment
 HOST = "127.0.0.1"
 NOTIFICATION_BLOCK = "loopml-notifications"
 RUNNER_POLL_SECONDS = 2
+# Prefect state types of a flow run that holds a slot or a process (strings: no import at load).
+IN_FLIGHT_STATES = ("PENDING", "RUNNING", "CANCELLING")
 FLOW_NAMES = ("train", "score", "monitor", "retrain", "inbox")
 AUTOMATIONS_DIR_VARIABLE = "LOOPML_AUTOMATIONS_DIR"
 RUNNER_START_SIGNAL_VARIABLE = "LOOPML_RUNNER_START_SIGNAL"  # set by ``up`` for its runner
@@ -560,6 +562,27 @@ def wait_for_deployments(
             time.sleep(1)
 
 
+def in_flight_runs(deployment_names: list[str]) -> list[Any]:
+    """Flow runs of these deployments that are pending, running or cancelling right now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+
+    names = [name.split("/", 1)[-1] for name in deployment_names]
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT_STATES)))
+            ),
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
+        )
+
+
 def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str, int]:
     """Crash runs a stopped runner left in flight and free their deployments' concurrency slots.
 
@@ -582,16 +605,12 @@ def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str,
     )
     from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
-    from prefect.states import Crashed
+    from prefect.states import Cancelled, Crashed
 
     in_flight = FlowRunFilter(
-        state=FlowRunFilterState(
-            type=FlowRunFilterStateType(
-                any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]
-            )
-        )
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT_STATES)))
     )
-    counts = {"crashed": 0, "released": 0}
+    counts = {"crashed": 0, "cancelled": 0, "released": 0}
     with get_client(sync_client=True) as client:
         for name in deployment_names:
             try:
@@ -603,8 +622,13 @@ def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str,
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
             )
             for run in runs:
-                client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
-                counts["crashed"] += 1
+                if run.state_type == StateType.PENDING:
+                    # Claimed but never started: nothing ran, so nothing crashed.
+                    state, key = Cancelled(message=reason), "cancelled"
+                else:
+                    state, key = Crashed(message=reason), "crashed"
+                client.set_flow_run_state(run.id, state, force=True)
+                counts[key] += 1
             limit = deployment.global_concurrency_limit
             if limit is not None and limit.active_slots:
                 client.update_global_concurrency_limit(
@@ -1000,6 +1024,27 @@ class Stack:
             return
         if recovered["crashed"]:
             self.progress(f"  {recovered['crashed']} in-flight run(s) marked Crashed")
+        if recovered["cancelled"]:
+            self.progress(f"  {recovered['cancelled']} run(s) that had not started cancelled")
+
+    def wait_for_runs(self, flows: list[str], timeout: float) -> int:
+        """Wait until no run of these flows' deployments is in flight; returns how many still are.
+
+        The demo calls it before stopping, so a retraining that has written its decision but is
+        still logging is not cut short (and shown as Crashed).
+        """
+        names = [
+            f"{flow}/{deployment_name(flow, config.name)}"
+            for config in self.configs
+            for flow in flows
+        ]
+        deadline = time.monotonic() + timeout
+        with _prefect_api(self.prefect_api_url):
+            while True:
+                running = in_flight_runs(names)
+                if not running or time.monotonic() > deadline:
+                    return len(running)
+                time.sleep(1)
 
     def failed_child(self) -> ChildProcess | None:
         """A child that exited while the stack was meant to be running."""
