@@ -134,7 +134,10 @@ def _resolve(path: Path | None) -> str | None:
 
 @app.command()
 def init(
-    data: Annotated[str, typer.Argument(help="CSV or Parquet file (or a SQL query with --db).")],
+    data: Annotated[
+        str | None, typer.Argument(help="CSV or Parquet file (or a SQL query with --db).")
+    ] = None,
+    *,
     target: Annotated[str, typer.Option("--target", help="The column to predict.")],
     name: Annotated[str | None, typer.Option(help="Project name (default: the file name).")] = None,
     task: Annotated[
@@ -150,6 +153,9 @@ def init(
     db: Annotated[
         str | None, typer.Option("--db", help="SQLAlchemy URL: DATA is then a SQL query.")
     ] = None,
+    sql: Annotated[
+        str | None, typer.Option("--sql", help="A SQL query to read (with --db), instead of DATA.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing config and suite.")] = False,
     project_dir: ProjectDir = Path("."),
     json_output: JsonFlag = False,
@@ -157,9 +163,17 @@ def init(
     """Profile DATA and write configs/NAME.yaml and the suggested suite expectations/NAME.json."""
     from loopml.project import initialise_project
 
+    if sql is not None and data is not None:
+        _fail("give either DATA or --sql QUERY, not both")
+    if sql is not None and db is None:
+        _fail("--sql needs --db URL (an SQLAlchemy database URL)")
+    source = sql if sql is not None else data
+    if source is None:
+        _fail("give DATA (a CSV or Parquet file) or --sql QUERY --db URL")
+
     def action() -> dict[str, Any]:
         return initialise_project(
-            data,
+            source,
             target=target,
             name=name,
             task=task,
@@ -181,6 +195,9 @@ def init(
             typer.echo(f"  {kind} features ({len(columns)}): {listed}")
         for column, reason in result["excluded"].items():
             typer.echo(f"  excluded {column!r}: {reason}")
+        for note in result["notes"]:
+            if not note.startswith("excluded "):  # said just above
+                typer.echo(f"  note: {note}")
         typer.echo(f"wrote {result['config']}")
         typer.echo(f"wrote {result['suite']} ({result['expectations']} expectations): review it")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,11 +116,22 @@ def iter_table_chunks(path: str | Path, chunk_rows: int = 100_000) -> Iterator[p
 
 
 def read_sql(query: str, url: str) -> pd.DataFrame:
-    """Run ``query`` against the SQLAlchemy database ``url``."""
+    """Run ``query`` against the SQLAlchemy database ``url``.
+
+    ``$VAR`` / ``${VAR}`` in the URL are read from the environment when the query runs, so a
+    config can name ``postgresql://app:${LOANS_DB_PASSWORD}@db/loans`` without the password.
+
+    Raises:
+        DataError: the URL names an unset variable, the query failed or returned no rows.
+    """
     import sqlalchemy
 
+    expanded = os.path.expandvars(url)
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+    if unset:
+        raise DataError(f"the database URL needs environment variable {unset[0]}, which is unset")
     try:
-        engine = sqlalchemy.create_engine(url)
+        engine = sqlalchemy.create_engine(expanded)
         with engine.connect() as connection:
             frame = pd.read_sql_query(sqlalchemy.text(query), connection)
     except Exception as exc:

@@ -105,6 +105,12 @@ def initialise_project(
             else PerformanceConfig()
         ),
     )
+    notes = list(profile.notes)
+    if sql_url and _has_literal_password(sql_url):
+        notes.append(
+            f"{config_file.name} keeps the --db URL with its password: write it as "
+            "${VARIABLE} in the URL to read it from the environment instead"
+        )
     suite = suggest_suite(frame, config)
     save_config(config, project_dir)
     suite_file.parent.mkdir(parents=True, exist_ok=True)
@@ -119,11 +125,23 @@ def initialise_project(
         "numeric": profile.numeric,
         "categorical": profile.categorical,
         "excluded": profile.excluded,
-        "notes": profile.notes,
+        "notes": notes,
         "config": str(config_file),
         "suite": str(suite_file),
         "expectations": len(suite.get("expectations", [])),
     }
+
+
+def _has_literal_password(url: str) -> bool:
+    """Whether an SQLAlchemy URL spells out a password (not a ``$VARIABLE``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except (ArgumentError, ValueError):
+        return False
+    return bool(password) and not str(password).startswith("$")
 
 
 def last_monitoring(settings: Settings, project: str) -> dict[str, Any] | None:

@@ -191,6 +191,48 @@ def test_init_excludes_an_all_null_column_and_says_so(telco_rows, project_dir):
     assert config["columns"]["excluded"] == {"agent_notes": "all null"}
 
 
+@pytest.mark.parametrize(
+    ("arguments", "fragments"),
+    [
+        pytest.param(["--sql", "SELECT * FROM customers"], ["--sql needs --db"], id="sql-no-db"),
+        pytest.param(
+            ["telco.csv", "--sql", "SELECT 1", "--db", "sqlite:///x.db"],
+            ["either DATA or --sql"],
+            id="data-and-sql",
+        ),
+        pytest.param([], ["give DATA"], id="nothing-to-read"),
+        pytest.param(
+            ["--sql", "SELECT * FROM nowhere", "--db", "sqlite:///warehouse.db"],
+            ["SQL query failed", "no such table"],
+            id="unknown-table",
+        ),
+    ],
+)
+def test_init_from_sql_rejects_bad_input_in_one_line(arguments, fragments, project_dir):
+    result = run_cli("init", *arguments, "--target", "churn", "--name", "churn", cwd=project_dir)
+
+    assert_one_line_error(result, *fragments)
+    assert not (project_dir / "configs").exists()
+
+
+def test_init_reads_a_sql_query_and_keeps_it_in_the_config(telco_rows, project_dir):
+    import sqlite3
+
+    with sqlite3.connect(project_dir / "warehouse.db") as connection:
+        telco_rows.to_sql("customers", connection, index=False)
+    query = "SELECT * FROM customers WHERE tenure > 0"
+
+    result = run_cli(
+        "init", "--sql", query, "--db", "sqlite:///warehouse.db", "--target", "churn",
+        "--name", "churn", "--json", cwd=project_dir,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert last_json(result.stdout)["rows"] == int((telco_rows["tenure"] > 0).sum())
+    config = yaml.safe_load(config_path("churn", project_dir).read_text())
+    assert (config["data"], config["sql_url"]) == (query, "sqlite:///warehouse.db")
+
+
 # --- train and friends ---------------------------------------------------------------------------
 
 

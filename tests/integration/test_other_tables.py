@@ -303,3 +303,32 @@ def test_loans_with_an_id_column_and_flags_go_round_the_whole_loop(
     assert result["training_rows"] > len(history) * 0.7  # the reference plus the labelled window
     version = mlflow.MlflowClient().get_model_version("loanloop", "2")
     assert version.tags["loopml.parent_version"] == "1"
+
+
+@pytest.mark.slow
+def test_house_prices_from_a_sql_query_train_without_a_file(
+    prefect_api, loopml_home, project_dir, tmp_path, monkeypatch
+):
+    """``init --sql QUERY --db URL``; ``train`` then reads the same query itself, with the
+    database URL's variables taken from the environment at run time."""
+    import sqlite3
+
+    table = house_prices(rows=1_200)
+    with sqlite3.connect(tmp_path / "warehouse.db") as connection:
+        table.to_sql("house_sales", connection, index=False)
+    monkeypatch.setenv("WAREHOUSE_DIR", str(tmp_path))
+    url = "sqlite:///${WAREHOUSE_DIR}/warehouse.db"
+    query = "SELECT * FROM house_sales WHERE sale_price > 0"
+
+    init = run_cli(
+        "init", "--sql", query, "--db", url, "--target", "sale_price", "--name", "warehouse",
+        "--json", cwd=project_dir,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    train = run_cli("train", "warehouse", "--trials", str(TRIALS), "--json", cwd=project_dir)
+
+    assert train.returncode == 0, train.stderr
+    trained = last_json(train.stdout)
+    assert trained["version"] == "1" and trained["promoted"] is True
+    assert trained["test_metrics"]["r2"] > 0.6
+    assert load_config("warehouse", project_dir).sql_url == url  # no path baked into the config

@@ -64,3 +64,65 @@ def test_a_header_only_file_has_no_rows(tmp_path):
 
     with pytest.raises(DataError, match="no rows"):
         read_table(path)
+
+
+# --------------------------------------------------------------------------- SQL sources
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    import sqlite3
+
+    database = tmp_path / "warehouse.db"
+    with sqlite3.connect(database) as connection:
+        TABLE.to_sql("customers", connection, index=False)
+    return f"sqlite:///{database}"
+
+
+def test_a_sql_query_is_read_through_sqlalchemy(sqlite_url):
+    frame = read_table("SELECT plan, churn FROM customers WHERE plan != 'pro'", sql_url=sqlite_url)
+
+    assert list(frame.columns) == ["plan", "churn"]
+    assert frame["plan"].tolist() == ["basic", "plus", "basic"]
+
+
+def test_the_database_url_reads_variables_from_the_environment(sqlite_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("WAREHOUSE_DIR", str(tmp_path))
+
+    frame = read_table("SELECT * FROM customers", sql_url="sqlite:///${WAREHOUSE_DIR}/warehouse.db")
+
+    assert len(frame) == len(TABLE)
+
+
+def test_an_unset_variable_in_the_database_url_is_named(monkeypatch):
+    monkeypatch.delenv("LOANS_DB_PASSWORD", raising=False)
+
+    with pytest.raises(DataError, match="LOANS_DB_PASSWORD, which is unset"):
+        read_table("SELECT 1", sql_url="postgresql://app:${LOANS_DB_PASSWORD}@127.0.0.1/loans")
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("SELECT * FROM customers WHERE plan = 'none'", "returned no rows"),
+        ("SELECT * FROM no_such_table", "SQL query failed"),
+    ],
+)
+def test_a_sql_query_that_gives_no_table_is_one_clear_error(sqlite_url, query, message):
+    with pytest.raises(DataError, match=message):
+        read_table(query, sql_url=sqlite_url)
+
+
+@pytest.mark.parametrize(
+    ("url", "literal"),
+    [
+        ("postgresql://app:s3cret@db/loans", True),
+        ("postgresql://app:${LOANS_DB_PASSWORD}@db/loans", False),
+        ("postgresql://app@db/loans", False),
+        ("sqlite:////data/loans.db", False),
+    ],
+)
+def test_init_warns_about_a_password_spelled_out_in_the_url(url, literal):
+    from loopml.project import _has_literal_password
+
+    assert _has_literal_password(url) is literal
