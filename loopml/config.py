@@ -85,6 +85,9 @@ class PerformanceConfig(_Strict):
     metric: str | None = None
     max_drop: float = Field(0.05, ge=0.0)  # drop of the metric that counts as degraded
     min_labelled_rows: int = Field(50, ge=1)
+    # The drop must also exceed the batch metric's sampling noise at this one-sided level
+    # (bootstrap standard error); null judges by max_drop alone.
+    alpha: float | None = Field(0.05, gt=0.0, lt=0.5)
 
 
 class MonitoringConfig(_Strict):

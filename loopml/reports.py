@@ -8,7 +8,7 @@ docs/monitoring.md for the sampling error bound).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -215,6 +215,132 @@ def add_to_workspace(workspace_path: str | Path, project_name: str, snapshot: Sn
     projects = workspace.search_project(project_name)
     project = projects[0] if projects else workspace.create_project(project_name)
     return str(workspace.add_run(project.id, snapshot).id)
+
+
+def metric_standard_error(
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    y_proba: Sequence[float] | None = None,
+    *,
+    metric: str,
+    task: TaskKind,
+    positive_label: Any = None,
+    resamples: int = 200,
+    max_rows: int = 20_000,
+    random_state: int = 0,
+) -> float | None:
+    """Sampling noise of ``metric`` on this batch: its bootstrap standard error over the rows.
+
+    Batches above ``max_rows`` are resampled at ``max_rows`` rows and the error scaled by
+    sqrt(max_rows / rows) (the 1/sqrt(n) law), so a 1M-row batch costs what a 20k-row one does.
+    The usual metrics are computed in NumPy on each resample (:func:`metric_function`); others
+    go through :func:`performance_metrics` on fewer resamples. ``None`` when the metric is
+    undefined on most resamples (a single class, say).
+    """
+    truth, predicted = np.asarray(y_true), np.asarray(y_pred)
+    rows = truth.shape[0]
+    if rows < 2:
+        return None
+    function = metric_function(metric, truth, predicted, y_proba, task, positive_label)
+    if function is None:
+        resamples = min(resamples, 50)
+
+        def function(picked: np.ndarray) -> float:
+            measured = performance_metrics(
+                truth[picked],
+                predicted[picked],
+                None if y_proba is None else np.asarray(y_proba, dtype=np.float64)[picked],
+                task=task,
+                positive_label=positive_label,
+            )
+            return measured.get(metric, float("nan"))
+
+    draw = min(rows, max_rows)
+    generator = np.random.default_rng(random_state)
+    values = np.array([function(generator.integers(0, rows, draw)) for _ in range(resamples)])
+    values = values[np.isfinite(values)]
+    if values.size < max(resamples // 2, 2):
+        return None
+    return float(np.std(values, ddof=1) * np.sqrt(draw / rows))
+
+
+def metric_function(
+    metric: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    y_proba: Sequence[float] | None,
+    task: TaskKind,
+    positive_label: Any,
+) -> Callable[[np.ndarray], float] | None:
+    """``metric`` of the rows at some positions, in NumPy (the same values as
+    :func:`performance_metrics`); ``None`` for a metric not covered here."""
+    nan = float("nan")
+    if task == "regression":
+        truth, error = y_true.astype(np.float64), y_pred.astype(np.float64) - y_true
+        functions: dict[str, Callable[[np.ndarray], float]] = {
+            "rmse": lambda at: float(np.sqrt(np.mean(error[at] ** 2))),
+            "mae": lambda at: float(np.mean(np.abs(error[at]))),
+            "r2": lambda at: float(
+                1 - np.sum(error[at] ** 2) / np.sum((truth[at] - truth[at].mean()) ** 2)
+                if np.ptp(truth[at]) > 0
+                else nan
+            ),
+        }
+        return functions.get(metric)
+    if positive_label is None:
+        truth, predicted = comparable_labels(y_true, y_pred)
+        codes, _ = pd.factorize(np.concatenate([truth, predicted]))
+        actual, guessed = codes[: len(truth)], codes[len(truth) :]
+
+        def f1_macro(at: np.ndarray) -> float:
+            a, g = actual[at], guessed[at]
+            present = np.unique(np.concatenate([a, g]))
+            scores = []
+            for code in present:
+                hit = np.sum((a == code) & (g == code))
+                scores.append(2 * hit / (np.sum(a == code) + np.sum(g == code)))
+            return float(np.mean(scores))
+
+        functions = {"accuracy": lambda at: float(np.mean(actual[at] == guessed[at]))}
+        functions["f1_macro"] = f1_macro
+        return functions.get(metric)
+    positive = is_label(y_true, positive_label)
+    flagged = is_label(y_pred, positive_label)
+
+    def counts(at: np.ndarray) -> tuple[int, int, int]:
+        p, f = positive[at], flagged[at]
+        return int(np.sum(p & f)), int(np.sum(~p & f)), int(np.sum(p & ~f))
+
+    functions = {
+        "accuracy": lambda at: float(np.mean(positive[at] == flagged[at])),
+        "precision": lambda at: _ratio(counts(at)[0], counts(at)[0] + counts(at)[1]),
+        "recall": lambda at: _ratio(counts(at)[0], counts(at)[0] + counts(at)[2]),
+        "f1": lambda at: _ratio(2 * counts(at)[0], 2 * counts(at)[0] + sum(counts(at)[1:])),
+    }
+    if y_proba is not None:
+        from scipy.stats import rankdata
+
+        score = np.asarray(y_proba, dtype=np.float64)
+
+        def roc_auc(at: np.ndarray) -> float:
+            labels, ranks = positive[at], rankdata(score[at])
+            n_pos = int(labels.sum())
+            n_neg = labels.size - n_pos
+            if n_pos == 0 or n_neg == 0:
+                return nan
+            return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+        def log_loss(at: np.ndarray) -> float:
+            p = np.clip(score[at], 1e-15, 1 - 1e-15)
+            return float(-np.mean(np.where(positive[at], np.log(p), np.log1p(-p))))
+
+        functions["roc_auc"] = roc_auc
+        functions["log_loss"] = log_loss
+    return functions.get(metric)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
 
 
 def comparable_labels(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,15 +66,14 @@ def judge_labelled_performance(
     if champion is not None and not fresh.empty:
         fresh = fresh[fresh["model_version"].astype(str) == str(champion.version)]
         if not fresh.empty:
-            current = metrics_fn(fresh["target"], fresh["prediction"], _probability(fresh))
-            verdict = monitoring.performance_verdict(
-                current,
+            verdict = monitoring.judge_performance(
+                config,
                 version_metrics(champion),
-                metric=monitoring.performance_metric(config),
-                max_drop=config.monitoring.performance.max_drop,
-                rows=len(fresh),
-                min_rows=config.monitoring.performance.min_labelled_rows,
+                fresh["target"].to_numpy(),
+                fresh["prediction"].to_numpy(),
+                _probability(fresh),
             )
+            current = verdict["current"]
             if verdict["degraded"]:
                 batches = sorted(set(fresh[BATCH_ID]))
                 emit(

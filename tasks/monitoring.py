@@ -172,20 +172,12 @@ def check_performance(
         y_proba = rows[PROBABILITY] if PROBABILITY in rows and config.task != "regression" else None
     if len(y_true) == 0:
         return None
-    current = reports.performance_metrics(
+    return monitoring.judge_performance(
+        config,
+        reference.metrics,
         y_true.to_numpy(),
         y_pred.to_numpy(),
         None if y_proba is None else y_proba.to_numpy(),
-        task=config.task,
-        positive_label=config.positive_label if config.is_binary else None,
-    )
-    return monitoring.performance_verdict(
-        current,
-        reference.metrics,
-        metric=monitoring.performance_metric(config),
-        max_drop=config.monitoring.performance.max_drop,
-        rows=len(y_true),
-        min_rows=config.monitoring.performance.min_labelled_rows,
     )
 
 

@@ -203,3 +203,122 @@ def test_binary_positive_label_matches_by_value_or_text():
 
     assert result["recall"] == pytest.approx(0.5)
     assert result["roc_auc"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- sampling noise
+
+
+def _binary_batch(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, thresholded predictions and scores of a model with a ROC-AUC near 0.84."""
+    generator = np.random.default_rng(seed)
+    truth = generator.random(rows) < 0.3
+    score = np.clip(truth * 0.35 + generator.normal(0.35, 0.2, rows), 0, 1)
+    return truth, score >= 0.5, score
+
+
+@pytest.mark.parametrize(
+    ("task", "positive_label", "metrics_to_check"),
+    [
+        ("binary", True, ["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"]),
+        ("multiclass", None, ["accuracy", "f1_macro"]),
+        ("regression", None, ["rmse", "mae", "r2"]),
+    ],
+)
+def test_the_numpy_metrics_equal_scikit_learns(task, positive_label, metrics_to_check):
+    from loopml.reports import metric_function
+
+    generator = np.random.default_rng(4)
+    if task == "binary":
+        truth, predicted, score = _binary_batch(500, seed=1)
+    elif task == "multiclass":
+        truth = generator.choice(["a", "b", "c"], 500)
+        predicted = np.where(generator.random(500) < 0.7, truth, generator.choice(["a", "b"], 500))
+        score = None
+    else:
+        truth = generator.normal(100, 20, 500)
+        predicted = truth + generator.normal(0, 8, 500)
+        score = None
+    kind = "regression" if task == "regression" else "classification"
+    expected = performance_metrics(
+        truth, predicted, score, task=kind, positive_label=positive_label
+    )
+    everything = np.arange(500)
+
+    for metric in metrics_to_check:
+        function = metric_function(metric, truth, predicted, score, kind, positive_label)
+        assert function(everything) == pytest.approx(expected[metric], rel=1e-9), metric
+
+
+@pytest.mark.parametrize("rows", [400, 200_000])
+def test_the_standard_error_of_accuracy_is_the_binomial_one(rows):
+    """sqrt(p(1-p)/n), also when a large batch is resampled at 20k rows and scaled."""
+    from loopml.reports import metric_standard_error
+
+    generator = np.random.default_rng(rows)
+    truth = generator.random(rows) < 0.5
+    predicted = np.where(generator.random(rows) < 0.8, truth, ~truth)  # 80% right
+    accuracy = float(np.mean(truth == predicted))
+
+    error = metric_standard_error(
+        truth, predicted, metric="accuracy", task="classification", positive_label=True
+    )
+
+    assert error == pytest.approx(np.sqrt(accuracy * (1 - accuracy) / rows), rel=0.15)
+
+
+def test_a_single_class_batch_has_no_auc_noise():
+    from loopml.reports import metric_standard_error
+
+    truth = np.zeros(100, dtype=bool)
+    error = metric_standard_error(
+        truth, truth, np.linspace(0, 1, 100), metric="roc_auc", task="classification",
+        positive_label=True,
+    )  # fmt: skip
+
+    assert error is None
+
+
+def test_clean_small_labelled_batches_raise_fewer_false_degradations_with_the_noise_guard():
+    """60 labelled rows of an unchanged model: AUC alone dips past max_drop 0.05 in roughly a
+    batch in five; a drop that must also clear its sampling noise rarely does."""
+    from loopml.monitoring import performance_verdict
+    from loopml.reports import metric_standard_error
+
+    reference = {"roc_auc": performance_metrics(*_binary_batch(20_000, seed=0),
+                 task="classification", positive_label=True)["roc_auc"]}  # fmt: skip
+    plain, guarded = 0, 0
+    for seed in range(1, 31):
+        truth, predicted, score = _binary_batch(60, seed=seed)
+        current = performance_metrics(
+            truth, predicted, score, task="classification", positive_label=True
+        )
+        error = metric_standard_error(
+            truth, predicted, score, metric="roc_auc", task="classification",
+            positive_label=True, resamples=100,
+        )  # fmt: skip
+        common = {"metric": "roc_auc", "max_drop": 0.05, "rows": 60, "min_rows": 50}
+        plain += performance_verdict(current, reference, **common)["degraded"]
+        guarded += performance_verdict(
+            current, reference, **common, standard_error=error, alpha=0.05
+        )["degraded"]
+
+    assert plain >= 3
+    assert guarded <= 2
+
+
+def test_a_real_drop_is_still_degraded_with_the_noise_guard():
+    from loopml.monitoring import performance_verdict
+
+    verdict = performance_verdict(
+        {"roc_auc": 0.70}, {"roc_auc": 0.84}, metric="roc_auc", max_drop=0.05, rows=500,
+        min_rows=50, standard_error=0.02, alpha=0.05,
+    )  # fmt: skip
+    noisy = performance_verdict(
+        {"roc_auc": 0.76}, {"roc_auc": 0.84}, metric="roc_auc", max_drop=0.05, rows=60,
+        min_rows=50, standard_error=0.06, alpha=0.05,
+    )  # fmt: skip
+
+    assert verdict["degraded"] is True
+    assert verdict["noise_bound"] == pytest.approx(1.645 * 0.02, rel=1e-3)
+    assert noisy["degraded"] is False
+    assert "sampling noise of 60 labelled rows" in noisy["note"]
