@@ -109,6 +109,7 @@ def retrain_flow(
         "recent_metrics": recent_metrics,
         "training_rows": len(data.train),
         "recent_window_rows": data.window_rows,
+        "recent_training_rows": data.window_train_rows,
         "recent_evaluation_rows": len(data.recent_evaluation),
         "champion_before": data.champion_version,
         "batch_id": batch_id,

@@ -431,12 +431,14 @@ def retrain(
             typer.echo(f"{name}: retraining skipped: {result['reason']}")
             return
         verdict = "promoted to champion" if result["promoted"] else "kept as challenger"
-        held_back = result.get("recent_evaluation_rows", 0)
-        learned = result["recent_window_rows"] - held_back
+        held_back = result["recent_evaluation_rows"]
+        learned = result["recent_training_rows"]
+        left_out = result["recent_window_rows"] - held_back - learned
         typer.echo(f"{name} v{result['version']} ({result['family']}): {verdict}")
         typer.echo(
             f"  trained on {result['training_rows']} rows ({result['training_rows'] - learned} "
             f"reference + {learned} recent labelled); {held_back} recent rows held back to judge"
+            + (f"; {left_out} copies of judged rows left out" if left_out else "")
         )
         typer.echo(f"  {result['reason']}")
         for comparison, values in (result.get("comparisons") or {}).items():

@@ -159,3 +159,53 @@ def recent_window(
         window = window[window["_at"] >= pd.Timestamp(cutoff)]
     window = window.sort_values("_at", kind="stable").tail(config.retraining.window_rows)
     return window.drop(columns="_at").reset_index(drop=True)
+
+
+def split_recent_window(
+    window: pd.DataFrame,
+    columns: list[str],
+    *,
+    evaluation_share: float,
+    min_evaluation_rows: int,
+    held_out: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The newest ``evaluation_share`` of the (time-ordered) window judges, the rest trains.
+
+    A row identical (on ``columns``: features and target) to a judging row or to a row of
+    ``held_out`` (the frozen held-out set) never trains: the same rows can arrive twice (a
+    batch monitored with its target and also labelled later, a re-sent file), and a challenger
+    that learned the rows it is judged on would always look better than the champion.
+
+    Returns:
+        ``(train, evaluation, dropped)``: ``dropped`` counts the window rows kept out of training.
+    """
+    evaluation_rows = int(len(window) * evaluation_share)
+    if evaluation_rows < min_evaluation_rows:
+        evaluation_rows = 0
+    cut = len(window) - evaluation_rows
+    older, evaluation = window.iloc[:cut], window.iloc[cut:]
+    if older.empty:
+        return older, evaluation, 0
+    judged = [evaluation]
+    if held_out is not None and not held_out.empty and set(columns) <= set(held_out.columns):
+        judged.append(held_out)
+    seen = pd.Index(pd.concat([_row_keys(frame, columns) for frame in judged]))
+    keep = ~_row_keys(older, columns).isin(seen).to_numpy()
+    return older[keep], evaluation, int((~keep).sum())
+
+
+def _row_keys(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """One hash per row of ``columns``: numbers as floats, the rest as text (1 and 1.0 agree,
+    whichever file format the rows came through)."""
+    values = pd.DataFrame(
+        {
+            column: (
+                frame[column].astype("float64")
+                if pd.api.types.is_numeric_dtype(frame[column])
+                and not pd.api.types.is_bool_dtype(frame[column])
+                else frame[column]
+            ).astype(str)
+            for column in columns
+        }
+    )
+    return pd.util.hash_pandas_object(values, index=False)

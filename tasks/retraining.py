@@ -18,7 +18,7 @@ from loopml import evaluation, ledger
 from loopml.errors import LoopmlError
 from loopml.features import align_dtypes, prepare_features, prepare_target
 from loopml.gate import GateDecision, decide_retrain_promotion
-from loopml.labels import LabelStore, joined_predictions, recent_window
+from loopml.labels import LabelStore, joined_predictions, recent_window, split_recent_window
 from loopml.registry import (
     TAG_PREFIX,
     download_reference,
@@ -120,6 +120,7 @@ class RetrainingData:
     frozen_test: pd.DataFrame
     recent_evaluation: pd.DataFrame
     window_rows: int
+    window_train_rows: int
     champion_version: str
     champion_threshold: float | None
 
@@ -149,31 +150,33 @@ def gather_data(runtime: Runtime, as_of: datetime | None) -> RetrainingData:
     window = align_dtypes(
         recent_window(joined, store.labelled_batches(), config, now=as_of), reference
     )
-    evaluation_rows = int(len(window) * RECENT_EVALUATION_SHARE)
-    if evaluation_rows >= MIN_RECENT_EVALUATION_ROWS:
-        window_train, recent_evaluation = (
-            window.iloc[:-evaluation_rows],
-            window.iloc[-evaluation_rows:],
-        )
-    else:
-        window_train, recent_evaluation = window, window.iloc[0:0]
     keep = [*config.columns.features, config.target]
+    window_train, recent_evaluation, duplicates = split_recent_window(
+        window,
+        keep,
+        evaluation_share=RECENT_EVALUATION_SHARE,
+        min_evaluation_rows=MIN_RECENT_EVALUATION_ROWS,
+        held_out=frozen_test,
+    )
     train = pd.concat(
         [reference[[c for c in keep if c in reference.columns]], window_train[keep]],
         ignore_index=True,
     )
     threshold = champion.tags.get(f"{TAG_PREFIX}threshold")
     get_run_logger().info(
-        "retraining data: %d reference rows + %d recent labelled rows (%d held back to judge)",
+        "retraining data: %d reference rows + %d recent labelled rows (%d held back to judge; "
+        "%d left out as copies of rows it is judged on)",
         len(reference),
         len(window_train),
         len(recent_evaluation),
+        duplicates,
     )
     return RetrainingData(
         train=train,
         frozen_test=frozen_test,
         recent_evaluation=recent_evaluation,
         window_rows=len(window),
+        window_train_rows=len(window_train),
         champion_version=str(champion.version),
         champion_threshold=float(threshold) if threshold else None,
     )

@@ -16,7 +16,7 @@ from loopml.config import ColumnsConfig, ProjectConfig, RetrainingConfig
 from loopml.data import write_parquet
 from loopml.errors import DataError
 from loopml.features import align_dtypes, prepare_features
-from loopml.labels import LabelStore, parse_labels, recent_window
+from loopml.labels import LabelStore, parse_labels, recent_window, split_recent_window
 from loopml.monitoring import ReservoirSample, performance_verdict
 from loopml.scoring import (
     PredictionLog,
@@ -562,3 +562,52 @@ def test_performance_with_the_metric_undefined_on_the_batch_gives_no_verdict():
 
     assert verdict["degraded"] is False
     assert "roc_auc is not defined" in verdict["note"]
+
+
+# --------------------------------------------------------------------------- recent window split
+
+
+def _window(rows: int) -> pd.DataFrame:
+    """A time-ordered labelled window: row i has x = i."""
+    churn = np.where(np.arange(rows) % 2, "Yes", "No")
+    return pd.DataFrame({"x": np.arange(rows, dtype=float), "plan": "basic", "churn": churn})
+
+
+COLUMNS = ["x", "plan", "churn"]
+
+
+def test_the_newest_share_of_the_window_judges_and_the_rest_trains():
+    train, evaluation, dropped = split_recent_window(
+        _window(100), COLUMNS, evaluation_share=0.3, min_evaluation_rows=10
+    )
+
+    assert evaluation["x"].tolist() == list(range(70, 100))
+    assert train["x"].tolist() == list(range(70))
+    assert dropped == 0
+
+
+def test_copies_of_judged_rows_never_train():
+    """The same rows labelled twice (monitored with the target, then labelled) must not leak."""
+    window = pd.concat([_window(50), _window(50)], ignore_index=True)  # rows 0-49, then again
+
+    train, evaluation, dropped = split_recent_window(
+        window, COLUMNS, evaluation_share=0.3, min_evaluation_rows=10
+    )
+
+    assert set(evaluation["x"]) == set(range(20, 50))
+    assert set(train["x"]).isdisjoint(set(evaluation["x"]))
+    assert dropped == 30  # the first copies of rows 20-49
+    assert len(train) == 70 - 30
+
+
+def test_copies_of_the_frozen_held_out_rows_never_train_even_as_text():
+    held_out = _window(10).assign(x=lambda f: f["x"].astype(int))  # 0..9 as integers
+    window = _window(20)  # x as floats: 0.0 .. 19.0
+
+    train, evaluation, dropped = split_recent_window(
+        window, COLUMNS, evaluation_share=0.3, min_evaluation_rows=10, held_out=held_out
+    )
+
+    assert evaluation.empty  # 6 rows would judge: below the minimum, so none do
+    assert train["x"].tolist() == list(range(10, 20))
+    assert dropped == 10
