@@ -221,7 +221,15 @@ def validate(
             project_dir=str(project_dir.resolve()),
         )
 
-    _run(action, json_output)
+    def render(result: dict[str, Any]) -> None:
+        typer.echo(
+            f"batch {result['batch_id']} ({result['rows']} rows): passed all "
+            f"{result['evaluated']} expectations"
+        )
+        if result.get("data_docs"):
+            typer.echo(f"  Data Docs: {result['data_docs']}")
+
+    _run(action, json_output, render)
 
 
 @app.command()
@@ -286,7 +294,14 @@ def score(
             project_dir=str(project_dir.resolve()),
         )
 
-    _run(action, json_output)
+    def render(result: dict[str, Any]) -> None:
+        logged = "logged for monitoring" if result["logged"] else "already in the prediction log"
+        typer.echo(
+            f"batch {result['batch_id']}: {result['rows']} rows scored by "
+            f"{name} v{result['model_version']} -> {result['out']} ({logged})"
+        )
+
+    _run(action, json_output, render)
 
 
 @app.command()
@@ -471,7 +486,7 @@ def promote(
             project_dir=str(project_dir.resolve()),
         )
 
-    _run(action, json_output)
+    _run(action, json_output, _render_alias_move)
 
 
 @app.command()
@@ -487,7 +502,13 @@ def rollback(
             "flows.registry:rollback_flow", project=name, project_dir=str(project_dir.resolve())
         )
 
-    _run(action, json_output)
+    _run(action, json_output, _render_alias_move)
+
+
+def _render_alias_move(entry: dict[str, Any]) -> None:
+    previous = entry.get("previous_champion")
+    was = f" (was v{previous})" if previous else ""
+    typer.echo(f"champion -> v{entry['version']}{was}: {entry.get('reason')}")
 
 
 @app.command()

@@ -374,3 +374,15 @@ def test_performance_lines_state_the_drop_in_the_units_of_the_bound():
         "roc_auc 0.8300 vs 0.8500 held-out on 300 rows: ok (drop 0.0200, max 0.05)"
     )
     assert "only 10 labelled rows" in _performance_line(too_few)
+
+
+def test_an_alias_move_is_one_line_naming_both_versions(capsys):
+    from loopml.cli import _render_alias_move
+
+    _render_alias_move({"version": "3", "previous_champion": "2", "reason": "rollback from v2"})
+    _render_alias_move({"version": "1", "previous_champion": None, "reason": "manual promotion"})
+
+    assert capsys.readouterr().out.splitlines() == [
+        "champion -> v3 (was v2): rollback from v2",
+        "champion -> v1: manual promotion",
+    ]
