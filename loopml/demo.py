@@ -39,7 +39,8 @@ def drifting_batch(
     weights *= np.where(pool["internet_service"] == "Fiber optic", 1 + 2 * strength, 1.0)
     weights *= np.where(pool["tenure"] < 12, 1 + 3 * strength, 1.0)
     weights /= weights.sum()
-    picked = rng.choice(len(pool), size=rows, replace=True, p=weights)
+    # Without replacement: a real batch does not hold the same customer twice.
+    picked = rng.choice(len(pool), size=min(rows, len(pool)), replace=False, p=weights)
     batch = pool.iloc[picked].reset_index(drop=True).copy()
     flip = rng.random(len(batch)) < 0.85 * strength
     offer = (batch["payment_method"] == "Electronic check") & flip
