@@ -1,9 +1,16 @@
 """The demo's simulated stream: clean batches, then drifting ones, from the Telco sample.
 
 Drifting batches change three things a real churn table sees over time: the numeric mix
-(more new, high-paying customers: ``tenure`` down, ``monthly_charges`` up), the category mix
-(month-to-month contracts and fibre take over) and the relation between features and target
-(a retention offer stops electronic-check payers from churning while long contracts start to).
+(more new customers, ``tenure`` down, on a new premium price tier, ``monthly_charges`` up by up
+to 50), the category mix (month-to-month contracts and fibre take over) and the relation between
+features and target (a retention offer stops electronic-check payers from churning while long
+contracts start to).
+
+The new tier matters for the loop: its customers sit mostly above the history's prices, so a
+retrained model can learn the new relation there without unlearning the old one elsewhere. A
+relation that changed inside the old range only could not be learnt from a few hundred new
+rows mixed into thousands of old ones (nothing tells the two apart), and the gate would then,
+rightly, refuse most challengers.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 TARGET = "churn"
+PREMIUM_TIER_SHIFT = 50.0  # at full strength; the suggested suite allows up to max + range/2
 
 
 def split_history(
@@ -42,6 +50,7 @@ def drifting_batch(
     # Without replacement: a real batch does not hold the same customer twice.
     picked = rng.choice(len(pool), size=min(rows, len(pool)), replace=False, p=weights)
     batch = pool.iloc[picked].reset_index(drop=True).copy()
+    batch["monthly_charges"] = batch["monthly_charges"] + PREMIUM_TIER_SHIFT * strength
     flip = rng.random(len(batch)) < 0.85 * strength
     offer = (batch["payment_method"] == "Electronic check") & flip
     batch.loc[offer, TARGET] = "No"

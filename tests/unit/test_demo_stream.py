@@ -21,6 +21,7 @@ def test_a_drifting_batch_shifts_the_mix_and_the_relation_without_repeating_a_cu
 
     assert len(batch) == 500
     assert not batch.duplicated().any()
+    assert batch["monthly_charges"].mean() > pool["monthly_charges"].mean() + 50  # premium tier
     share = (batch["contract"] == "Month-to-month").mean()
     assert share > (pool["contract"] == "Month-to-month").mean() + 0.1
     electronic = batch["payment_method"] == "Electronic check"
@@ -34,3 +35,23 @@ def test_the_stream_is_clean_first_then_drifting(telco_frame):
 
     assert [kind for kind, _ in batches] == ["clean", "clean", "drifting", "drifting"]
     assert all(len(batch) == 300 for _, batch in batches)
+
+
+def test_the_strongest_drifting_batch_still_passes_the_suite_suggested_from_the_history(
+    telco_frame, tmp_path
+):
+    """Drift is for monitoring to find; a batch the suite rejects would be quarantined instead."""
+    from loopml.project import initialise_project
+    from loopml.validation import load_suite, validate_frame
+
+    history, pool = demo.split_history(telco_frame, history_share=0.6, seed=7)
+    history.to_csv(tmp_path / "history.csv", index=False)
+    initialise_project(
+        str(tmp_path / "history.csv"), target=demo.TARGET, name="telco", task=None,
+        positive_label=None, id_column=None, time_column=None, sql_url=None, project_dir=tmp_path,
+    )  # fmt: skip
+    batch = demo.drifting_batch(pool, 500, np.random.default_rng(1), strength=1.0)
+
+    report = validate_frame(batch, load_suite(tmp_path / "expectations" / "telco.json"))
+
+    assert report.success, report.summary()["messages"]
