@@ -66,6 +66,6 @@ def stream(
     rng = np.random.default_rng(seed)
     batches = [("clean", clean_batch(pool, rows, rng)) for _ in range(clean)]
     for number in range(drifting):
-        strength = min(1.0, 0.6 + 0.2 * number)
+        strength = min(1.0, 0.8 + 0.2 * number)
         batches.append(("drifting", drifting_batch(pool, rows, rng, strength)))
     return batches
