@@ -374,6 +374,14 @@ def test_performance_lines_state_the_drop_in_the_units_of_the_bound():
         "roc_auc 0.8300 vs 0.8500 held-out on 300 rows: ok (drop 0.0200, max 0.05)"
     )
     assert "only 10 labelled rows" in _performance_line(too_few)
+    noisy = performance_verdict(
+        {"roc_auc": 0.77}, {"roc_auc": 0.85}, metric="roc_auc", max_drop=0.05, rows=60,
+        min_rows=50, standard_error=0.06, alpha=0.05,
+    )  # fmt: skip
+    assert _performance_line(noisy) == (
+        "roc_auc 0.7700 vs 0.8500 held-out on 60 rows: ok, within the sampling noise of 60 rows "
+        "(drop 0.0800, max 0.05)"
+    )
 
 
 def test_an_alias_move_is_one_line_naming_both_versions(capsys):
