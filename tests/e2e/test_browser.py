@@ -76,6 +76,8 @@ def test_prefect_ui_lists_the_loop_flows_and_the_triggered_retraining(
     page.goto(f"{ui}/runs/flow-run/{retraining.id}", wait_until="domcontentloaded")
     page.get_by_text(retraining.name).first.wait_for()
     page.get_by_text("Completed").first.wait_for()
+    # The run's logs load after its header: wait for its own log line before reading the page.
+    page.get_by_text("retraining data:").first.wait_for()
     _shoot(page, tmp_path, "prefect-retrain-run")
     text = page.inner_text("body")
     assert f"retrain-{PROJECT}" in text  # the deployment
