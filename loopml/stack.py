@@ -562,23 +562,28 @@ def wait_for_deployments(
             time.sleep(1)
 
 
-def in_flight_runs(deployment_names: list[str]) -> list[Any]:
-    """Flow runs of these deployments that are pending, running or cancelling right now."""
-    from prefect.client.orchestration import get_client
+def _in_flight_filter() -> Any:
+    """A flow-run filter for runs that hold a slot or a process (:data:`IN_FLIGHT_STATES`)."""
     from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterName,
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
 
+    return FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT_STATES)))
+    )
+
+
+def in_flight_runs(deployment_names: list[str]) -> list[Any]:
+    """Flow runs of these deployments that are pending, running or cancelling right now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
     names = [name.split("/", 1)[-1] for name in deployment_names]
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT_STATES)))
-            ),
+            flow_run_filter=_in_flight_filter(),
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
         )
 
@@ -596,20 +601,12 @@ def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str,
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Cancelled, Crashed
 
-    in_flight = FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT_STATES)))
-    )
+    in_flight = _in_flight_filter()
     counts = {"crashed": 0, "cancelled": 0, "released": 0}
     with get_client(sync_client=True) as client:
         for name in deployment_names:

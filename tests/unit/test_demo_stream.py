@@ -41,15 +41,12 @@ def test_the_strongest_drifting_batch_still_passes_the_suite_suggested_from_the_
     telco_frame, tmp_path
 ):
     """Drift is for monitoring to find; a batch the suite rejects would be quarantined instead."""
-    from loopml.project import initialise_project
     from loopml.validation import load_suite, validate_frame
+    from tests.conftest import init_project
 
     history, pool = demo.split_history(telco_frame, history_share=0.6, seed=7)
     history.to_csv(tmp_path / "history.csv", index=False)
-    initialise_project(
-        str(tmp_path / "history.csv"), target=demo.TARGET, name="telco", task=None,
-        positive_label=None, id_column=None, time_column=None, sql_url=None, project_dir=tmp_path,
-    )  # fmt: skip
+    init_project(tmp_path / "history.csv", demo.TARGET, "telco", tmp_path)
     batch = demo.drifting_batch(pool, 500, np.random.default_rng(1), strength=1.0)
 
     report = validate_frame(batch, load_suite(tmp_path / "expectations" / "telco.json"))

@@ -271,22 +271,12 @@ def test_init_writes_a_degradation_threshold_suited_to_the_task(
     tmp_path, target_values, expected_max_drop
 ):
     from loopml.config import load_config
-    from loopml.project import initialise_project
+    from tests.conftest import init_project
 
     data = tmp_path / "table.csv"
     _with_target(target_values).to_csv(data, index=False)
 
-    initialise_project(
-        str(data),
-        target="target",
-        name="table",
-        task=None,
-        positive_label=None,
-        id_column=None,
-        time_column=None,
-        sql_url=None,
-        project_dir=tmp_path,
-    )
+    init_project(data, "target", "table", tmp_path)
 
     config = load_config("table", tmp_path)
     assert config.monitoring.performance.max_drop == expected_max_drop
