@@ -32,11 +32,12 @@ def main() -> None:
     os.environ.pop("PREFECT_API_URL", None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-    from loopml import stack
+    from loopml.cli.stack import deployments, supervisor
     from loopml.data import bundled_sample_path
     from loopml.project import initialise_project
     from loopml.runtime import configure_process
     from loopml.settings import load_settings
+    from tests.conftest import free_port
 
     settings = load_settings()
     configure_process(settings)
@@ -52,11 +53,11 @@ def main() -> None:
         sql_url=None,
         project_dir=project_dir,
     )
-    running = stack.Stack(
+    running = supervisor.Stack(
         settings=settings,
         project_dir=project_dir,
-        configs=stack.discover_projects(project_dir, ["latency"]),
-        ports=stack.StackPorts(stack.free_port(), stack.free_port(), stack.free_port()),
+        configs=deployments.discover_projects(project_dir, ["latency"]),
+        ports=supervisor.StackPorts(free_port(), free_port(), free_port()),
         progress=lambda message: print(message, flush=True),
     )
     record = running.start()
@@ -75,7 +76,7 @@ def main() -> None:
     print(
         f"median over {args.events}: event -> retrain run created "
         f"{statistics.median(created):.2f} s, -> started {statistics.median(started):.2f} s "
-        f"(runner poll {stack.RUNNER_POLL_SECONDS} s)"
+        f"(runner poll {supervisor.RUNNER_POLL_SECONDS} s)"
     )
 
 

@@ -40,3 +40,7 @@ class GateRefused(LoopmlError):
     def __init__(self, message: str, decision: Any) -> None:
         super().__init__(message)
         self.decision = decision
+
+
+class StackError(LoopmlError):
+    """The stack cannot start or one of its services stopped unexpectedly."""

@@ -129,12 +129,9 @@ def test_automations_are_idempotent_and_a_burst_runs_one_retraining(
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
 
+    from loopml.cli.stack.deployments import apply_project_automations, build_deployments
+    from loopml.cli.stack.notifications import NotificationSink
     from loopml.config import load_config
-    from loopml.stack import (
-        NotificationSink,
-        apply_project_automations,
-        build_deployments,
-    )
 
     project_dir = make_project(tmp_path / "project", "stormy", retraining={"cooldown_seconds": 120})
     config = load_config("stormy", project_dir)

@@ -348,13 +348,13 @@ def test_a_dead_stack_is_ignored(tmp_path):
     ],
 )
 def test_status_history_lines_name_what_is_known_and_nothing_else(entry, line):
-    from loopml.cli import _history_line
+    from loopml.cli.registry import history_line
 
-    assert _history_line(entry) == line
+    assert history_line(entry) == line
 
 
 def test_performance_lines_state_the_drop_in_the_units_of_the_bound():
-    from loopml.cli import _performance_line
+    from loopml.cli.project import performance_line
     from loopml.monitoring import performance_verdict
 
     relative = performance_verdict(
@@ -367,28 +367,28 @@ def test_performance_lines_state_the_drop_in_the_units_of_the_bound():
         {"rmse": 12.0}, {"rmse": 10.0}, metric="rmse", max_drop=0.15, rows=10, min_rows=50
     )
 
-    assert _performance_line(relative) == (
+    assert performance_line(relative) == (
         "rmse 12.0000 vs 10.0000 held-out on 300 rows: DEGRADED (drop 20%, max 15%)"
     )
-    assert _performance_line(absolute) == (
+    assert performance_line(absolute) == (
         "roc_auc 0.8300 vs 0.8500 held-out on 300 rows: ok (drop 0.0200, max 0.05)"
     )
-    assert "only 10 labelled rows" in _performance_line(too_few)
+    assert "only 10 labelled rows" in performance_line(too_few)
     noisy = performance_verdict(
         {"roc_auc": 0.77}, {"roc_auc": 0.85}, metric="roc_auc", max_drop=0.05, rows=60,
         min_rows=50, standard_error=0.06, alpha=0.05,
     )  # fmt: skip
-    assert _performance_line(noisy) == (
+    assert performance_line(noisy) == (
         "roc_auc 0.7700 vs 0.8500 held-out on 60 rows: ok, within the sampling noise of 60 rows "
         "(drop 0.0800, max 0.05)"
     )
 
 
 def test_an_alias_move_is_one_line_naming_both_versions(capsys):
-    from loopml.cli import _render_alias_move
+    from loopml.cli.registry import render_alias_move
 
-    _render_alias_move({"version": "3", "previous_champion": "2", "reason": "rollback from v2"})
-    _render_alias_move({"version": "1", "previous_champion": None, "reason": "manual promotion"})
+    render_alias_move({"version": "3", "previous_champion": "2", "reason": "rollback from v2"})
+    render_alias_move({"version": "1", "previous_champion": None, "reason": "manual promotion"})
 
     assert capsys.readouterr().out.splitlines() == [
         "champion -> v3 (was v2): rollback from v2",

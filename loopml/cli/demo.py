@@ -17,76 +17,71 @@ import typer
 import yaml
 
 from loopml import demo as stream_data
+from loopml.cli.common import JsonFlag, call_flow, process_settings, run
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON line.")]
 PROJECT = "telco"
 WAIT_FOR_BATCH_SECONDS = 240
 WAIT_FOR_RETRAIN_SECONDS = 420
 DEMO_COOLDOWN_SECONDS = 15
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``demo`` to the ``loopml`` app."""
-    from loopml import cli
+def demo(
+    clean: Annotated[int, typer.Option(help="Clean batches before the drift starts.")] = 2,
+    drifting: Annotated[int, typer.Option(help="Drifting batches.")] = 2,
+    rows: Annotated[int, typer.Option(help="Rows per batch.")] = 500,
+    trials: Annotated[int, typer.Option(help="Search trials per training.")] = 6,
+    prefect_port: Annotated[int, typer.Option("--prefect-port")] = 4200,
+    mlflow_port: Annotated[int, typer.Option("--mlflow-port")] = 5000,
+    evidently_port: Annotated[int, typer.Option("--evidently-port")] = 8000,
+    keep_running: Annotated[
+        bool,
+        typer.Option(help="Keep the stack (and its UIs) up after the summary, until Ctrl-C."),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated stream.")] = 7,
+    json_output: JsonFlag = False,
+) -> None:
+    """The whole closed loop on the bundled Telco churn sample, in minutes."""
+    from loopml.cli.stack import deployments, supervisor
 
-    @app.command()
-    def demo(
-        clean: Annotated[int, typer.Option(help="Clean batches before the drift starts.")] = 2,
-        drifting: Annotated[int, typer.Option(help="Drifting batches.")] = 2,
-        rows: Annotated[int, typer.Option(help="Rows per batch.")] = 500,
-        trials: Annotated[int, typer.Option(help="Search trials per training.")] = 6,
-        prefect_port: Annotated[int, typer.Option("--prefect-port")] = 4200,
-        mlflow_port: Annotated[int, typer.Option("--mlflow-port")] = 5000,
-        evidently_port: Annotated[int, typer.Option("--evidently-port")] = 8000,
-        keep_running: Annotated[
-            bool,
-            typer.Option(help="Keep the stack (and its UIs) up after the summary, until Ctrl-C."),
-        ] = False,
-        seed: Annotated[int, typer.Option(help="Seed of the simulated stream.")] = 7,
-        json_output: JsonFlag = False,
-    ) -> None:
-        """The whole closed loop on the bundled Telco churn sample, in minutes."""
-        from loopml import stack
+    began = time.monotonic()
 
-        began = time.monotonic()
+    def progress(message: str) -> None:
+        typer.echo(f"{time.monotonic() - began:6.1f}s {message}", err=True)
 
-        def progress(message: str) -> None:
-            typer.echo(f"{time.monotonic() - began:6.1f}s {message}", err=True)
-
-        def action() -> dict[str, Any]:
-            settings = cli._settings()
-            project_dir = settings.home / "demo"
-            started = time.monotonic()
-            pool = prepare_project(project_dir, trials=trials, seed=seed, progress=progress)
-            running = stack.Stack(
-                settings=settings,
-                project_dir=project_dir,
-                configs=stack.discover_projects(project_dir, [PROJECT]),
-                ports=stack.StackPorts(prefect_port, mlflow_port, evidently_port),
-                progress=progress,
+    def action() -> dict[str, Any]:
+        settings = process_settings()
+        project_dir = settings.home / "demo"
+        started = time.monotonic()
+        pool = prepare_project(project_dir, trials=trials, seed=seed, progress=progress)
+        running = supervisor.Stack(
+            settings=settings,
+            project_dir=project_dir,
+            configs=deployments.discover_projects(project_dir, [PROJECT]),
+            ports=supervisor.StackPorts(prefect_port, mlflow_port, evidently_port),
+            progress=progress,
+        )
+        record = running.start()
+        try:
+            result = run_loop(
+                settings, project_dir, record, pool, clean, drifting, rows, seed, progress
             )
-            record = running.start()
-            try:
-                result = run_loop(
-                    settings, project_dir, record, pool, clean, drifting, rows, seed, progress
-                )
-                # A retraining writes its decision before it finishes logging: let it finish.
-                unfinished = running.wait_for_runs(["retrain", "score", "monitor"], timeout=120)
-                if unfinished:
-                    progress(f"[demo] {unfinished} flow run(s) still running at the end")
-                result["seconds"] = round(time.monotonic() - started, 1)
-                result["urls"] = {
-                    key: record[key] for key in ("prefect_ui_url", "mlflow_url", "evidently_url")
-                }
-                print_summary(result, lambda line: typer.echo(line, err=True))
-                if keep_running:
-                    progress("the stack stays up: Ctrl-C stops it")
-                    stack.run_until_stopped(running)
-            finally:
-                running.stop()
-            return result
+            # A retraining writes its decision before it finishes logging: let it finish.
+            unfinished = running.wait_for_runs(["retrain", "score", "monitor"], timeout=120)
+            if unfinished:
+                progress(f"[demo] {unfinished} flow run(s) still running at the end")
+            result["seconds"] = round(time.monotonic() - started, 1)
+            result["urls"] = {
+                key: record[key] for key in ("prefect_ui_url", "mlflow_url", "evidently_url")
+            }
+            print_summary(result, lambda line: typer.echo(line, err=True))
+            if keep_running:
+                progress("the stack stays up: Ctrl-C stops it")
+                supervisor.run_until_stopped(running)
+        finally:
+            running.stop()
+        return result
 
-        cli._run(action, json_output, lambda result: None)
+    run(action, json_output, lambda result: None)
 
 
 def prepare_project(project_dir: Path, *, trials: int, seed: int, progress: Any) -> Any:
@@ -138,11 +133,11 @@ def run_loop(
     progress: Any,
 ) -> dict[str, Any]:
     """Train the first champion, then feed the stream and follow what the stack does with it."""
+    from flows.training import train_flow
     from loopml import ledger
-    from loopml.cli import _call_flow
 
     progress("[demo] training the first champion...")
-    trained = _call_flow("flows.training:train_flow", project=PROJECT, project_dir=str(project_dir))
+    trained = call_flow(train_flow, settings, project=PROJECT, project_dir=str(project_dir))
     progress(
         f"[demo] champion v{trained['version']} ({trained['family']}): "
         f"roc_auc {trained['test_metrics'].get('roc_auc', float('nan')):.3f}"

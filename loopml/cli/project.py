@@ -1,138 +1,27 @@
-"""The ``loopml`` command line.
+"""Project commands: init, validate, train, score, monitor, label and retrain.
 
-Every command takes ``--json``: the last stdout line is then one JSON object with the result.
-Errors are one line on stderr and a non-zero exit; set ``LOOPML_DEBUG=1`` for tracebacks.
+Each runs one flow in this process (``loopml.cli.common.call_flow``); the flow is imported inside
+the command, after the settings are applied, so ``loopml --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from loopml.errors import LoopmlError
-
-app = typer.Typer(
-    name="loopml",
-    help="Workflow-orchestrated MLOps for tabular data (Prefect, MLflow, GX, Evidently).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from loopml.cli.common import (
+    JsonFlag,
+    ProjectDir,
+    call_flow,
+    fail,
+    process_settings,
+    resolve_path,
+    run,
 )
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON line.")]
-ProjectDir = Annotated[
-    Path,
-    typer.Option(
-        "--project-dir",
-        help="Folder holding configs/ and expectations/ (default: the current directory).",
-    ),
-]
-EXIT_FAILURE = 1
-EXIT_GATE = 2
 
-
-def _fail(message: str, code: int = EXIT_FAILURE) -> None:
-    first_line = " ".join(str(message).split("\n")).strip()
-    typer.echo(f"loopml: error: {first_line}", err=True)
-    raise typer.Exit(code)
-
-
-def _run(
-    action: Callable[[], dict[str, Any]],
-    json_output: bool,
-    render: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Run one command: one clear error line instead of a traceback; JSON or text output."""
-    try:
-        result = action()
-    except LoopmlError as exc:
-        if os.environ.get("LOOPML_DEBUG"):
-            raise
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
-    except (typer.Exit, SystemExit):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the user gets a sentence, LOOPML_DEBUG the traceback
-        if os.environ.get("LOOPML_DEBUG"):
-            raise
-        _fail(f"{type(exc).__name__}: {exc}")
-    if json_output:
-        typer.echo(json.dumps(result, default=str))
-    elif render is not None:
-        render(result)
-    else:
-        for key, value in result.items():
-            typer.echo(f"{key}: {value}")
-    return result
-
-
-def _settings():
-    """Settings from the environment, applied to this process before Prefect is imported."""
-    from loopml.runtime import configure_process
-    from loopml.settings import load_settings
-
-    settings = load_settings()
-    configure_process(settings)
-    return settings
-
-
-def _call_flow(flow_reference: str, /, **parameters: Any) -> Any:
-    """Run a flow (``"module:flow"``) in this process with the task runner the settings ask for."""
-    import importlib
-
-    settings = _settings()
-    from flows.runner import with_runner
-
-    module_name, flow_name = flow_reference.split(":")
-    flow = getattr(importlib.import_module(module_name), flow_name)
-    _console_without_tracebacks()
-    return with_runner(flow, settings)(**parameters)
-
-
-class _NoRunErrors:
-    """A console log filter: a failed run's ERROR records (with tracebacks) stay in the Prefect
-    UI; on the console the user gets loopml's own one-line reason instead. Prefect's notice
-    that its event queue is still draining at exit is dropped too (the events are sent)."""
-
-    def filter(self, record: Any) -> bool:
-        if record.levelno >= 40:  # ERROR and above
-            return False
-        return not str(record.msg).startswith("Still processing items")
-
-
-def _console_without_tracebacks() -> None:
-    """Keep run errors off the console (the Prefect UI keeps them); ``LOOPML_DEBUG`` shows them."""
-    if os.environ.get("LOOPML_DEBUG"):
-        return
-    import logging
-
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    loggers = [logging.getLogger()] + [
-        logger
-        for logger in logging.Logger.manager.loggerDict.values()
-        if isinstance(logger, logging.Logger)
-    ]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if isinstance(handler, PrefectConsoleHandler) and not any(
-                isinstance(existing, _NoRunErrors) for existing in handler.filters
-            ):
-                handler.addFilter(_NoRunErrors())
-
-
-def _resolve(path: Path | None) -> str | None:
-    return None if path is None else str(path.expanduser().resolve())
-
-
-@app.command()
 def init(
     data: Annotated[
         str | None, typer.Argument(help="CSV or Parquet file (or a SQL query with --db).")
@@ -164,12 +53,12 @@ def init(
     from loopml.project import initialise_project
 
     if sql is not None and data is not None:
-        _fail("give either DATA or --sql QUERY, not both")
+        fail("give either DATA or --sql QUERY, not both")
     if sql is not None and db is None:
-        _fail("--sql needs --db URL (an SQLAlchemy database URL)")
+        fail("--sql needs --db URL (an SQLAlchemy database URL)")
     source = sql if sql is not None else data
     if source is None:
-        _fail("give DATA (a CSV or Parquet file) or --sql QUERY --db URL")
+        fail("give DATA (a CSV or Parquet file) or --sql QUERY --db URL")
 
     def action() -> dict[str, Any]:
         return initialise_project(
@@ -201,10 +90,9 @@ def init(
         typer.echo(f"wrote {result['config']}")
         typer.echo(f"wrote {result['suite']} ({result['expectations']} expectations): review it")
 
-    _run(action, json_output, render)
+    run(action, json_output, render)
 
 
-@app.command()
 def validate(
     name: Annotated[str, typer.Argument(help="Project name.")],
     data: Annotated[Path, typer.Option("--data", help="The batch to validate.")],
@@ -214,10 +102,14 @@ def validate(
     """Validate a batch with the project's suite; a failing batch is quarantined."""
 
     def action() -> dict[str, Any]:
-        return _call_flow(
-            "flows.validation:validate_flow",
+        settings = process_settings()
+        from flows.validation import validate_flow
+
+        return call_flow(
+            validate_flow,
+            settings,
             project=name,
-            data=_resolve(data),
+            data=resolve_path(data),
             project_dir=str(project_dir.resolve()),
         )
 
@@ -229,10 +121,9 @@ def validate(
         if result.get("data_docs"):
             typer.echo(f"  Data Docs: {result['data_docs']}")
 
-    _run(action, json_output, render)
+    run(action, json_output, render)
 
 
-@app.command()
 def train(
     name: Annotated[str, typer.Argument(help="Project name.")],
     data: Annotated[
@@ -247,16 +138,20 @@ def train(
 ) -> None:
     """Validate, search, evaluate, register a new version and run the promotion gate."""
     if trials is not None and trials < 1:
-        _fail("--trials must be at least 1")
+        fail("--trials must be at least 1")
     if timeout is not None and timeout <= 0:
-        _fail("--timeout must be positive")
+        fail("--timeout must be positive")
 
     def action() -> dict[str, Any]:
-        return _call_flow(
-            "flows.training:train_flow",
+        settings = process_settings()
+        from flows.training import train_flow
+
+        return call_flow(
+            train_flow,
+            settings,
             project=name,
             project_dir=str(project_dir.resolve()),
-            data=_resolve(data),
+            data=resolve_path(data),
             trials=trials,
             timeout=timeout,
         )
@@ -272,10 +167,9 @@ def train(
             typer.echo(f"  test {metric}: {value:.4f}")
         typer.echo(f"  MLflow run {result['run_id']}")
 
-    _run(action, json_output, render)
+    run(action, json_output, render)
 
 
-@app.command()
 def score(
     name: Annotated[str, typer.Argument(help="Project name.")],
     data: Annotated[Path, typer.Option("--data", help="The batch to score (CSV or Parquet).")],
@@ -286,11 +180,15 @@ def score(
     """Score a batch with models:/NAME@champion; predictions are logged for monitoring."""
 
     def action() -> dict[str, Any]:
-        return _call_flow(
-            "flows.scoring:score_flow",
+        settings = process_settings()
+        from flows.scoring import score_flow
+
+        return call_flow(
+            score_flow,
+            settings,
             project=name,
-            data=_resolve(data),
-            out=_resolve(out),
+            data=resolve_path(data),
+            out=resolve_path(out),
             project_dir=str(project_dir.resolve()),
         )
 
@@ -301,10 +199,9 @@ def score(
             f"{name} v{result['model_version']} -> {result['out']} ({logged})"
         )
 
-    _run(action, json_output, render)
+    run(action, json_output, render)
 
 
-@app.command()
 def monitor(
     name: Annotated[str, typer.Argument(help="Project name.")],
     data: Annotated[Path, typer.Option("--data", help="The batch to check (CSV or Parquet).")],
@@ -320,11 +217,15 @@ def monitor(
     """Evidently drift (and performance when labels exist) of a batch; emits events."""
 
     def action() -> dict[str, Any]:
-        result = _call_flow(
-            "flows.monitoring:monitor_flow",
+        settings = process_settings()
+        from flows.monitoring import monitor_flow
+
+        result = call_flow(
+            monitor_flow,
+            settings,
             project=name,
-            data=_resolve(data),
-            reference=_resolve(reference),
+            data=resolve_path(data),
+            reference=resolve_path(reference),
             project_dir=str(project_dir.resolve()),
         )
         return {key: result[key] for key in MONITOR_KEYS if key in result}
@@ -343,10 +244,10 @@ def monitor(
         typer.echo(f"  prediction drift: {result['prediction_drift'].get('drifted')}")
         performance = result.get("performance")
         if performance:
-            typer.echo("  performance: " + _performance_line(performance))
+            typer.echo("  performance: " + performance_line(performance))
         typer.echo(f"  report: {result['report_path']}")
 
-    _run(action, json_output, render)
+    run(action, json_output, render)
 
 
 MONITOR_KEYS = (
@@ -368,7 +269,6 @@ MONITOR_KEYS = (
 )
 
 
-@app.command()
 def label(
     name: Annotated[str, typer.Argument(help="Project name.")],
     data: Annotated[Path, typer.Option("--data", help="Row id + target table.")],
@@ -378,10 +278,14 @@ def label(
     """Join late ground truth (row id + target) to the logged predictions."""
 
     def action() -> dict[str, Any]:
-        return _call_flow(
-            "flows.labels:label_flow",
+        settings = process_settings()
+        from flows.labels import label_flow
+
+        return call_flow(
+            label_flow,
+            settings,
             project=name,
-            data=_resolve(data),
+            data=resolve_path(data),
             project_dir=str(project_dir.resolve()),
         )
 
@@ -391,16 +295,16 @@ def label(
             typer.echo(f"  v{version} on {entry['rows']} labelled rows: {_metrics(entry)}")
         verdict = result.get("champion_verdict")
         if verdict:
-            typer.echo("  champion: " + _performance_line(verdict))
+            typer.echo("  champion: " + performance_line(verdict))
 
-    _run(action, json_output, render)
+    run(action, json_output, render)
 
 
 def _metrics(entry: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in sorted((entry.get("metrics") or {}).items()))
 
 
-def _performance_line(verdict: dict[str, Any]) -> str:
+def performance_line(verdict: dict[str, Any]) -> str:
     """E.g. ``rmse 12.0000 vs 10.0000 held-out on 300 rows: DEGRADED (drop 20%, max 15%)``."""
     metric = verdict["metric"]
     current = (verdict.get("current") or {}).get(metric)
@@ -420,7 +324,6 @@ def _performance_line(verdict: dict[str, Any]) -> str:
     )
 
 
-@app.command()
 def retrain(
     name: Annotated[str, typer.Argument(help="Project name.")],
     batch_id: Annotated[
@@ -434,8 +337,12 @@ def retrain(
     """Retrain on reference + recent labelled data; promote the challenger only if better."""
 
     def action() -> dict[str, Any]:
-        return _call_flow(
-            "flows.retraining:retrain_flow",
+        settings = process_settings()
+        from flows.retraining import retrain_flow
+
+        return call_flow(
+            retrain_flow,
+            settings,
             project=name,
             project_dir=str(project_dir.resolve()),
             batch_id=batch_id,
@@ -466,125 +373,4 @@ def retrain(
             )
         typer.echo(f"  MLflow run {result['run_id']}")
 
-    _run(action, json_output, render)
-
-
-@app.command()
-def promote(
-    name: Annotated[str, typer.Argument(help="Project name.")],
-    version: Annotated[str, typer.Argument(help="Model version to make champion.")],
-    reason: Annotated[str, typer.Option(help="Why (kept in the history).")] = "manual promotion",
-    project_dir: ProjectDir = Path("."),
-    json_output: JsonFlag = False,
-) -> None:
-    """Make VERSION the champion (recorded in the promotion history)."""
-
-    def action() -> dict[str, Any]:
-        return _call_flow(
-            "flows.registry:promote_flow",
-            project=name,
-            version=version,
-            reason=reason,
-            project_dir=str(project_dir.resolve()),
-        )
-
-    _run(action, json_output, _render_alias_move)
-
-
-@app.command()
-def rollback(
-    name: Annotated[str, typer.Argument(help="Project name.")],
-    project_dir: ProjectDir = Path("."),
-    json_output: JsonFlag = False,
-) -> None:
-    """Give the champion alias back to the previous champion."""
-
-    def action() -> dict[str, Any]:
-        return _call_flow(
-            "flows.registry:rollback_flow", project=name, project_dir=str(project_dir.resolve())
-        )
-
-    _run(action, json_output, _render_alias_move)
-
-
-def _render_alias_move(entry: dict[str, Any]) -> None:
-    previous = entry.get("previous_champion")
-    was = f" (was v{previous})" if previous else ""
-    typer.echo(f"champion -> v{entry['version']}{was}: {entry.get('reason')}")
-
-
-@app.command()
-def status(
-    name: Annotated[str, typer.Argument(help="Project name.")],
-    history: Annotated[int, typer.Option(help="How many history entries to show.")] = 10,
-    project_dir: ProjectDir = Path("."),
-    json_output: JsonFlag = False,
-) -> None:
-    """Champion, challenger, last monitoring verdict and promotion history."""
-    from loopml.project import project_status
-
-    def action() -> dict[str, Any]:
-        settings = _settings()
-        return project_status(name, project_dir.resolve(), settings, history=history)
-
-    def render(result: dict[str, Any]) -> None:
-        for alias in ("champion", "challenger"):
-            entry = result[alias]
-            if entry is None:
-                typer.echo(f"{alias}: none")
-            else:
-                metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(entry["metrics"].items()))
-                typer.echo(f"{alias}: v{entry['version']} ({entry.get('family')}) {metrics}")
-        monitoring = result.get("last_monitoring")
-        if monitoring:
-            typer.echo(
-                f"last monitoring: {monitoring.get('checked_at')} "
-                f"batch {monitoring.get('batch_id')}"
-                f" drift={monitoring.get('drift_detected')} share={monitoring.get('drift_share')}"
-                f" degraded={monitoring.get('performance_degraded')}"
-            )
-        else:
-            typer.echo("last monitoring: none")
-        typer.echo("history:")
-        for entry in result["history"]:
-            typer.echo("  " + _history_line(entry))
-
-    _run(action, json_output, render)
-
-
-def _history_line(entry: dict[str, Any]) -> str:
-    """One promotion-history entry as a line: when, what, which version, why, what triggered it."""
-    trigger = entry.get("trigger") or {}
-    parts = [str(entry.get("at")), str(entry.get("action"))]
-    if entry.get("version") is not None:
-        parts.append(f"v{entry['version']}")
-    if trigger.get("kind"):
-        cause = trigger.get("event") or trigger["kind"]
-        batch_id = trigger.get("batch_id") or entry.get("batch_id")
-        parts.append(f"[{cause}, batch {batch_id}]" if batch_id else f"[{cause}]")
-    if entry.get("reason"):
-        parts.append(str(entry["reason"]))
-    return " ".join(parts)
-
-
-def _register_extensions() -> None:
-    from loopml.cli_demo import register as register_demo
-    from loopml.cli_stack import register as register_stack
-
-    register_stack(app)
-    register_demo(app)
-
-
-_register_extensions()
-
-
-def main() -> None:
-    """Console-script entry point."""
-    try:
-        app()
-    except BrokenPipeError:
-        sys.stderr.close()
-
-
-if __name__ == "__main__":
-    main()
+    run(action, json_output, render)

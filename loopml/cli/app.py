@@ -1,0 +1,50 @@
+"""The ``loopml`` Typer app: every command, registered here explicitly, and ``main``.
+
+Importing a command module registers nothing; this module is the one list of commands.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from loopml.cli import demo, project, registry
+from loopml.cli.stack import commands as stack
+
+app = typer.Typer(
+    name="loopml",
+    help="Workflow-orchestrated MLOps for tabular data (Prefect, MLflow, GX, Evidently).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for command in (
+    # project commands
+    project.init,
+    project.validate,
+    project.train,
+    project.score,
+    project.monitor,
+    project.label,
+    project.retrain,
+    # registry commands
+    registry.promote,
+    registry.rollback,
+    registry.status,
+    # the embedded stack
+    stack.up,
+    stack.serve,
+    stack.automations,
+    demo.demo,
+):
+    app.command()(command)
+
+
+def main() -> None:
+    """Console-script entry point (``loopml``) and ``python -m loopml.cli``."""
+    try:
+        app()
+    except BrokenPipeError:
+        sys.stderr.close()

@@ -1,0 +1,133 @@
+"""What every ``loopml`` command shares: the common options, running a command, running a flow.
+
+Every command takes ``--json``: the last stdout line is then one JSON object with the result.
+Errors are one line on stderr and a non-zero exit; set ``LOOPML_DEBUG=1`` for tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from loopml.errors import LoopmlError
+
+if TYPE_CHECKING:
+    from loopml.settings import Settings
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as one JSON line.")]
+ProjectDir = Annotated[
+    Path,
+    typer.Option(
+        "--project-dir",
+        help="Folder holding configs/ and expectations/ (default: the current directory).",
+    ),
+]
+Projects = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--project",
+        help="A project to serve (repeat for several; default: every configs/*.yaml).",
+    ),
+]
+EXIT_FAILURE = 1
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> None:
+    """Print one ``loopml: error:`` line on stderr and exit with ``code``."""
+    first_line = " ".join(str(message).split("\n")).strip()
+    typer.echo(f"loopml: error: {first_line}", err=True)
+    raise typer.Exit(code)
+
+
+def run(
+    action: Callable[[], dict[str, Any]],
+    json_output: bool,
+    render: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run one command: one clear error line instead of a traceback; JSON or text output."""
+    try:
+        result = action()
+    except LoopmlError as exc:
+        if os.environ.get("LOOPML_DEBUG"):
+            raise
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except (typer.Exit, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user gets a sentence, LOOPML_DEBUG the traceback
+        if os.environ.get("LOOPML_DEBUG"):
+            raise
+        fail(f"{type(exc).__name__}: {exc}")
+    if json_output:
+        typer.echo(json.dumps(result, default=str))
+    elif render is not None:
+        render(result)
+    else:
+        for key, value in result.items():
+            typer.echo(f"{key}: {value}")
+    return result
+
+
+def process_settings() -> Settings:
+    """Settings from the environment, applied to this process before Prefect is imported.
+
+    Call it first in a command's action, then import the flow it runs: Prefect reads its
+    settings when it is first imported.
+    """
+    from loopml.runtime import configure_process
+    from loopml.settings import load_settings
+
+    settings = load_settings()
+    configure_process(settings)
+    return settings
+
+
+def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
+    """Run ``flow`` in this process with the task runner ``settings`` ask for."""
+    from flows.runner import with_runner
+
+    _console_without_tracebacks()
+    return with_runner(flow, settings)(**parameters)
+
+
+def resolve_path(path: Path | None) -> str | None:
+    """``path`` made absolute (flow parameters are strings), or ``None``."""
+    return None if path is None else str(path.expanduser().resolve())
+
+
+class _NoRunErrors:
+    """A console log filter: a failed run's ERROR records (with tracebacks) stay in the Prefect
+    UI; on the console the user gets loopml's own one-line reason instead. Prefect's notice
+    that its event queue is still draining at exit is dropped too (the events are sent)."""
+
+    def filter(self, record: Any) -> bool:
+        if record.levelno >= 40:  # ERROR and above
+            return False
+        return not str(record.msg).startswith("Still processing items")
+
+
+def _console_without_tracebacks() -> None:
+    """Keep run errors off the console (the Prefect UI keeps them); ``LOOPML_DEBUG`` shows them."""
+    if os.environ.get("LOOPML_DEBUG"):
+        return
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(existing, _NoRunErrors) for existing in handler.filters
+            ):
+                handler.addFilter(_NoRunErrors())

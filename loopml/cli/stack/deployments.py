@@ -1,0 +1,439 @@
+"""Applying loopml to a Prefect server: served deployments, in-flight runs, automations.
+
+The Prefect calls import Prefect inside the functions that need it, so importing this module
+stays free of Prefect and of side effects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import string
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loopml.cli.stack.notifications import existing_notification_block, save_notification_block
+from loopml.cli.stack.processes import ChildProcess, last_line
+from loopml.config import ProjectConfig, load_config
+from loopml.errors import StackError
+
+# Prefect state types of a flow run that holds a slot or a process (strings: no import at load).
+IN_FLIGHT_STATES = ("PENDING", "RUNNING", "CANCELLING")
+FLOW_NAMES = ("train", "score", "monitor", "retrain", "inbox")
+AUTOMATIONS_DIR_VARIABLE = "LOOPML_AUTOMATIONS_DIR"
+RUNNER_START_SIGNAL_VARIABLE = "LOOPML_RUNNER_START_SIGNAL"  # set by ``up`` for its runner
+PROJECT_AUTOMATION_PREFIX = "project-"  # files named project-*.yaml are rendered per project
+
+
+def deployment_name(flow_name: str, project: str) -> str:
+    """The served deployment of ``flow_name`` for ``project``, e.g. ``retrain-telco``."""
+    return f"{flow_name}-{project}"
+
+
+# --------------------------------------------------------------------------- discovery, ports
+
+
+def discover_projects(project_dir: Path, names: Iterable[str] = ()) -> list[ProjectConfig]:
+    """The projects to serve: ``names`` if given, else every ``configs/*.yaml`` in the folder.
+
+    Raises:
+        StackError: no project was found.
+        ProjectNotFound, ConfigError: a named project is unknown or a config is invalid.
+    """
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        wanted = sorted(path.stem for path in (project_dir / "configs").glob("*.yaml"))
+    if not wanted:
+        raise StackError(
+            f"no project to serve: {project_dir / 'configs'} holds no *.yaml "
+            "(create one with 'loopml init', or pass --project-dir)"
+        )
+    return [load_config(name, project_dir) for name in wanted]
+
+
+# --------------------------------------------------------------------------- Prefect: deployments
+
+
+def build_deployments(project_dir: Path, configs: Iterable[ProjectConfig]) -> list[Any]:
+    """Every project's served deployments (``train-NAME``, ``score-NAME``, ``retrain-NAME``...).
+
+    Schedules come from each project's config; retraining runs one at a time per project
+    (``concurrency_limit`` 1, ENQUEUE) and the inbox never overlaps itself (CANCEL_NEW).
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.inbox import inbox_flow
+    from flows.retraining import retrain_flow
+    from flows.scoring import score_flow
+    from flows.training import train_flow
+
+    one_at_a_time = ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+    )
+    skip_if_busy = ConcurrencyLimitConfig(
+        limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+    )
+    folder = str(project_dir.resolve())
+    deployments = []
+    for config in configs:
+        name = config.name
+        common = {
+            "parameters": {"project": name, "project_dir": folder},
+            "tags": ["loopml", f"project:{name}"],
+            "entrypoint_type": EntrypointType.MODULE_PATH,  # flows/ is installed: no file paths
+            "paused": False,
+        }
+        schedules = config.schedules
+        deployments += [
+            train_flow.to_deployment(
+                name=deployment_name("train", name),
+                description=f"Train, register and gate a new {name} model.",
+                **common,
+            ),
+            score_flow.to_deployment(
+                name=deployment_name("score", name),
+                description=f"Score a {name} batch with the champion (pass data=FILE).",
+                **common,
+            ),
+            _monitor_deployment(name, schedules.monitor, common),
+            retrain_flow.to_deployment(
+                name=deployment_name("retrain", name),
+                description=(
+                    f"Retrain {name} on reference plus recent labelled data; runs on "
+                    "schedule and when drift or degradation is detected."
+                ),
+                cron=schedules.retrain,
+                concurrency_limit=one_at_a_time,
+                **common,
+            ),
+            inbox_flow.to_deployment(
+                name=deployment_name("inbox", name),
+                description=f"Score and monitor new batches dropped into inbox/{name}/.",
+                interval=schedules.inbox_poll_seconds,
+                concurrency_limit=skip_if_busy,
+                **common,
+            ),
+        ]
+    return deployments
+
+
+def _monitor_deployment(name: str, cron: str | None, common: dict[str, Any]) -> Any:
+    """The monitor deployment; scheduled only when the flow can run without a batch argument."""
+    import inspect
+
+    from flows.monitoring import monitor_flow
+
+    data_parameter = inspect.signature(monitor_flow.fn).parameters.get("data")
+    can_schedule = (
+        data_parameter is not None and data_parameter.default is not inspect.Parameter.empty
+    )
+    return monitor_flow.to_deployment(
+        name=deployment_name("monitor", name),
+        description=f"Drift and performance of {name} batches against the champion's reference.",
+        cron=cron if can_schedule else None,
+        **common,
+    )
+
+
+def serve_projects(
+    project_dir: Path,
+    configs: list[ProjectConfig],
+    limit: int | None = None,
+    start_signal: Path | None = None,
+    start_timeout: float = 300.0,
+) -> None:
+    """Serve the projects' deployments until interrupted (the runner child of ``loopml up``).
+
+    With ``start_signal``, the flows are imported first (the slow part) and serving waits until
+    that file exists: ``loopml up`` starts the runner beside the server and says when to go.
+
+    Raises:
+        StackError: ``start_signal`` did not appear within ``start_timeout``.
+    """
+    from prefect import serve
+
+    deployments = build_deployments(project_dir, configs)
+    if start_signal is not None:
+        deadline = time.monotonic() + start_timeout
+        while not start_signal.exists():
+            if time.monotonic() > deadline:
+                raise StackError(f"no start signal {start_signal} within {start_timeout:.0f} s")
+            time.sleep(0.2)
+    serve(
+        *deployments,
+        limit=limit,
+        print_starting_message=True,
+        pause_on_shutdown=True,  # no scheduled runs pile up while nothing serves them
+    )
+
+
+def wait_for_deployments(
+    names: list[str],
+    timeout: float,
+    runner: ChildProcess | None = None,
+    updated_after: datetime | None = None,
+) -> dict[str, str]:
+    """Wait until every ``flow/deployment`` name exists (and, with ``updated_after``, has been
+    applied since then, unpaused: the runner serves it); returns their ids."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            for name in names:
+                if name in found:
+                    continue
+                with contextlib.suppress(ObjectNotFound):
+                    deployment = client.read_deployment_by_name(name)
+                    fresh = updated_after is None or (
+                        not deployment.paused
+                        and deployment.updated is not None
+                        and deployment.updated >= updated_after
+                    )
+                    if fresh:
+                        found[name] = str(deployment.id)
+            if len(found) == len(names):
+                return found
+            if runner is not None and not runner.running():
+                raise StackError(
+                    f"the deployment runner exited with code {runner.process.returncode}; "
+                    f"see {runner.log_path}: {last_line(runner.log_tail())}"
+                )
+            if time.monotonic() > deadline:
+                missing = sorted(set(names) - set(found))
+                raise StackError(f"deployments not registered within {timeout:.0f} s: {missing}")
+            time.sleep(1)
+
+
+def _in_flight_filter() -> Any:
+    """A flow-run filter for runs that hold a slot or a process (:data:`IN_FLIGHT_STATES`)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+
+    return FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT_STATES)))
+    )
+
+
+def in_flight_runs(deployment_names: list[str]) -> list[Any]:
+    """Flow runs of these deployments that are pending, running or cancelling right now."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    names = [name.split("/", 1)[-1] for name in deployment_names]
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=_in_flight_filter(),
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
+        )
+
+
+def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str, int]:
+    """Crash runs a stopped runner left in flight and free their deployments' concurrency slots.
+
+    Why: the OSS server keeps deployment concurrency leases in memory. A run still in flight when
+    the stack stops keeps its slot after a server restart (the lease that would have expired is
+    gone), so every later inbox run is cancelled (CANCEL_NEW) and retrainings wait forever
+    (ENQUEUE). Only call this while no runner serves these deployments.
+
+    Returns:
+        ``{"crashed": runs marked Crashed, "released": slots freed}``.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Cancelled, Crashed
+
+    in_flight = _in_flight_filter()
+    counts = {"crashed": 0, "cancelled": 0, "released": 0}
+    with get_client(sync_client=True) as client:
+        for name in deployment_names:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            runs = client.read_flow_runs(
+                flow_run_filter=in_flight,
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            )
+            for run in runs:
+                if run.state_type == StateType.PENDING:
+                    # Claimed but never started: nothing ran, so nothing crashed.
+                    state, key = Cancelled(message=reason), "cancelled"
+                else:
+                    state, key = Crashed(message=reason), "crashed"
+                client.set_flow_run_state(run.id, state, force=True)
+                counts[key] += 1
+            limit = deployment.global_concurrency_limit
+            if limit is not None and limit.active_slots:
+                client.update_global_concurrency_limit(
+                    limit.name, GlobalConcurrencyLimitUpdate(active_slots=0)
+                )
+                counts["released"] += limit.active_slots
+    return counts
+
+
+# --------------------------------------------------------------------------- Prefect: automations
+
+
+def automations_dir() -> Path:
+    """``deployments/automations`` of this checkout (or ``$LOOPML_AUTOMATIONS_DIR``)."""
+    override = os.environ.get(AUTOMATIONS_DIR_VARIABLE)
+    folder = (
+        Path(override)
+        if override
+        else Path(__file__).resolve().parents[3] / "deployments" / "automations"
+    )
+    if not folder.is_dir():
+        raise StackError(
+            f"automation definitions not found in {folder}; set {AUTOMATIONS_DIR_VARIABLE}"
+        )
+    return folder
+
+
+def render_automation_file(path: Path, values: dict[str, str]) -> list[dict[str, Any]]:
+    """One automation file with its ``${LOOPML_...}`` placeholders filled in.
+
+    The files are the same ones a person can feed to ``prefect automation create --from-file``
+    after ``envsubst``; Prefect's own ``{{ event... }}`` templates pass through untouched.
+
+    Raises:
+        StackError: a placeholder has no value or the result is not an automation.
+    """
+    # Comments may mention shell variables ($PWD...): only the YAML itself is a template.
+    body = "\n".join(
+        line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
+    try:
+        text = string.Template(body).substitute(values)
+    except KeyError as exc:
+        raise StackError(f"{path}: no value for placeholder ${{{exc.args[0]}}}") from None
+    data = yaml.safe_load(text)
+    if isinstance(data, dict) and "automations" in data:
+        data = data["automations"]
+    items = data if isinstance(data, list) else [data]
+    if not all(isinstance(item, dict) and item.get("name") for item in items):
+        raise StackError(f"{path}: every automation needs a mapping with a name")
+    return items
+
+
+def render_automations(
+    folder: Path,
+    configs: Iterable[ProjectConfig],
+    *,
+    project_dir: Path,
+    retrain_deployment_ids: dict[str, str],
+    notification_block_id: str | None,
+) -> list[dict[str, Any]]:
+    """Every automation definition, rendered: ``project-*.yaml`` once per project, the rest once.
+
+    Files that need the notification block are left out when there is none.
+    """
+    definitions: list[dict[str, Any]] = []
+    shared = {"LOOPML_PROJECT_DIR": str(project_dir.resolve())}
+    if notification_block_id:
+        shared["LOOPML_NOTIFICATION_BLOCK_ID"] = notification_block_id
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    for path in files:
+        needs_block = "block_document_id" in path.read_text()
+        if needs_block and not notification_block_id:
+            continue
+        if path.name.startswith(PROJECT_AUTOMATION_PREFIX):
+            for config in configs:
+                values = {
+                    **shared,
+                    "LOOPML_PROJECT": config.name,
+                    "LOOPML_COOLDOWN_SECONDS": str(config.retraining.cooldown_seconds),
+                    "LOOPML_RETRAIN_DEPLOYMENT_ID": retrain_deployment_ids[config.name],
+                }
+                definitions += render_automation_file(path, values)
+        else:
+            definitions += render_automation_file(path, shared)
+    return definitions
+
+
+def apply_automations(definitions: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Create or update each automation by name (idempotent: one automation per name).
+
+    Returns ``[{"name", "id", "action": "created"|"updated"}]``.
+    """
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore
+
+    applied = []
+    with get_client(sync_client=True) as client:
+        for definition in definitions:
+            desired = Automation(**AutomationCore.model_validate(definition).model_dump())
+            existing = client.read_automations_by_name(desired.name)
+            if existing:
+                desired.id = existing[0].id
+                desired.update()
+                for duplicate in existing[1:]:  # left by an older, non-idempotent setup
+                    client.delete_automation(duplicate.id)
+                action = "updated"
+            else:
+                desired.create()
+                action = "created"
+            applied.append({"name": desired.name, "id": str(desired.id), "action": action})
+    return applied
+
+
+def apply_project_automations(
+    project_dir: Path,
+    configs: list[ProjectConfig],
+    *,
+    webhook_url: str | None = None,
+    retrain_deployment_ids: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Render deployments/automations/ for ``configs`` and create/update them by name.
+
+    Args:
+        project_dir: the folder the retrain runs use as ``project_dir``.
+        configs: the projects.
+        webhook_url: point the notification block here first; without it the existing block
+            is used, and without one the notification automations are skipped.
+        retrain_deployment_ids: project -> deployment id; default: read ``retrain/retrain-NAME``.
+
+    Raises:
+        StackError: a project has no retrain deployment on the server.
+    """
+    block_id = (
+        save_notification_block(webhook_url) if webhook_url else existing_notification_block()
+    )
+    if retrain_deployment_ids is None:
+        names = [f"retrain/{deployment_name('retrain', config.name)}" for config in configs]
+        found = wait_for_deployments(names, timeout=0)
+        retrain_deployment_ids = {
+            config.name: found[name] for config, name in zip(configs, names, strict=True)
+        }
+    definitions = render_automations(
+        automations_dir(),
+        configs,
+        project_dir=project_dir,
+        retrain_deployment_ids=retrain_deployment_ids,
+        notification_block_id=block_id,
+    )
+    return {"automations": apply_automations(definitions), "notification_block_id": block_id}
+
+
+@contextlib.contextmanager
+def prefect_api(url: str):
+    """Point this process's Prefect client at ``url``, whenever Prefect was first imported."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield

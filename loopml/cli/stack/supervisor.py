@@ -1,0 +1,371 @@
+"""The embedded stack behind ``loopml up``: servers, the deployment runner, automations.
+
+One process (``loopml up``) owns everything and stops it in order on Ctrl-C or SIGTERM:
+
+    Prefect server   prefect server start (SQLite under $LOOPML_HOME/prefect)
+    MLflow UI        mlflow server on the same store as the CLI (sqlite:///$LOOPML_HOME/mlflow.db)
+    Evidently UI     evidently ui --workspace $LOOPML_HOME/evidently
+    notification sink  a tiny HTTP receiver appending to $LOOPML_HOME/notifications.jsonl
+    runner           ``loopml serve``: every project's deployments served with their schedules
+    automations      rendered from deployments/automations/*.yaml, created by name
+
+Process management here is plain Python. The few Prefect calls (deployments, blocks,
+automations) import Prefect inside the functions that need it, so importing this module stays
+free of Prefect and of side effects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loopml.cli.stack.deployments import (
+    AUTOMATIONS_DIR_VARIABLE,
+    FLOW_NAMES,
+    RUNNER_START_SIGNAL_VARIABLE,
+    apply_project_automations,
+    automations_dir,
+    deployment_name,
+    in_flight_runs,
+    prefect_api,
+    release_orphaned_runs,
+    wait_for_deployments,
+)
+from loopml.cli.stack.notifications import NotificationSink
+from loopml.cli.stack.processes import (
+    HOST,
+    ChildProcess,
+    StackPorts,
+    check_ports,
+    last_line,
+    read_stack_file,
+    start_child,
+    stop_child,
+    wait_for_http,
+    write_stack_file,
+)
+from loopml.cli.stack.servers import (
+    child_environment,
+    embedded_mlflow,
+    evidently_ui_command,
+    mlflow_server_command,
+    prefect_server_command,
+    runner_command,
+)
+from loopml.config import ProjectConfig
+from loopml.errors import StackError
+from loopml.settings import Settings
+
+RUNNER_POLL_SECONDS = 2
+STARTUP_TIMEOUTS = {"prefect": 120.0, "mlflow": 90.0, "evidently": 60.0, "runner": 120.0}
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    """A running ``loopml up``: its children, URLs and the record written to ``stack.json``."""
+
+    settings: Settings
+    project_dir: Path
+    configs: list[ProjectConfig]
+    ports: StackPorts
+    progress: Callable[[str], None] = print
+    children: list[ChildProcess] = field(default_factory=list)
+    sink: NotificationSink | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.home / "logs"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{HOST}:{self.ports.prefect}/api"
+
+    @property
+    def runner_start_signal(self) -> Path:
+        return self.log_dir / "runner.start"
+
+    @property
+    def deployment_names(self) -> list[str]:
+        """``flow/deployment`` names of everything the runner serves."""
+        return [
+            f"{flow}/{deployment_name(flow, config.name)}"
+            for config in self.configs
+            for flow in FLOW_NAMES
+        ]
+
+    def start(self) -> dict[str, Any]:
+        """Start every service, wait until each answers, and write ``stack.json``.
+
+        Raises:
+            StackError: a port is taken, another ``loopml up`` runs here, or a service failed
+                (everything started so far is stopped again).
+        """
+        running = read_stack_file(self.settings.stack_file)
+        if running is not None:
+            raise StackError(
+                f"loopml up is already running for {self.settings.home} (pid {running['pid']}, "
+                f"Prefect UI {running.get('prefect_ui_url')})"
+            )
+        check_ports(self.ports)
+        # A stack.json whose pid is gone was left by a killed 'loopml up': it must not point
+        # later commands (or anyone waiting for it) at servers that do not exist.
+        self.settings.stack_file.unlink(missing_ok=True)
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        self.settings.evidently_workspace.mkdir(parents=True, exist_ok=True)
+        self.settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        for config in self.configs:
+            (self.settings.inbox_dir / config.name).mkdir(parents=True, exist_ok=True)
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> dict[str, Any]:
+        started = time.monotonic()
+        server_env = child_environment(self.settings, None)
+        server_env.update(
+            {
+                "PREFECT_SERVER_UI_ENABLED": "true",
+                # The UI asks the browser to call this URL; without it, it says port 4200
+                # whatever --port was given.
+                "PREFECT_UI_API_URL": self.prefect_api_url,
+                "PREFECT_SERVER_API_HOST": HOST,
+                "PREFECT_SERVER_API_PORT": str(self.ports.prefect),
+            }
+        )
+        prefect = self._launch(
+            "prefect-server",
+            "Prefect server",
+            prefect_server_command(self.ports.prefect),
+            server_env,
+        )
+        prefect.url = f"http://{HOST}:{self.ports.prefect}"
+        mlflow_url = self.settings.mlflow_tracking_uri
+        mlflow = None
+        if embedded_mlflow(self.settings):
+            mlflow = self._launch(
+                "mlflow",
+                "MLflow UI",
+                mlflow_server_command(self.settings, self.ports.mlflow),
+                child_environment(self.settings, None),
+            )
+            mlflow_url = mlflow.url = f"http://{HOST}:{self.ports.mlflow}"
+        evidently = self._launch(
+            "evidently",
+            "Evidently UI",
+            evidently_ui_command(self.settings, self.ports.evidently),
+            child_environment(self.settings, None),
+        )
+        evidently.url = f"http://{HOST}:{self.ports.evidently}"
+        # The runner imports the flows (slow) while the server starts; it serves on our signal.
+        self.runner_start_signal.unlink(missing_ok=True)
+        runner = self._launch(
+            "runner",
+            "deployment runner",
+            runner_command(self.project_dir, [config.name for config in self.configs]),
+            self._runner_environment(),
+        )
+        self.sink = NotificationSink(self.settings.home / "notifications.jsonl").start()
+
+        self.progress("waiting for the Prefect server (15-20 s on a fresh home)...")
+        self._wait(prefect, f"{self.prefect_api_url}/health", STARTUP_TIMEOUTS["prefect"])
+        os.environ["PREFECT_API_URL"] = self.prefect_api_url
+        with prefect_api(self.prefect_api_url):
+            recovered = release_orphaned_runs(
+                self.deployment_names, "the runner stopped while this run was in flight"
+            )
+        if any(recovered.values()):
+            self.progress(
+                f"  recovered {recovered['crashed']} run(s) left in flight by the last stop"
+            )
+        runner_launched = datetime.now(UTC)
+        self.runner_start_signal.touch()
+        if mlflow is not None:
+            self._wait(mlflow, f"{mlflow.url}/health", STARTUP_TIMEOUTS["mlflow"])
+        self._wait(evidently, f"{evidently.url}/", STARTUP_TIMEOUTS["evidently"])
+
+        with prefect_api(self.prefect_api_url):
+            self.progress("waiting for the runner to register the deployments...")
+            names = self.deployment_names
+            deployment_ids = wait_for_deployments(
+                names, STARTUP_TIMEOUTS["runner"], runner, updated_after=runner_launched
+            )
+            self.progress(
+                f"  runner: {len(names)} deployments served "
+                f"({time.monotonic() - started:.1f} s since start)"
+            )
+            retrain_ids = {
+                config.name: deployment_ids[f"retrain/{deployment_name('retrain', config.name)}"]
+                for config in self.configs
+            }
+            automations = apply_project_automations(
+                self.project_dir,
+                self.configs,
+                webhook_url=self.sink.url,
+                retrain_deployment_ids=retrain_ids,
+            )["automations"]
+            self.progress(f"  automations: {len(automations)} applied")
+
+        self.record = {
+            "pid": os.getpid(),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "home": str(self.settings.home),
+            "project_dir": str(self.project_dir),
+            "projects": [config.name for config in self.configs],
+            "prefect_ui_url": prefect.url,
+            "prefect_api_url": self.prefect_api_url,
+            "mlflow_url": mlflow_url,
+            "evidently_url": evidently.url,
+            "notifications_url": self.sink.url,
+            "notifications_file": str(self.sink.path),
+            "inbox_dir": str(self.settings.inbox_dir),
+            "logs_dir": str(self.log_dir),
+            "deployments": sorted(deployment_ids),
+            "automations": [automation["name"] for automation in automations],
+            "children": {child.name: child.process.pid for child in self.children},
+            "startup_seconds": round(time.monotonic() - started, 1),
+        }
+        write_stack_file(self.settings.stack_file, self.record)
+        return self.record
+
+    def _runner_environment(self) -> dict[str, str]:
+        env = child_environment(self.settings, self.prefect_api_url)
+        env.update(
+            {
+                "PREFECT_RUNNER_POLL_FREQUENCY": str(RUNNER_POLL_SECONDS),
+                # Served runs log at INFO so their steps show in the Prefect UI.
+                "PREFECT_LOGGING_LEVEL": "INFO",
+                AUTOMATIONS_DIR_VARIABLE: str(automations_dir()),
+                RUNNER_START_SIGNAL_VARIABLE: str(self.runner_start_signal),
+            }
+        )
+        return env
+
+    def _launch(
+        self, name: str, label: str, command: list[str], env: dict[str, str]
+    ) -> ChildProcess:
+        self.progress(f"starting {label}...")
+        child = start_child(name, label, command, env, self.log_dir, cwd=self.settings.home)
+        self.children.append(child)
+        return child
+
+    def _wait(self, child: ChildProcess, url: str, timeout: float) -> None:
+        seconds = wait_for_http(url, timeout, child)
+        self.progress(f"  {child.label}: ready in {seconds:.1f} s")
+
+    def _release_after_runner(self) -> None:
+        """With the runner gone and the server still up: no slot stays held by a dead run."""
+        server = next((c for c in self.children if c.name == "prefect-server"), None)
+        if server is None or not server.running():
+            return
+        try:
+            with prefect_api(self.prefect_api_url):
+                recovered = release_orphaned_runs(
+                    self.deployment_names, "loopml up stopped while this run was in flight"
+                )
+        except Exception as exc:  # noqa: BLE001 - stopping must go on; the next start retries
+            self.progress(f"  could not release in-flight runs ({exc}); the next 'up' will")
+            return
+        if recovered["crashed"]:
+            self.progress(f"  {recovered['crashed']} in-flight run(s) marked Crashed")
+        if recovered["cancelled"]:
+            self.progress(f"  {recovered['cancelled']} run(s) that had not started cancelled")
+
+    def wait_for_runs(self, flows: list[str], timeout: float) -> int:
+        """Wait until no run of these flows' deployments is in flight; returns how many still are.
+
+        The demo calls it before stopping, so a retraining that has written its decision but is
+        still logging is not cut short (and shown as Crashed).
+        """
+        names = [
+            f"{flow}/{deployment_name(flow, config.name)}"
+            for config in self.configs
+            for flow in flows
+        ]
+        deadline = time.monotonic() + timeout
+        with prefect_api(self.prefect_api_url):
+            while True:
+                running = in_flight_runs(names)
+                if not running or time.monotonic() > deadline:
+                    return len(running)
+                time.sleep(1)
+
+    def failed_child(self) -> ChildProcess | None:
+        """A child that exited while the stack was meant to be running."""
+        return next((child for child in self.children if not child.running()), None)
+
+    def stop(self) -> dict[str, int]:
+        """Stop the runner first (it hangs if the server goes first), then the UIs, the server."""
+        codes: dict[str, int] = {}
+        order = {"runner": 0, "evidently": 1, "mlflow": 2, "prefect-server": 3}
+        for child in sorted(self.children, key=lambda c: order.get(c.name, 0)):
+            started = time.monotonic()
+            codes[child.name] = stop_child(child, timeout=20)
+            self.progress(f"  {child.label}: stopped in {time.monotonic() - started:.1f} s")
+            if child.name == "runner":
+                self._release_after_runner()
+        if self.sink is not None:
+            self.sink.stop()
+            self.sink = None
+        self.runner_start_signal.unlink(missing_ok=True)
+        stack = read_stack_file(self.settings.stack_file)
+        if stack is None or stack.get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.stack_file.unlink()
+        self.children = []
+        return codes
+
+
+def run_until_stopped(stack: Stack, poll_seconds: float = 1.0) -> dict[str, Any]:
+    """Block until SIGINT/SIGTERM (or a child dies), then stop everything in order.
+
+    Raises:
+        StackError: a service exited on its own (after the others were stopped).
+    """
+    stop_requested = threading.Event()
+    received: list[int] = []
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        stop_requested.set()
+
+    previous = {
+        signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    crashed: ChildProcess | None = None
+    try:
+        while not stop_requested.wait(poll_seconds):
+            crashed = stack.failed_child()
+            if crashed is not None:
+                break
+    finally:
+        stack.progress("stopping: runner, UIs, then the Prefect server...")
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut this short
+            signal.signal(signum, signal.SIG_IGN)
+        codes = stack.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if crashed is not None:
+        raise StackError(
+            f"{crashed.label} exited with code {crashed.process.returncode}; everything was "
+            f"stopped; see {crashed.log_path}: {last_line(crashed.log_tail())}"
+        )
+    return {
+        **stack.record,
+        "stopped": True,
+        "signal": signal.Signals(received[0]).name if received else None,
+        "exit_codes": codes,
+    }
