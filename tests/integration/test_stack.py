@@ -129,7 +129,8 @@ def test_automations_are_idempotent_and_a_burst_runs_one_retraining(
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
 
-    from loopml.cli.stack.deployments import apply_project_automations, build_deployments
+    from flows.deployments import build_deployments
+    from loopml.cli.stack.deployments import apply_project_automations
     from loopml.cli.stack.notifications import NotificationSink
     from loopml.config import load_config
 

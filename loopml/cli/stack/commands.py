@@ -105,7 +105,7 @@ def automations(
 ) -> None:
     """Create or update loopml's automations on the Prefect server (idempotent by name).
 
-    Renders deployments/automations/ for each project; needs each project's retrain
+    Each project's retrain trigger and deployments/automations/; needs each project's retrain
     deployment (served by 'loopml serve' or deployed with prefect.yaml).
     """
     from loopml.cli.stack import deployments

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import string
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from flows.deployments import build_deployments, deployment_name, retrain_trigger
 from loopml.cli.stack.notifications import existing_notification_block, save_notification_block
 from loopml.cli.stack.processes import ChildProcess, last_line
 from loopml.config import ProjectConfig, load_config
@@ -24,15 +24,8 @@ from loopml.errors import StackError
 
 # Prefect state types of a flow run that holds a slot or a process (strings: no import at load).
 IN_FLIGHT_STATES = ("PENDING", "RUNNING", "CANCELLING")
-FLOW_NAMES = ("train", "score", "monitor", "retrain", "inbox")
 AUTOMATIONS_DIR_VARIABLE = "LOOPML_AUTOMATIONS_DIR"
 RUNNER_START_SIGNAL_VARIABLE = "LOOPML_RUNNER_START_SIGNAL"  # set by ``up`` for its runner
-PROJECT_AUTOMATION_PREFIX = "project-"  # files named project-*.yaml are rendered per project
-
-
-def deployment_name(flow_name: str, project: str) -> str:
-    """The served deployment of ``flow_name`` for ``project``, e.g. ``retrain-telco``."""
-    return f"{flow_name}-{project}"
 
 
 # --------------------------------------------------------------------------- discovery, ports
@@ -57,88 +50,6 @@ def discover_projects(project_dir: Path, names: Iterable[str] = ()) -> list[Proj
 
 
 # --------------------------------------------------------------------------- Prefect: deployments
-
-
-def build_deployments(project_dir: Path, configs: Iterable[ProjectConfig]) -> list[Any]:
-    """Every project's served deployments (``train-NAME``, ``score-NAME``, ``retrain-NAME``...).
-
-    Schedules come from each project's config; retraining runs one at a time per project
-    (``concurrency_limit`` 1, ENQUEUE) and the inbox never overlaps itself (CANCEL_NEW).
-    """
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.deployments.runner import EntrypointType
-
-    from flows.inbox import inbox_flow
-    from flows.retraining import retrain_flow
-    from flows.scoring import score_flow
-    from flows.training import train_flow
-
-    one_at_a_time = ConcurrencyLimitConfig(
-        limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-    )
-    skip_if_busy = ConcurrencyLimitConfig(
-        limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
-    )
-    folder = str(project_dir.resolve())
-    deployments = []
-    for config in configs:
-        name = config.name
-        common = {
-            "parameters": {"project": name, "project_dir": folder},
-            "tags": ["loopml", f"project:{name}"],
-            "entrypoint_type": EntrypointType.MODULE_PATH,  # flows/ is installed: no file paths
-            "paused": False,
-        }
-        schedules = config.schedules
-        deployments += [
-            train_flow.to_deployment(
-                name=deployment_name("train", name),
-                description=f"Train, register and gate a new {name} model.",
-                **common,
-            ),
-            score_flow.to_deployment(
-                name=deployment_name("score", name),
-                description=f"Score a {name} batch with the champion (pass data=FILE).",
-                **common,
-            ),
-            _monitor_deployment(name, schedules.monitor, common),
-            retrain_flow.to_deployment(
-                name=deployment_name("retrain", name),
-                description=(
-                    f"Retrain {name} on reference plus recent labelled data; runs on "
-                    "schedule and when drift or degradation is detected."
-                ),
-                cron=schedules.retrain,
-                concurrency_limit=one_at_a_time,
-                **common,
-            ),
-            inbox_flow.to_deployment(
-                name=deployment_name("inbox", name),
-                description=f"Score and monitor new batches dropped into inbox/{name}/.",
-                interval=schedules.inbox_poll_seconds,
-                concurrency_limit=skip_if_busy,
-                **common,
-            ),
-        ]
-    return deployments
-
-
-def _monitor_deployment(name: str, cron: str | None, common: dict[str, Any]) -> Any:
-    """The monitor deployment; scheduled only when the flow can run without a batch argument."""
-    import inspect
-
-    from flows.monitoring import monitor_flow
-
-    data_parameter = inspect.signature(monitor_flow.fn).parameters.get("data")
-    can_schedule = (
-        data_parameter is not None and data_parameter.default is not inspect.Parameter.empty
-    )
-    return monitor_flow.to_deployment(
-        name=deployment_name("monitor", name),
-        description=f"Drift and performance of {name} batches against the champion's reference.",
-        cron=cron if can_schedule else None,
-        **common,
-    )
 
 
 def serve_projects(
@@ -304,30 +215,33 @@ def automations_dir() -> Path:
     return folder
 
 
-def render_automation_file(path: Path, values: dict[str, str]) -> list[dict[str, Any]]:
-    """One automation file with its ``${LOOPML_...}`` placeholders filled in.
+def notification_automations(folder: Path, block_id: str | None) -> list[dict[str, Any]]:
+    """The automation files in ``folder``, their notifications sent through ``block_id``.
 
-    The files are the same ones a person can feed to ``prefect automation create --from-file``
-    after ``envsubst``; Prefect's own ``{{ event... }}`` templates pass through untouched.
+    The files are plain ``prefect automation create --from-file`` files with a
+    ``${LOOPML_NOTIFICATION_BLOCK_ID}`` placeholder (for ``envsubst``); here the block id is
+    set on each action that names one. Without a block those files are left out.
 
     Raises:
-        StackError: a placeholder has no value or the result is not an automation.
+        StackError: a file does not hold automations.
     """
-    # Comments may mention shell variables ($PWD...): only the YAML itself is a template.
-    body = "\n".join(
-        line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
-    )
-    try:
-        text = string.Template(body).substitute(values)
-    except KeyError as exc:
-        raise StackError(f"{path}: no value for placeholder ${{{exc.args[0]}}}") from None
-    data = yaml.safe_load(text)
-    if isinstance(data, dict) and "automations" in data:
-        data = data["automations"]
-    items = data if isinstance(data, list) else [data]
-    if not all(isinstance(item, dict) and item.get("name") for item in items):
-        raise StackError(f"{path}: every automation needs a mapping with a name")
-    return items
+    definitions: list[dict[str, Any]] = []
+    for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and "automations" in data:
+            data = data["automations"]
+        items = data if isinstance(data, list) else [data]
+        if not all(isinstance(item, dict) and item.get("name") for item in items):
+            raise StackError(f"{path}: every automation needs a mapping with a name")
+        actions = [action for item in items for action in item.get("actions") or []]
+        needs_block = any("block_document_id" in action for action in actions)
+        if needs_block and not block_id:
+            continue
+        for action in actions:
+            if "block_document_id" in action:
+                action["block_document_id"] = block_id
+        definitions += items
+    return definitions
 
 
 def render_automations(
@@ -338,31 +252,20 @@ def render_automations(
     retrain_deployment_ids: dict[str, str],
     notification_block_id: str | None,
 ) -> list[dict[str, Any]]:
-    """Every automation definition, rendered: ``project-*.yaml`` once per project, the rest once.
+    """Every automation definition: each project's retrain trigger, then the notifications.
 
-    Files that need the notification block are left out when there is none.
+    The retrain trigger is the one of flows/deployments.py, created here by name (not as the
+    served deployment's own trigger) so that re-applying it is idempotent.
     """
+    from uuid import UUID
+
     definitions: list[dict[str, Any]] = []
-    shared = {"LOOPML_PROJECT_DIR": str(project_dir.resolve())}
-    if notification_block_id:
-        shared["LOOPML_NOTIFICATION_BLOCK_ID"] = notification_block_id
-    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
-    for path in files:
-        needs_block = "block_document_id" in path.read_text()
-        if needs_block and not notification_block_id:
-            continue
-        if path.name.startswith(PROJECT_AUTOMATION_PREFIX):
-            for config in configs:
-                values = {
-                    **shared,
-                    "LOOPML_PROJECT": config.name,
-                    "LOOPML_COOLDOWN_SECONDS": str(config.retraining.cooldown_seconds),
-                    "LOOPML_RETRAIN_DEPLOYMENT_ID": retrain_deployment_ids[config.name],
-                }
-                definitions += render_automation_file(path, values)
-        else:
-            definitions += render_automation_file(path, shared)
-    return definitions
+    for config in configs:
+        trigger = retrain_trigger(config, project_dir)
+        trigger.set_deployment_id(UUID(retrain_deployment_ids[config.name]))
+        automation = trigger.as_automation()
+        definitions.append(automation.model_dump(mode="json", exclude={"owner_resource"}))
+    return definitions + notification_automations(folder, notification_block_id)
 
 
 def apply_automations(definitions: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -399,7 +302,7 @@ def apply_project_automations(
     webhook_url: str | None = None,
     retrain_deployment_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Render deployments/automations/ for ``configs`` and create/update them by name.
+    """Create or update, by name, every project's retrain trigger and the notifications.
 
     Args:
         project_dir: the folder the retrain runs use as ``project_dir``.

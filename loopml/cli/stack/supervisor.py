@@ -27,13 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows.deployments import FLOW_NAMES, deployment_name
 from loopml.cli.stack.deployments import (
     AUTOMATIONS_DIR_VARIABLE,
-    FLOW_NAMES,
     RUNNER_START_SIGNAL_VARIABLE,
     apply_project_automations,
     automations_dir,
-    deployment_name,
     in_flight_runs,
     prefect_api,
     release_orphaned_runs,

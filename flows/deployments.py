@@ -1,0 +1,143 @@
+"""Every deployment, schedule and trigger of a project, defined once.
+
+``loopml up`` / ``loopml serve`` serve :func:`build_deployments`; their automations step creates
+:func:`retrain_trigger` on the server by name. ``deployments/prefect.yaml`` (``prefect deploy``
+for a server with workers) spells the same definitions in Prefect's YAML and is tested equal
+to them (tests/unit/test_deployments.py).
+
+Prefect and the flows are imported inside the functions: the stack names deployments with
+:func:`deployment_name` before it has applied the settings Prefect reads at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loopml.events import RETRAIN_TRIGGERS, project_resource_id
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.events import DeploymentEventTrigger
+
+    from loopml.config import ProjectConfig
+
+FLOW_NAMES = ("train", "score", "monitor", "retrain", "inbox")
+
+
+def deployment_name(flow_name: str, project: str) -> str:
+    """The deployment of ``flow_name`` for ``project``, e.g. ``retrain-telco``."""
+    return f"{flow_name}-{project}"
+
+
+def retrain_trigger(config: ProjectConfig, project_dir: Path) -> DeploymentEventTrigger:
+    """Drift or degradation of the project -> its retrain deployment, with the batch id.
+
+    Reactive with threshold 1 and ``within`` = the cooldown: the server fires on the first
+    matching event and drops the rest of the window, so a burst gives one retraining per
+    cooldown. The flow adds its own guards (a batch id never retrains twice; one retraining
+    per project at a time).
+    """
+    from prefect.events import DeploymentEventTrigger
+    from prefect.events.schemas.automations import Posture
+
+    name = config.name
+    seconds = config.retraining.cooldown_seconds
+    return DeploymentEventTrigger(
+        name=f"loopml {name}: retrain on drift or degradation",
+        description=(
+            f"Runs retrain-{name} when {' or '.join(RETRAIN_TRIGGERS)} is emitted for "
+            f"{project_resource_id(name)}; at most once per {seconds} s."
+        ),
+        enabled=True,
+        posture=Posture.Reactive,
+        match={"prefect.resource.id": project_resource_id(name)},
+        expect=set(RETRAIN_TRIGGERS),
+        for_each={"prefect.resource.id"},
+        threshold=1,
+        within=timedelta(seconds=seconds),
+        parameters={
+            "project": name,
+            "project_dir": str(project_dir.resolve()),
+            "batch_id": "{{ event.payload.get('batch_id') }}",
+            "event": "{{ event.event }}",
+        },
+    )
+
+
+def project_deployments(config: ProjectConfig, project_dir: Path) -> list[RunnerDeployment]:
+    """The five deployments of one project, named ``FLOW-PROJECT`` (see :data:`FLOW_NAMES`).
+
+    Schedules come from the project's config. Retraining runs one at a time per project
+    (``concurrency_limit`` 1, ENQUEUE); the inbox never overlaps itself (CANCEL_NEW). The
+    monitor deployment has no schedule: it needs a batch (``data``), which the inbox deployment
+    passes for every new file.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.inbox import inbox_flow
+    from flows.monitoring import monitor_flow
+    from flows.retraining import retrain_flow
+    from flows.scoring import score_flow
+    from flows.training import train_flow
+
+    name = config.name
+    common: dict[str, Any] = {
+        "parameters": {"project": name, "project_dir": str(project_dir.resolve())},
+        "tags": ["loopml", f"project:{name}"],
+        "entrypoint_type": EntrypointType.MODULE_PATH,  # flows/ is installed: no file paths
+        "paused": False,
+    }
+    schedules = config.schedules
+    return [
+        train_flow.to_deployment(
+            name=deployment_name("train", name),
+            description=f"Train, register and gate a new {name} model.",
+            **common,
+        ),
+        score_flow.to_deployment(
+            name=deployment_name("score", name),
+            description=f"Score a {name} batch with the champion (pass data=FILE).",
+            **common,
+        ),
+        monitor_flow.to_deployment(
+            name=deployment_name("monitor", name),
+            description=(
+                f"Drift and performance of {name} batches against the champion's reference."
+            ),
+            **common,
+        ),
+        retrain_flow.to_deployment(
+            name=deployment_name("retrain", name),
+            description=(
+                f"Retrain {name} on reference plus recent labelled data; runs on "
+                "schedule and when drift or degradation is detected."
+            ),
+            cron=schedules.retrain,
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+            ),
+            **common,
+        ),
+        inbox_flow.to_deployment(
+            name=deployment_name("inbox", name),
+            description=f"Score and monitor new batches dropped into inbox/{name}/.",
+            interval=schedules.inbox_poll_seconds,
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+            ),
+            **common,
+        ),
+    ]
+
+
+def build_deployments(
+    project_dir: Path, configs: Iterable[ProjectConfig]
+) -> list[RunnerDeployment]:
+    """Every project's deployments, for ``prefect.serve``."""
+    return [
+        deployment for config in configs for deployment in project_deployments(config, project_dir)
+    ]
