@@ -14,149 +14,27 @@ Nothing is ever deleted.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
-import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from loopml.data import CSV_SUFFIXES, PARQUET_SUFFIXES, file_hash
 from loopml.errors import ValidationFailed
+from loopml.inbox import (
+    FAILED,
+    MAX_ATTEMPTS,
+    PROCESSED,
+    QUARANTINED,
+    inbox_lock,
+    read_state,
+    record_outcome,
+)
 from loopml.settings import load_settings
 from tasks.artifacts import artifact_key, markdown_table
-
-TABLE_SUFFIXES = CSV_SUFFIXES | PARQUET_SUFFIXES
-PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload"}
-PROCESSED = "processed"
-QUARANTINED = "quarantined"
-FAILED = "failed"
-STATE_FILE = "inbox.jsonl"
-MAX_ATTEMPTS = 3  # an unexpected error is retried on later polls, then the file moves to failed/
-
-
-# --------------------------------------------------------------------------- file handling
-
-
-def ready_files(folder: Path, settle_seconds: float, now: float | None = None) -> list[Path]:
-    """Table files in ``folder`` (not its subfolders) that are complete, oldest first.
-
-    Hidden files, partial-download suffixes and files modified in the last ``settle_seconds``
-    are left for a later poll.
-    """
-    now = time.time() if now is None else now
-    candidates = []
-    for path in folder.iterdir() if folder.is_dir() else ():
-        if not path.is_file() or path.name.startswith(".") or not _is_table(path):
-            continue
-        stat = path.stat()
-        if stat.st_size == 0 or now - stat.st_mtime < settle_seconds:
-            continue
-        candidates.append((stat.st_mtime, path.name, path))
-    return [path for _, _, path in sorted(candidates)]
-
-
-def _is_table(path: Path) -> bool:
-    suffixes = [suffix.lower() for suffix in path.suffixes]
-    if suffixes and suffixes[-1] in PARTIAL_SUFFIXES:
-        return False
-    if suffixes[-1:] in ([".gz"], [".zip"]):
-        suffixes = suffixes[:-1]
-    return bool(suffixes) and suffixes[-1] in TABLE_SUFFIXES
-
-
-def move_aside(path: Path, folder: Path, batch_id: str) -> Path:
-    """Move ``path`` into ``folder`` without overwriting anything already there."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / path.name
-    if target.exists():
-        target = folder / f"{path.stem}.{batch_id}{path.suffix}"
-    counter = 1
-    while target.exists():
-        target = folder / f"{path.stem}.{batch_id}.{counter}{path.suffix}"
-        counter += 1
-    return path.rename(target)
-
-
-def read_state(folder: Path) -> dict[str, dict[str, Any]]:
-    """The last recorded outcome per content hash (``batch_id``)."""
-    state: dict[str, dict[str, Any]] = {}
-    path = folder / STATE_FILE
-    if not path.is_file():
-        return state
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            state[entry["batch_id"]] = entry
-    return state
-
-
-def record_outcome(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    record = {"at": datetime.now(UTC).isoformat(timespec="seconds"), **entry}
-    with open(folder / STATE_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
-    return record
-
-
-@contextlib.contextmanager
-def inbox_lock(folder: Path) -> Iterator[bool]:
-    """Yield True when this run holds the project's inbox (False: another run is busy)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-@task(name="list-inbox", cache_policy=NO_CACHE)
-def list_ready_files(folder: Path, settle_seconds: float) -> list[Path]:
-    files = ready_files(folder, settle_seconds)
-    get_run_logger().info("%d file(s) ready in %s", len(files), folder)
-    return files
-
-
-@task(name="fingerprint", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def fingerprint(path: Path) -> str:
-    """The batch id every flow uses for this file: ``b`` + its content hash."""
-    return "b" + file_hash(path)
-
-
-@task(name="file-away", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def file_away(folder: Path, path: Path, outcome: dict[str, Any], subfolder: str) -> dict[str, Any]:
-    """Move the file to ``subfolder`` and remember its outcome (the move comes last: a crash
-    before it means the file is seen again, and the content hash then says what to do)."""
-    moved = move_aside(path, folder / subfolder, outcome["batch_id"])
-    return record_outcome(folder, {**outcome, "moved_to": str(moved)})
-
-
-@task(name="champion-check", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def has_champion(project: str, project_dir: str) -> bool:
-    """Whether there is a champion to score with (without one, batches wait in the inbox)."""
-    from loopml.registry import CHAMPION, version_by_alias
-    from loopml.runtime import open_runtime
-
-    runtime = open_runtime(project, project_dir)
-    return version_by_alias(runtime.mlflow, project, CHAMPION) is not None
-
-
-# --------------------------------------------------------------------------- the flow
+from tasks.inbox import file_away, fingerprint, has_champion, list_ready_files
 
 
 @flow(name="inbox", log_prints=False)

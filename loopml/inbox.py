@@ -1,0 +1,104 @@
+"""The inbox's files and state: which files are ready, where they go, what was seen, the lock.
+
+A project's inbox is ``$LOOPML_HOME/inbox/NAME/``; ``inbox.jsonl`` there remembers the last
+outcome per content hash, ``.lock`` keeps two polls from working on it at once. The inbox flow
+(flows/inbox.py) drives these through tasks/inbox.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loopml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
+
+TABLE_SUFFIXES = CSV_SUFFIXES | PARQUET_SUFFIXES
+PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload"}
+PROCESSED = "processed"
+QUARANTINED = "quarantined"
+FAILED = "failed"
+STATE_FILE = "inbox.jsonl"
+MAX_ATTEMPTS = 3  # an unexpected error is retried on later polls, then the file moves to failed/
+
+
+def ready_files(folder: Path, settle_seconds: float, now: float | None = None) -> list[Path]:
+    """Table files in ``folder`` (not its subfolders) that are complete, oldest first.
+
+    Hidden files, partial-download suffixes and files modified in the last ``settle_seconds``
+    are left for a later poll.
+    """
+    now = time.time() if now is None else now
+    candidates = []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if not path.is_file() or path.name.startswith(".") or not _is_table(path):
+            continue
+        stat = path.stat()
+        if stat.st_size == 0 or now - stat.st_mtime < settle_seconds:
+            continue
+        candidates.append((stat.st_mtime, path.name, path))
+    return [path for _, _, path in sorted(candidates)]
+
+
+def _is_table(path: Path) -> bool:
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] in PARTIAL_SUFFIXES:
+        return False
+    if suffixes[-1:] in ([".gz"], [".zip"]):
+        suffixes = suffixes[:-1]
+    return bool(suffixes) and suffixes[-1] in TABLE_SUFFIXES
+
+
+def move_aside(path: Path, folder: Path, batch_id: str) -> Path:
+    """Move ``path`` into ``folder`` without overwriting anything already there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / path.name
+    if target.exists():
+        target = folder / f"{path.stem}.{batch_id}{path.suffix}"
+    counter = 1
+    while target.exists():
+        target = folder / f"{path.stem}.{batch_id}.{counter}{path.suffix}"
+        counter += 1
+    return path.rename(target)
+
+
+def read_state(folder: Path) -> dict[str, dict[str, Any]]:
+    """The last recorded outcome per content hash (``batch_id``)."""
+    state: dict[str, dict[str, Any]] = {}
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return state
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            state[entry["batch_id"]] = entry
+    return state
+
+
+def record_outcome(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Append ``entry`` (stamped with the time) to the inbox state; returns the stamped entry."""
+    record = {"at": datetime.now(UTC).isoformat(timespec="seconds"), **entry}
+    with open(folder / STATE_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+    return record
+
+
+@contextlib.contextmanager
+def inbox_lock(folder: Path) -> Iterator[bool]:
+    """Yield True when this run holds the project's inbox (False: another run is busy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
