@@ -31,7 +31,7 @@ def rollback_flow(project: str, project_dir: str = ".") -> dict[str, Any]:
     current = version_by_alias(runtime.mlflow, project, CHAMPION)
     if current is None:
         raise RegistryError(f"project {project!r} has no champion to roll back")
-    previous = previous_champion(
+    previous = ledger.previous_champion(
         ledger.read_entries(runtime.settings.ledger_dir, project), str(current.version)
     )
     if previous is None:
@@ -45,18 +45,3 @@ def rollback_flow(project: str, project_dir: str = ".") -> dict[str, Any]:
         reason=f"rollback from v{current.version}",
         trigger={"kind": "manual"},
     )
-
-
-def previous_champion(entries: list[dict[str, Any]], current: str) -> str | None:
-    """The champion before ``current``: walks back over earlier rollbacks too."""
-    # Collapse the history to a stack: a rollback pops the version it rolled back from.
-    stack: list[str] = []
-    for entry in entries:
-        action = entry.get("action")
-        if action == "promoted" and (not stack or stack[-1] != str(entry["version"])):
-            stack.append(str(entry["version"]))
-        elif action == "rolled_back" and stack:
-            stack.pop()
-    while stack and stack[-1] == current:
-        stack.pop()
-    return stack[-1] if stack else None

@@ -74,3 +74,18 @@ def read_entries(ledger_dir: Path, project: str) -> list[dict[str, Any]]:
         return []
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
+
+
+def previous_champion(entries: list[dict[str, Any]], current: str) -> str | None:
+    """The champion before ``current``: walks back over earlier rollbacks too."""
+    # Collapse the history to a stack: a rollback pops the version it rolled back from.
+    stack: list[str] = []
+    for entry in entries:
+        action = entry.get("action")
+        if action == "promoted" and (not stack or stack[-1] != str(entry["version"])):
+            stack.append(str(entry["version"]))
+        elif action == "rolled_back" and stack:
+            stack.pop()
+    while stack and stack[-1] == current:
+        stack.pop()
+    return stack[-1] if stack else None

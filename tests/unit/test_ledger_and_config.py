@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.registry import previous_champion
 from loopml import ledger
 from loopml.config import (
     ColumnsConfig,
@@ -137,16 +136,16 @@ def _history(*steps: str) -> list[dict]:
     ],
 )
 def test_previous_champion(steps, current, expected):
-    assert previous_champion(_history(*steps), current) == expected
+    assert ledger.previous_champion(_history(*steps), current) == expected
 
 
 def test_second_rollback_after_a_repeated_promotion_does_not_flip_back():
     entries = _history("p1", "p2", "p2")
-    first_target = previous_champion(entries, "2")
+    first_target = ledger.previous_champion(entries, "2")
     assert first_target == "1"
     entries.append({"action": "rolled_back", "version": first_target})
 
-    assert previous_champion(entries, "1") is None
+    assert ledger.previous_champion(entries, "1") is None
 
 
 # --- project config --------------------------------------------------------------------------
