@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
@@ -29,12 +30,16 @@ def monitor_flow(
     reference: str | None = None,
     project_dir: str = ".",
     batch_id: str | None = None,
+    checked_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """Compare the batch ``data`` with the champion's training data (or ``reference``)."""
+    """Compare the batch ``data`` with the champion's training data (or ``reference``).
+
+    ``checked_at`` (default: the run's scheduled start) stamps the verdict and its report.
+    """
     runtime = open_runtime(project, project_dir)
     source = Path(data)
     batch_id = batch_id or "b" + file_hash(source)
-    checked_at = datetime.now(UTC)
+    checked_at = checked_at or flow_run.scheduled_start_time
     serving = load_champion(runtime)
     baseline = load_reference(runtime, serving, reference)
     drift, current_sample, rows = check_drift(runtime, baseline, source)
@@ -56,28 +61,15 @@ def monitor_flow(
     labelled_rows = keep_labelled_batch(runtime, current_sample, batch_id)
     return publish_verdict(
         runtime,
-        {
-            "project": project,
-            "batch_id": batch_id,
-            "checked_at": checked_at.isoformat(timespec="seconds"),
-            "model_version": serving.version,
-            "reference": baseline.source,
-            "rows": rows,
-            "status": drift["status"],
-            "drift_detected": drift["drift_detected"],
-            "drift_share": drift["drift_share"],
-            "weighted_drift_share": drift["weighted_drift_share"],
-            "drifted_columns": drift["drifted_columns"],
-            "drifted_columns_detail": [drift["columns"][c] for c in drift["drifted_columns"]],
-            "drifted_column_scores": {
-                c: drift["columns"][c]["score"] for c in drift["drifted_columns"]
-            },
-            "columns": drift["columns"],
-            "prediction_drift": prediction_drift,
-            "performance": performance,
-            "performance_degraded": bool(performance and performance.get("degraded")),
-            "labelled_rows_kept": labelled_rows,
-            "report_path": str(report_path),
-            "evidently_run": workspace_run,
-        },
+        batch_id=batch_id,
+        checked_at=checked_at,
+        model_version=serving.version,
+        reference=baseline.source,
+        rows=rows,
+        drift=drift,
+        prediction_drift=prediction_drift,
+        performance=performance,
+        labelled_rows=labelled_rows,
+        report_path=report_path,
+        evidently_run=workspace_run,
     )

@@ -171,6 +171,47 @@ def performance_metric(config: ProjectConfig) -> str:
     return "roc_auc" if config.is_binary else "f1_macro"
 
 
+def verdict_record(
+    *,
+    project: str,
+    batch_id: str,
+    checked_at: datetime,
+    model_version: str,
+    reference: str,
+    rows: int,
+    drift: dict[str, Any],
+    prediction_drift: dict[str, Any],
+    performance: dict[str, Any] | None,
+    labelled_rows: int,
+    report_path: Path,
+    evidently_run: Any,
+) -> dict[str, Any]:
+    """One batch's monitoring verdict, as recorded in history.jsonl and returned by the flow."""
+    drifted = drift["drifted_columns"]
+    return {
+        "project": project,
+        "batch_id": batch_id,
+        "checked_at": checked_at.isoformat(timespec="seconds"),
+        "model_version": model_version,
+        "reference": reference,
+        "rows": rows,
+        "status": drift["status"],
+        "drift_detected": drift["drift_detected"],
+        "drift_share": drift["drift_share"],
+        "weighted_drift_share": drift["weighted_drift_share"],
+        "drifted_columns": drifted,
+        "drifted_columns_detail": [drift["columns"][c] for c in drifted],
+        "drifted_column_scores": {c: drift["columns"][c]["score"] for c in drifted},
+        "columns": drift["columns"],
+        "prediction_drift": prediction_drift,
+        "performance": performance,
+        "performance_degraded": bool(performance and performance.get("degraded")),
+        "labelled_rows_kept": labelled_rows,
+        "report_path": str(report_path),
+        "evidently_run": evidently_run,
+    }
+
+
 def record_result(monitoring_dir: Path, project: str, result: dict[str, Any]) -> Path:
     """Keep the verdict as ``latest.json`` and append it to ``history.jsonl``."""
     folder = monitoring_dir / project

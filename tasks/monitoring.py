@@ -246,9 +246,11 @@ def keep_labelled_batch(runtime: Runtime, current_sample: pd.DataFrame, batch_id
 
 
 @task(name="publish-verdict", cache_policy=NO_CACHE)
-def publish_verdict(runtime: Runtime, result: dict[str, Any]) -> dict[str, Any]:
-    """Record the verdict, publish the artifact and emit the events the automations react to."""
+def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
+    """Build the verdict from the checks' ``parts`` (``monitoring.verdict_record``), record it,
+    publish the artifacts and emit the events the automations react to."""
     config = runtime.config
+    result = monitoring.verdict_record(project=runtime.name, **parts)
     monitoring.record_result(runtime.settings.monitoring_dir, runtime.name, result)
     report_path = Path(result["report_path"])
     create_link_artifact(
