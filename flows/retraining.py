@@ -8,12 +8,11 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import deployment, flow_run
 
-from flows.runner import parallel_workers
 from loopml.data import frame_hash
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
-from tasks.parallel import search_in_shards
+from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
 from tasks.retraining import (
     claim_trigger,
@@ -22,7 +21,7 @@ from tasks.retraining import (
     release_claim,
     retraining_lock,
 )
-from tasks.training import evaluate_candidate, fit_candidate, search_models
+from tasks.training import evaluate_candidate, fit_candidate
 from tasks.validation import validate_batch
 
 
@@ -67,20 +66,9 @@ def retrain_flow(
             require_id=False,
         )
         study_name = f"{project}-retrain-{flow_run.get_id()}"
-        workers = parallel_workers(runtime.settings)
-        if workers > 1:
-            search = search_in_shards(
-                runtime,
-                data.train,
-                study_name=study_name,
-                trials=trials,
-                timeout=timeout,
-                shards=workers,
-            )
-        else:
-            search = search_models(
-                runtime, data.train, study_name=study_name, trials=trials, timeout=timeout
-            )
+        search = search_candidates(
+            runtime, data.train, study_name=study_name, trials=trials, timeout=timeout
+        )
         candidate = fit_candidate(runtime, data.train, search)
         metrics, figures, importances = evaluate_candidate(runtime, candidate, data.frozen_test)
         decision, _, recent_metrics = compare_retrained(runtime, candidate, data)

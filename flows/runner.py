@@ -33,11 +33,6 @@ def task_runner(settings: Settings) -> Any:
     return DaskTaskRunner(address=settings.dask_address)
 
 
-def parallel_workers(settings: Settings) -> int:
-    """How many search shards / scoring partitions are worth running at once."""
-    return settings.dask_workers if settings.dask_address else 1
-
-
 def with_runner(flow: Any, settings: Settings) -> Any:
     """``flow`` bound to the runner the settings ask for."""
     return flow.with_options(task_runner=task_runner(settings))

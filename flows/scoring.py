@@ -10,10 +10,9 @@ from typing import Any
 
 from prefect import flow
 
-from flows.runner import parallel_workers
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
-from tasks.parallel import score_in_partitions
+from tasks.parallel import parallel_workers, score_in_partitions
 from tasks.scoring import load_champion, score_file
 from tasks.validation import validate_file
 

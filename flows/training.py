@@ -8,20 +8,18 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.runner import parallel_workers
 from loopml.data import frame_hash
 from loopml.features import labelled_rows
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
 from tasks.ingest import load_table
-from tasks.parallel import search_in_shards
+from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
 from tasks.training import (
     compare_with_champion,
     evaluate_candidate,
     fit_candidate,
-    search_models,
     split_data,
 )
 from tasks.validation import validate_batch
@@ -49,15 +47,9 @@ def train_flow(
     )
     train, test = split_data(runtime, labelled_rows(frame, runtime.config))
     study_name = f"{project}-{flow_run.get_id()}"
-    workers = parallel_workers(runtime.settings)
-    if workers > 1:
-        search = search_in_shards(
-            runtime, train, study_name=study_name, trials=trials, timeout=timeout, shards=workers
-        )
-    else:
-        search = search_models(
-            runtime, train, study_name=study_name, trials=trials, timeout=timeout
-        )
+    search = search_candidates(
+        runtime, train, study_name=study_name, trials=trials, timeout=timeout
+    )
     candidate = fit_candidate(runtime, train, search)
     metrics, figures, importances = evaluate_candidate(runtime, candidate, test)
     decision = compare_with_champion(runtime, metrics, test)

@@ -1,6 +1,6 @@
 """Work split across the flow's task runner: search shards and scoring partitions.
 
-With more than one worker (``flows.runner.parallel_workers``), the flows call these instead of
+With more than one worker (:func:`parallel_workers`), the flows call these instead of
 ``tasks.training.search_models`` and ``tasks.scoring.score_file``; with one worker they are
 not used and nothing changes. Submitted tasks (``.submit()``) run where the task runner puts
 them: Dask worker processes, possibly on other machines. So they take plain, picklable
@@ -37,14 +37,40 @@ from loopml.data import iter_table_chunks
 from loopml.features import prepare_features, prepare_target
 from loopml.runtime import Runtime, quiet_library_logs
 from loopml.scoring import PredictionLog, now, score_chunk, write_output_chunks
+from loopml.settings import Settings
 from tasks.ingest import transient
 from tasks.scoring import CHUNK_ROWS, ServingModel, publish_scoring
-from tasks.training import publish_search, trial_reporter
+from tasks.training import publish_search, search_models, trial_reporter
 
 # Study user attribute per process that ran trials: {"host", "pid", "trials"}.
 PROCESS_ATTR_PREFIX = "loopml.process."
 
 # --------------------------------------------------------------------------- search
+
+
+def parallel_workers(settings: Settings) -> int:
+    """How many search shards / scoring partitions are worth running at once."""
+    return settings.dask_workers if settings.dask_address else 1
+
+
+def search_candidates(
+    runtime: Runtime,
+    train: pd.DataFrame,
+    *,
+    study_name: str,
+    trials: int | None,
+    timeout: float | None,
+) -> modeling.SearchResult:
+    """The model search: in shards when the settings give more than one worker, else one task.
+
+    The one place the training and retraining flows choose between the two.
+    """
+    workers = parallel_workers(runtime.settings)
+    if workers > 1:
+        return search_in_shards(
+            runtime, train, study_name=study_name, trials=trials, timeout=timeout, shards=workers
+        )
+    return search_models(runtime, train, study_name=study_name, trials=trials, timeout=timeout)
 
 
 def search_in_shards(
