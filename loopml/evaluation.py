@@ -94,19 +94,6 @@ def metric_direction(metric: str) -> Direction:
     return "minimize" if metric in MINIMIZED_METRICS else "maximize"
 
 
-def is_better(new: float, old: float | None, metric: str, margin: float = 0.0) -> bool:
-    """Whether ``new`` beats ``old`` by strictly more than ``margin`` in the metric's direction.
-
-    A missing or NaN ``old`` (no model to beat) always loses; a NaN ``new`` never wins.
-    """
-    if new is None or math.isnan(new):
-        return False
-    if old is None or math.isnan(old):
-        return True
-    gain = new - old if metric_direction(metric) == "maximize" else old - new
-    return gain > margin
-
-
 def positive_class_index(classes: Sequence[Any], positive_label: Any) -> int:
     """Where the positive label sits among a classifier's ``classes_``.
 

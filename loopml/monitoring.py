@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,3 @@ def record_result(monitoring_dir: Path, project: str, result: dict[str, Any]) ->
     tmp.write_text(text)
     tmp.replace(latest)
     return latest
-
-
-def now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

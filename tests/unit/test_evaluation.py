@@ -17,7 +17,6 @@ from loopml.evaluation import (
     choose_threshold,
     evaluate,
     evaluation_figures,
-    is_better,
     metric_direction,
     permutation_importances,
     positive_class_index,
@@ -196,22 +195,6 @@ def test_choose_threshold_favours_recall_for_rare_positives():
 )
 def test_metric_direction(metric, direction):
     assert metric_direction(metric) == direction
-
-
-@pytest.mark.parametrize(
-    ("new", "old", "metric", "margin", "better"),
-    [
-        (0.85, 0.80, "roc_auc", 0.0, True),
-        (0.80, 0.80, "roc_auc", 0.0, False),
-        (0.82, 0.80, "roc_auc", 0.05, False),
-        (1.0, 1.2, "rmse", 0.1, True),
-        (1.2, 1.0, "rmse", 0.0, False),
-        (0.5, None, "roc_auc", 0.0, True),
-        (float("nan"), 0.5, "roc_auc", 0.0, False),
-    ],
-)
-def test_is_better(new, old, metric, margin, better):
-    assert is_better(new, old, metric, margin) is better
 
 
 def test_positive_class_index_matches_types_loosely():
