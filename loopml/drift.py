@@ -13,8 +13,9 @@ low-cardinality numeric columns), corrected for testing many columns at once (Be
 or Holm), is below ``alpha``. The effect threshold keeps huge batches from flagging negligible
 differences; the test keeps small batches from flagging sampling noise. See docs/monitoring.md.
 
-:func:`evidently_default_verdicts` re-implements Evidently 0.7.23's default per-column tests on the
-same histograms, for a fast and memory-flat equivalent of ``DataDriftPreset()`` on big batches.
+benchmarks/evidently_defaults.py re-implements Evidently 0.7.23's default per-column tests on the
+same histograms (a fast, memory-flat equivalent of ``DataDriftPreset()`` that the tests and the
+drift benchmark compare with Evidently).
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ PROFILE_FORMAT_VERSION = 1
 # scipy.stats.ks_2samp computes exact p-values up to this sample size and Smirnov's asymptotic
 # formula beyond it; we follow the same switch so our p-values match scipy's (and Evidently's).
 KS_EXACT_MAX_ROWS = 10_000
-# Evidently 0.7.23 switches from statistical tests to distances above this many reference rows.
-EVIDENTLY_SMALL_REFERENCE_ROWS = 1_000
 # Chi-square needs expected counts of about 5 per cell; rarer categories are pooled into one cell.
 CHI_SQUARE_MIN_EXPECTED = 5.0
 PSI_FLOOR = 1e-4  # share substituted for empty bins, so PSI stays finite
@@ -428,7 +427,7 @@ class BatchSummary:
     """A batch reduced to histograms on a profile's bins (what every drift statistic needs).
 
     Build it with :func:`summarize_batch` to read a big batch once and run both
-    :func:`detect_drift` and :func:`evidently_default_verdicts` on it.
+    :func:`detect_drift` (and the benchmarks' Evidently equivalent) on it.
     """
 
     numeric: dict[str, _NumericSummary]
@@ -880,153 +879,6 @@ def _weighted_share(
     if total <= 0:
         return None
     return sum(float(importances.get(name, 0.0)) for name in drifted) / total
-
-
-# --------------------------------------------------------------------------- Evidently's defaults
-
-
-def evidently_default_columns(
-    profile: ReferenceProfile, current: pd.DataFrame | Iterable[pd.DataFrame] | BatchSummary
-) -> dict[str, ColumnDrift]:
-    """Evidently 0.7.23's default per-column drift tests, computed from the profile's histograms.
-
-    Mirrors ``evidently.legacy.calculations.stattests.registry._get_default_stattest`` on
-    non-null finite values: with at most 1,000 reference values, numeric columns with more than 5
-    distinct values (reference and current together) get KS (drift when p <= 0.05), other columns
-    chi-square (p < 0.05), or a two-proportion Z-test (p < 0.05) when there are at most 2 distinct
-    values; above 1,000 reference values, numeric columns with more than 5 distinct values get
-    the Wasserstein distance normalised by the reference std (drift when >= 0.1), others the
-    Jensen-Shannon distance (>= 0.1). Results are exact when the numeric reference was stored
-    exactly (at most ``bins`` distinct values, always the case below 1,000 rows); with quantile
-    bins the Wasserstein distance is exact unless both CDFs cross inside one bin.
-
-    Columns Evidently cannot test (no non-null values on one side) are left out.
-    """
-    summary = _as_summary(profile, current)
-    results: dict[str, ColumnDrift] = {}
-    for name, column_profile in profile.numeric.items():
-        column_summary = summary.numeric[name]
-        if column_profile.n == 0 or column_summary.n == 0:
-            continue
-        if column_profile.exact:
-            n_values = column_profile.edges.size + len(column_summary.unseen_counts)
-        else:
-            n_values = column_profile.edges.size  # more than `bins` >= 10 distinct values
-        view = _CdfView(
-            column_profile.edges,
-            _reference_cells(column_profile),
-            column_summary.cells,
-            column_profile.n,
-            column_summary.n,
-        )
-        small_reference = column_profile.n <= EVIDENTLY_SMALL_REFERENCE_ROWS
-        if n_values > 5:
-            if small_reference:
-                p_value = _ks_p_value(view)
-                results[name] = _evidently_result(name, "numeric", "ks", p_value, p_value <= 0.05)
-            else:
-                score = view.wasserstein() / max(column_profile.std, 0.001)
-                results[name] = _evidently_result(
-                    name, "numeric", "wasserstein", score, score >= 0.1
-                )
-            continue
-        reference_counts, current_counts = _numeric_value_counts(column_profile, column_summary)
-        results[name] = _evidently_discrete(
-            name, "numeric", reference_counts, current_counts, small_reference
-        )
-    for name, column_profile in profile.categorical.items():
-        column_summary = summary.categorical[name]
-        if column_profile.n == 0 or column_summary.n == 0:
-            continue
-        small_reference = column_profile.n <= EVIDENTLY_SMALL_REFERENCE_ROWS
-        results[name] = _evidently_discrete(
-            name, "categorical", column_profile.counts, column_summary.counts, small_reference
-        )
-    return results
-
-
-def evidently_default_verdicts(
-    profile: ReferenceProfile, current: pd.DataFrame | Iterable[pd.DataFrame] | BatchSummary
-) -> dict[str, bool]:
-    """Per-column drift verdicts of Evidently 0.7.23's ``DataDriftPreset()`` defaults, fast.
-
-    See :func:`evidently_default_columns` for the rules. Evidently's dataset verdict is then
-    ``sum(verdicts.values()) / len(verdicts) >= 0.5``.
-    """
-    return {
-        name: result.drifted for name, result in evidently_default_columns(profile, current).items()
-    }
-
-
-def _numeric_value_counts(
-    profile: NumericProfile, summary: _NumericSummary
-) -> tuple[dict[Any, int], dict[Any, int]]:
-    """Value counts of a numeric column with at most 5 distinct values (so stored exactly)."""
-    edges = profile.edges.tolist()
-    reference_counts = dict(zip(edges, profile.edge_counts.tolist(), strict=True))
-    current_counts = dict(zip(edges, summary.cells.edge_counts.tolist(), strict=True))
-    current_counts = {value: count for value, count in current_counts.items() if count}
-    current_counts.update(summary.unseen_counts)
-    return reference_counts, current_counts
-
-
-def _evidently_discrete(
-    name: str,
-    kind: ColumnKind,
-    reference: Mapping[Any, int],
-    current: Mapping[Any, int],
-    small_reference: bool,
-) -> ColumnDrift:
-    keys, reference_counts, current_counts = _category_vectors(reference, current)
-    keys_present = [
-        k for k, r, c in zip(keys, reference_counts, current_counts, strict=True) if r or c
-    ]
-    n_reference, n_current = reference_counts.sum(), current_counts.sum()
-    if not small_reference:
-        score = float(
-            distance.jensenshannon(reference_counts / n_reference, current_counts / n_current)
-        )
-        return _evidently_result(name, kind, "jensenshannon", score, score >= 0.1)
-    if len(keys_present) > 2:
-        expected = reference_counts * (n_current / n_reference)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p_value = float(stats.chisquare(current_counts, expected).pvalue)
-        return _evidently_result(name, kind, "chisquare", p_value, p_value < 0.05)
-    p_value = _evidently_z_test(keys, reference_counts, current_counts)
-    return _evidently_result(name, kind, "z", p_value, p_value < 0.05)
-
-
-def _evidently_z_test(
-    keys: list[Any], reference_counts: np.ndarray, current_counts: np.ndarray
-) -> float:
-    reference_present = [k for k, c in zip(keys, reference_counts, strict=True) if c]
-    current_present = [k for k, c in zip(keys, current_counts, strict=True) if c]
-    if len(reference_present) == 1 and current_present == reference_present:
-        return 1.0
-    present = [k for k in keys if k in reference_present or k in current_present]
-    try:
-        first_key = sorted(present)[0]
-    except TypeError:
-        first_key = sorted(present, key=str)[0]
-    index = keys.index(first_key)
-    n_reference, n_current = reference_counts.sum(), current_counts.sum()
-    # Evidently tests the share of values other than the smallest key.
-    share_reference = 1.0 - reference_counts[index] / n_reference
-    share_current = 1.0 - current_counts[index] / n_current
-    pooled = (share_reference * n_reference + share_current * n_current) / (n_reference + n_current)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = (share_reference - share_current) / np.sqrt(
-            pooled * (1 - pooled) * (1.0 / n_reference + 1.0 / n_current)
-        )
-    return float(2 * (1 - stats.norm.cdf(np.abs(z))))
-
-
-def _evidently_result(
-    name: str, kind: ColumnKind, method: str, score: float, drifted: bool
-) -> ColumnDrift:
-    threshold = 0.1 if method in ("wasserstein", "jensenshannon") else 0.05
-    p_value = score if method in ("ks", "chisquare", "z") else math.nan
-    return ColumnDrift(name, kind, method, float(score), p_value, threshold, bool(drifted))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from benchmarks.evidently_defaults import evidently_default_columns, evidently_default_verdicts
 from loopml.config import MonitoringConfig
 from loopml.data import bundled_sample_path
 from loopml.drift import (
@@ -17,8 +18,6 @@ from loopml.drift import (
     ReferenceProfile,
     build_reference_profile,
     detect_drift,
-    evidently_default_columns,
-    evidently_default_verdicts,
     summarize_batch,
 )
 from loopml.errors import DataError
