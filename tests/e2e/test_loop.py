@@ -421,7 +421,26 @@ def test_an_event_storm_inside_the_cooldown_starts_no_second_retraining(closed_l
         while len(_events("loopml.drift.detected", started)) < 20 and time.monotonic() < deadline:
             time.sleep(1)
         assert len(_events("loopml.drift.detected", started)) == 20
-        time.sleep(6)  # a firing creates its run within about 3 s
+        # A sentinel sent after the storm goes through the same triggers service; once its
+        # notification is in the sink, every storm event has been evaluated and any late
+        # firing has created its run. The condition is read, not slept on.
+        _emit_events(
+            closed_loop.api_url,
+            [
+                {
+                    "event": "loopml.model.promoted",
+                    "resource": resource,
+                    "payload": {"version": "sentinel", "reason": "storm sentinel"},
+                }
+            ],
+        )
+        sink = Path(closed_loop.stack["notifications_file"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "vsentinel" not in (
+            sink.read_text() if sink.is_file() else ""
+        ):
+            time.sleep(0.5)
+        assert "vsentinel" in sink.read_text()
         runs = _triggered_runs()
     assert [r.parameters["batch_id"] for r in runs] == [closed_loop.drifted_batch_id]
 
@@ -460,8 +479,10 @@ def test_failures_and_promotions_reach_the_notification_sink(closed_loop) -> Non
     subjects = [n["subject"] for n in notes]
     assert any("score" in s and "Failed" in s for s in subjects), subjects
     promoted = [e for e in _ledger(closed_loop) if e["action"] == "promoted"]
-    if any((e.get("trigger") or {}).get("batch_id") for e in promoted):
-        assert any("promoted to champion" in s for s in subjects), subjects
+    for entry in promoted:
+        if (entry.get("trigger") or {}).get("batch_id"):
+            expected = f"{PROJECT} v{entry['version']} promoted to champion"
+            assert any(expected in s for s in subjects), subjects
 
 
 def _registered_versions(loop: ClosedLoop) -> list[str]:
