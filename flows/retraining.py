@@ -12,6 +12,7 @@ from loopml.data import frame_hash
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
+from tasks.documentation import document_candidate
 from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
 from tasks.retraining import (
@@ -83,6 +84,17 @@ def retrain_flow(
             data_hash=frame_hash(data.train),
             suite_hash=suite_hash(load_suite(runtime.suite_path)),
             trigger=trigger,
+        )
+        decision = document_candidate(
+            runtime,
+            registered,
+            candidate,
+            train=data.train,
+            test=data.frozen_test,
+            test_metrics=metrics,
+            figures=figures,
+            importances=importances,
+            decision=decision,
         )
         apply_gate(runtime, registered, decision, trigger=trigger)
     return {

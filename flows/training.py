@@ -13,6 +13,7 @@ from loopml.features import labelled_rows
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
+from tasks.documentation import document_candidate
 from tasks.ingest import load_table
 from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
@@ -65,6 +66,17 @@ def train_flow(
         data_hash=frame_hash(frame),
         suite_hash=suite_hash(load_suite(runtime.suite_path)),
         trigger=trigger,
+    )
+    decision = document_candidate(
+        runtime,
+        registered,
+        candidate,
+        train=train,
+        test=test,
+        test_metrics=metrics,
+        figures=figures,
+        importances=importances,
+        decision=decision,
     )
     apply_gate(runtime, registered, decision, trigger=trigger)
     return {

@@ -60,6 +60,31 @@ class SearchConfig(_Strict):
     spaces: dict[str, dict[str, ParamRange]] = Field(default_factory=dict)
 
 
+FairnessMetric = Literal[
+    "demographic_parity_difference",
+    "equalized_odds_difference",
+    "accuracy_difference",
+    "mae_difference",
+]
+CLASSIFICATION_FAIRNESS_METRICS = (
+    "demographic_parity_difference",
+    "equalized_odds_difference",
+    "accuracy_difference",
+)
+REGRESSION_FAIRNESS_METRICS = ("mae_difference",)
+
+
+class FairnessGateConfig(_Strict):
+    """Refuse a challenger whose gap between groups of a sensitive column grows too much.
+
+    The gap is ``metric`` (largest between-group difference, fairlearn's definition) on the
+    held-out rows; the challenger's may exceed the champion's by at most ``max_increase``.
+    """
+
+    metric: FairnessMetric = "demographic_parity_difference"
+    max_increase: float = Field(0.05, ge=0.0)
+
+
 class GateConfig(_Strict):
     """When a new version may replace the champion.
 
@@ -72,6 +97,7 @@ class GateConfig(_Strict):
     old_data_tolerance: float = Field(
         0.02, ge=0.0
     )  # retraining: allowed loss on the frozen test set
+    fairness: FairnessGateConfig | None = None  # None: no fairness gate (the audit still runs)
 
 
 class PerformanceConfig(_Strict):
@@ -134,6 +160,10 @@ class ProjectConfig(_Strict):
     id_column: str | None = None
     time_column: str | None = None
     columns: ColumnsConfig
+    # Columns whose groups the fairness audit compares (features or excluded columns).
+    sensitive_columns: list[str] = Field(default_factory=list)
+    # What the model is for and what it must not be used for: the model card's first section.
+    intended_use: str | None = None
     split: SplitConfig = Field(default_factory=SplitConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
@@ -161,6 +191,29 @@ class ProjectConfig(_Strict):
             raise ValueError(f"columns: the target {self.target!r} is listed as a feature")
         if self.task == "classification" and self.positive_label is None and not self.classes:
             raise ValueError("classification needs positive_label (binary) or classes (multiclass)")
+        known = {*self.columns.features, *self.columns.excluded}
+        for column in self.sensitive_columns:
+            if column == self.target:
+                raise ValueError(f"sensitive_columns: {column!r} is the target, not a group")
+            if column not in known:
+                raise ValueError(
+                    f"sensitive_columns: {column!r} is not a column of the table "
+                    "(list a feature or an excluded column)"
+                )
+        fairness = self.gate.fairness
+        if fairness is not None:
+            allowed = (
+                REGRESSION_FAIRNESS_METRICS
+                if self.task == "regression"
+                else CLASSIFICATION_FAIRNESS_METRICS
+            )
+            if fairness.metric not in allowed:
+                raise ValueError(
+                    f"gate.fairness.metric {fairness.metric!r} does not fit {self.task}; "
+                    f"use one of {list(allowed)}"
+                )
+            if not self.sensitive_columns:
+                raise ValueError("gate.fairness needs sensitive_columns to compare groups of")
         return self
 
     @property

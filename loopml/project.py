@@ -21,6 +21,7 @@ from loopml.config import (
 )
 from loopml.data import read_table
 from loopml.errors import ConfigError
+from loopml.fairness import propose_sensitive_columns
 from loopml.profiling import infer_profile, suggest_suite
 from loopml.settings import Settings
 
@@ -99,6 +100,9 @@ def initialise_project(
         columns=ColumnsConfig(
             numeric=profile.numeric, categorical=profile.categorical, excluded=profile.excluded
         ),
+        sensitive_columns=propose_sensitive_columns(
+            [*profile.numeric, *profile.categorical, *profile.excluded], target
+        ),
         monitoring=MonitoringConfig(
             performance=PerformanceConfig(max_drop=REGRESSION_MAX_DROP)
             if profile.task == "regression"
@@ -110,6 +114,11 @@ def initialise_project(
         notes.append(
             f"{config_file.name} keeps the --db URL with its password: write it as "
             "${VARIABLE} in the URL to read it from the environment instead"
+        )
+    if config.sensitive_columns:
+        notes.append(
+            f"sensitive_columns (fairness audit) proposed from their names: "
+            f"{', '.join(config.sensitive_columns)}; edit the list in {config_file.name}"
         )
     suite = suggest_suite(frame, config)
     save_config(config, project_dir)
@@ -125,6 +134,7 @@ def initialise_project(
         "numeric": profile.numeric,
         "categorical": profile.categorical,
         "excluded": profile.excluded,
+        "sensitive_columns": config.sensitive_columns,
         "notes": notes,
         "config": str(config_file),
         "suite": str(suite_file),

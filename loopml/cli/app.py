@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from loopml.cli import demo, project, registry
+from loopml.cli import demo, explain, project, registry
 from loopml.cli.stack import commands as stack
 
 app = typer.Typer(
@@ -33,6 +33,9 @@ for command in (
     registry.promote,
     registry.rollback,
     registry.status,
+    # what the champion bases its predictions on, and where it errs
+    explain.explain,
+    explain.slices,
     # the embedded stack
     stack.up,
     stack.serve,

@@ -1,0 +1,251 @@
+"""What each registered version documents about itself, and the commands that read it back.
+
+``document_version`` computes, on the held-out rows, the slice analysis, the fairness audit
+(with sensitive columns), the partial dependence of the top features and the model card, and
+writes them as files for the version's MLflow run. ``explain_file`` is ``loopml explain``;
+``champion_slices`` is ``loopml status --slices``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from loopml import explain, fairness, slices
+from loopml.config import ProjectConfig
+from loopml.data import read_table, write_table
+from loopml.errors import DataError, RegistryError
+from loopml.features import prepare_features, prepare_target
+from loopml.model_card import PARTIAL_DEPENDENCE_COLUMNS, ModelCardContent, build_model_card
+from loopml.registry import (
+    CHAMPION,
+    TAG_PREFIX,
+    download_reference,
+    load_model,
+    require_champion,
+    version_by_alias,
+)
+from loopml.scoring import predict
+
+SLICES_FILE = "slices.json"
+FAIRNESS_FILE = "fairness.json"
+MODEL_CARD_FILE = "model_card.html"
+PARTIAL_DEPENDENCE_FILE = "partial_dependence.png"
+
+logger = logging.getLogger(__name__)
+
+
+def predicted_labels(
+    model: Any, features: pd.DataFrame, config: ProjectConfig, threshold: float | None
+) -> np.ndarray:
+    """The labels (or values) the model predicts, as ``loopml score`` writes them.
+
+    The one place this module asks a model for predictions: when the threshold lives inside
+    the artifact, this becomes ``model.predict(features)``.
+    """
+    labels, _ = predict(model, features, config, threshold)
+    return np.asarray(labels)
+
+
+def version_threshold(version: Any) -> float | None:
+    """A registered version's decision threshold tag (binary models), else ``None``."""
+    text = (version.tags or {}).get(f"{TAG_PREFIX}threshold")
+    return float(text) if text else None
+
+
+@dataclass
+class VersionDocuments:
+    """The documentation of one version: analyses, the files holding them and the decision."""
+
+    slices: dict[str, Any]
+    fairness: dict[str, Any] | None
+    decision: Any
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def document_version(
+    *,
+    client: MlflowClient,
+    config: ProjectConfig,
+    version: str,
+    run_id: str,
+    model: Any,
+    threshold: float | None,
+    family: str,
+    params: dict[str, Any],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    test_metrics: dict[str, float],
+    cv_metrics: dict[str, float],
+    search: dict[str, Any],
+    figures: dict[str, Any],
+    importances: dict[str, float],
+    data_hash: str,
+    suite_hash: str,
+    decision: Any,
+    folder: Path,
+) -> VersionDocuments:
+    """Slices, fairness audit (and gate), partial dependence and model card, written to ``folder``.
+
+    The fairness gate (``gate.fairness``) compares the candidate's audit with the current
+    champion's on the same held-out rows and folds the verdict into ``decision``.
+
+    Raises:
+        DataError: a sensitive column is missing from the held-out rows.
+    """
+    test = test.reset_index(drop=True)
+    features = prepare_features(test, config)
+    truth = prepare_target(test, config).to_numpy()
+    labels = predicted_labels(model, features, config, threshold)
+    slice_analysis = slices.analyse_slices(test, truth, labels, config)
+    audit = None
+    if config.sensitive_columns:
+        audit = fairness.audit_fairness(test, truth, labels, config)
+        if config.gate.fairness is not None:
+            champion_audit = _champion_audit(client, config, version, test, features, truth)
+            check = fairness.check_fairness(audit, champion_audit, config.gate.fairness)
+            decision = fairness.with_fairness_gate(decision, check)
+    files = {SLICES_FILE: _write_json(slice_analysis, folder / SLICES_FILE)}
+    if audit is not None:
+        files[FAIRNESS_FILE] = _write_json(audit, folder / FAIRNESS_FILE)
+    top = [c for c in importances if c in config.columns.features][:PARTIAL_DEPENDENCE_COLUMNS]
+    partial_dependence = None
+    if top:
+        try:
+            partial_dependence = explain.partial_dependence_figure(model, features, top, config)
+        except ValueError as exc:  # a model scikit-learn cannot probe: the card says so
+            logger.warning("no partial dependence plot: %s", exc)
+    if partial_dependence is not None:
+        path = folder / PARTIAL_DEPENDENCE_FILE
+        partial_dependence.savefig(path, dpi=80, bbox_inches="tight")
+        files[PARTIAL_DEPENDENCE_FILE] = path
+    card = build_model_card(
+        ModelCardContent(
+            config=config,
+            version=str(version),
+            run_id=run_id,
+            family=family,
+            params=params,
+            train=train,
+            test_metrics=test_metrics,
+            cv_metrics=cv_metrics,
+            data_hash=data_hash,
+            suite_hash=suite_hash,
+            search=search,
+            slices=slice_analysis,
+            fairness=audit,
+            importances=importances,
+            decision=decision.to_dict() if hasattr(decision, "to_dict") else decision,
+            figures=figures,
+        ),
+        partial_dependence=partial_dependence,
+    )
+    card_path = folder / MODEL_CARD_FILE
+    card_path.write_text(card, encoding="utf-8")
+    files[MODEL_CARD_FILE] = card_path
+    return VersionDocuments(slice_analysis, audit, decision, files)
+
+
+def _champion_audit(
+    client: MlflowClient,
+    config: ProjectConfig,
+    candidate_version: str,
+    test: pd.DataFrame,
+    features: pd.DataFrame,
+    truth: np.ndarray,
+) -> dict[str, Any] | None:
+    champion = version_by_alias(client, config.name, CHAMPION)
+    if champion is None or str(champion.version) == str(candidate_version):
+        return None
+    model = load_model(f"models:/{config.name}/{champion.version}")
+    labels = predicted_labels(model, features, config, version_threshold(champion))
+    return fairness.audit_fairness(test, truth, labels, config)
+
+
+def _write_json(payload: Any, path: Path) -> Path:
+    path.write_text(json.dumps(payload, indent=1, default=str))
+    return path
+
+
+def run_json(client: MlflowClient, run_id: str, file_name: str) -> dict[str, Any] | None:
+    """A JSON artifact at the root of a run, or ``None`` when the run has none by that name."""
+    names = {entry.path for entry in client.list_artifacts(run_id)}
+    if file_name not in names:
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        return json.loads(Path(client.download_artifacts(run_id, file_name, scratch)).read_text())
+
+
+def champion_slices(client: MlflowClient, name: str, top: int = 10) -> dict[str, Any]:
+    """The champion's worst held-out slices (``loopml status --slices``).
+
+    Raises:
+        RegistryError: no champion, or the champion was registered before slices existed.
+    """
+    champion = require_champion(client, name)
+    analysis = run_json(client, champion.run_id, SLICES_FILE)
+    if analysis is None:
+        raise RegistryError(
+            f"champion v{champion.version} of {name!r} has no slice analysis: "
+            f"retrain it with this loopml version"
+        )
+    return {
+        "version": str(champion.version),
+        "metric": analysis["metric"],
+        "overall": analysis["overall"],
+        "rows": analysis["rows"],
+        "worst_slices": slices.worst_slices(analysis, top),
+        "unranked_slices": [row for row in analysis["slices"] if not row["ranked"]],
+    }
+
+
+def explain_file(
+    client: MlflowClient,
+    config: ProjectConfig,
+    data: Path,
+    out: Path,
+    *,
+    references_dir: Path,
+    top: int = explain.TOP_REASONS,
+) -> dict[str, Any]:
+    """``loopml explain``: per-row contributions of the champion's prediction, written to ``out``.
+
+    Raises:
+        RegistryError: the project has no champion.
+        DataError: the file cannot be read or lacks feature columns.
+    """
+    champion = require_champion(client, config.name)
+    frame = read_table(data)
+    absent = [column for column in config.columns.features if column not in frame.columns]
+    if absent:
+        raise DataError(f"{data} is missing feature column(s): {', '.join(absent)}")
+    model = load_model(f"models:/{config.name}@{CHAMPION}")
+    background = pd.read_parquet(
+        download_reference(client, champion.run_id, "train.parquet", references_dir / config.name)
+    )
+    explanation = explain.explain_rows(model, frame, config, background=background)
+    if config.id_column and config.id_column in frame.columns:
+        ids = frame[config.id_column].astype(str)
+    else:
+        ids = pd.Series(np.arange(len(frame)))
+    table = explain.explanation_frame(explanation, frame, ids, top)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(table, out)
+    return {
+        "project": config.name,
+        "model_version": str(champion.version),
+        "rows": int(len(table)),
+        "out": str(out),
+        "method": explanation.method,
+        "explained_output": explanation.output_name,
+        "top_features": list(explain.global_importance(explanation))[:top],
+        "columns": list(explanation.contributions.columns),
+    }
