@@ -114,7 +114,11 @@ def audit_fairness(
         )
         by_group = metric_frame.by_group.reset_index()
         rows = [
-            {"group": str(row[column]), **{k: _number(row[k]) for k in ["count", *metrics]}}
+            {
+                "group": str(row[column]),
+                "count": int(row["count"]),
+                **{name: _number(row[name]) for name in metrics},
+            }
             for _, row in by_group.iterrows()
         ]
         result["columns"][column] = {
