@@ -121,7 +121,7 @@ def document_version(
     if top:
         try:
             partial_dependence = explain.partial_dependence_figure(model, features, top, config)
-        except ValueError as exc:  # a model scikit-learn cannot probe: the card says so
+        except (TypeError, ValueError) as exc:  # a model scikit-learn cannot probe
             logger.warning("no partial dependence plot: %s", exc)
     if partial_dependence is not None:
         path = folder / PARTIAL_DEPENDENCE_FILE
