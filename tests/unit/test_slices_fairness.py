@@ -174,3 +174,38 @@ def test_init_proposes_columns_named_like_protected_attributes() -> None:
         "age_band",
         "marital_status",
     ]
+
+
+def test_regression_slices_and_audit_use_the_error_in_the_targets_units() -> None:
+    generator = np.random.default_rng(3)
+    rows = 1_200
+    frame = pd.DataFrame(
+        {
+            "age": generator.integers(18, 80, rows),
+            "region": generator.choice(["north", "south", "east"], rows),
+        }
+    )
+    truth = generator.normal(100, 10, rows)
+    error = generator.normal(0, 2, rows)
+    error[(frame["region"] == "south").to_numpy()] *= 5  # planted: far worse in the south
+    config = ProjectConfig(
+        name="spend",
+        data="x.csv",
+        target="spend",
+        task="regression",
+        columns=ColumnsConfig(numeric=["age"], categorical=["region"]),
+        sensitive_columns=["age"],
+    )
+
+    analysis = analyse_slices(frame, truth, truth + error, config)
+    audit = audit_fairness(frame, truth, truth + error, config)
+
+    assert analysis["metric"] == "mae" and analysis["direction"] == "minimize"
+    assert (analysis["slices"][0]["column"], analysis["slices"][0]["slice"]) == ("region", "south")
+    assert analysis["slices"][0]["low"] > analysis["overall"]
+    bands = audit["columns"]["age"]["groups"]
+    assert len(bands) == 4 and sum(band["count"] for band in bands) == rows  # quartile bands
+    maes = [band["mae"] for band in bands]
+    assert audit["columns"]["age"]["differences"]["mae_difference"] == pytest.approx(
+        max(maes) - min(maes)
+    )
