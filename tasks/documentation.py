@@ -53,7 +53,7 @@ def document_candidate(
             test=test,
             test_metrics=test_metrics,
             cv_metrics=candidate.cv_metrics,
-            search=candidate.search.summary(),
+            search=candidate.search.summary() if hasattr(candidate.search, "summary") else {},
             figures=figures,
             importances=importances,
             data_hash=tags.get(f"{TAG_PREFIX}training_data_hash", "unknown"),
