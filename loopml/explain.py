@@ -167,10 +167,8 @@ def _explained_output(
         return lambda rows: estimator.predict_proba(rows)[
             :, target_class
         ], f"probability of {label!r}"
-    return (
-        lambda rows: estimator.predict_proba(rows).max(axis=1),
-        "probability of the predicted class",
-    )
+    # Every class's probability: each row is explained for the class it is predicted to be.
+    return estimator.predict_proba, "probability of the predicted class"
 
 
 def _explain_transformed(
@@ -188,7 +186,7 @@ def _explain_transformed(
     rows = _dense(preprocess.transform(features))
     background = _dense(preprocess.transform(reference))
     function, output_name = _explained_output(estimator, config, target_class, method)
-    output = np.asarray(function(rows), dtype=float)
+    output = _as_output(function(rows))
     if method == "tree":
         result = shap.TreeExplainer(estimator)(rows)
         values, base = _class_slice(
@@ -241,21 +239,34 @@ def _permutation(
     for _ in range(PERMUTATIONS):
         order = generator.permutation(columns)
         orders += [order, order[::-1]]
-    base = float(np.mean(function(background)))
-    values = np.zeros(rows.shape, dtype=float)
+
+    def outputs(matrix: np.ndarray) -> np.ndarray:  # (rows, classes), one class when 1-D
+        values = np.asarray(function(matrix), dtype=float)
+        return values.reshape(len(matrix), -1)
+
+    base = outputs(background).mean(axis=0)
+    values = np.zeros((*rows.shape, base.size), dtype=float)
     chunk = max(1, CHUNK_EVALUATIONS // max(len(background), 1))
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
         for order in orders:
             mixed = np.repeat(background[None, :, :], len(part), axis=0)
-            previous = np.full(len(part), base)
+            previous = np.broadcast_to(base, (len(part), base.size))
             for column in order:
                 mixed[:, :, column] = part[:, None, column]
-                output = np.asarray(function(mixed.reshape(-1, columns)), dtype=float)
-                current = output.reshape(len(part), len(background)).mean(axis=1)
-                values[start : start + chunk, column] += current - previous
+                output = outputs(mixed.reshape(-1, columns))
+                current = output.reshape(len(part), len(background), -1).mean(axis=1)
+                values[start : start + chunk, column, :] += current - previous
                 previous = current
-    return values / len(orders), np.full(len(rows), base)
+    picked = outputs(rows).argmax(axis=1)  # the predicted class (the only one when 1-D)
+    index = np.arange(len(rows))
+    return values[index, :, picked] / len(orders), base[picked]
+
+
+def _as_output(values: Any) -> np.ndarray:
+    """One number per row: class probabilities reduce to the predicted class's."""
+    values = np.asarray(values, dtype=float)
+    return values.max(axis=1) if values.ndim == 2 else values
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -355,7 +366,7 @@ def _explain_raw(
     values, base = _permutation(
         lambda m: function(decode(m)), rows, encode(reference), random_state
     )
-    output = np.asarray(function(features), dtype=float)
+    output = _as_output(function(features))
     base = np.broadcast_to(base, (len(rows),)).copy()
     contributions = pd.DataFrame(values, columns=columns)
     return Explanation(contributions, base, output, output_name, "permutation-raw")

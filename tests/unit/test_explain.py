@@ -97,3 +97,31 @@ def test_explaining_rows_without_the_feature_columns_is_one_clear_sentence(telco
     model = fitted("logistic", frame, config)
     with pytest.raises(DataError, match="missing feature column\\(s\\): tenure, contract"):
         explain_rows(model, frame.drop(columns=["contract", "tenure"]), config)
+
+
+def test_a_multiclass_row_is_explained_for_the_class_it_is_predicted_to_be(telco) -> None:
+    frame, _ = telco
+    config = ProjectConfig(
+        name="plan",
+        data="x.csv",
+        target="contract",
+        task="classification",
+        classes=["Month-to-month", "One year", "Two year"],
+        columns=ColumnsConfig(
+            numeric=["tenure", "monthly_charges"], categorical=["internet_service"]
+        ),
+    )
+    model = modeling.build_pipeline(
+        "logistic",
+        numeric_columns=["tenure", "monthly_charges"],
+        categorical_columns=["internet_service"],
+        task="classification",
+    ).fit(prepare_features(frame, config), prepare_target(frame, config))
+    rows = frame.iloc[:15]
+
+    explanation = explain_rows(model, rows, config, background=frame)
+
+    expected = model.predict_proba(prepare_features(rows, config)).max(axis=1)
+    total = explanation.contributions.sum(axis=1).to_numpy() + explanation.base_value
+    np.testing.assert_allclose(total, expected, atol=1e-6)
+    assert explanation.output_name == "probability of the predicted class"
