@@ -184,21 +184,42 @@ def run_json(client: MlflowClient, run_id: str, file_name: str) -> dict[str, Any
         return json.loads(Path(client.download_artifacts(run_id, file_name, scratch)).read_text())
 
 
-def champion_slices(client: MlflowClient, name: str, top: int = 10) -> dict[str, Any]:
-    """The champion's worst held-out slices (``loopml status --slices``).
+def champion_slices(
+    client: MlflowClient, config: ProjectConfig, top: int = 10, data: Path | None = None
+) -> dict[str, Any]:
+    """The champion's worst slices (``loopml slices``): of its held-out rows, or of a labelled
+    batch ``data`` (a table with the target column) scored now.
 
     Raises:
-        RegistryError: no champion, or the champion was registered before slices existed.
+        RegistryError: no champion, or (without ``data``) a champion registered before slices.
+        DataError: ``data`` cannot be read, or lacks the target or feature columns.
     """
+    name = config.name
     champion = require_champion(client, name)
-    analysis = run_json(client, champion.run_id, SLICES_FILE)
-    if analysis is None:
-        raise RegistryError(
-            f"champion v{champion.version} of {name!r} has no slice analysis: "
-            f"retrain it with this loopml version"
-        )
+    if data is None:
+        analysis = run_json(client, champion.run_id, SLICES_FILE)
+        if analysis is None:
+            raise RegistryError(
+                f"champion v{champion.version} of {name!r} has no slice analysis: "
+                "retrain it with this loopml version, or pass --data with a labelled batch"
+            )
+        source = "held-out rows"
+    else:
+        frame = read_table(data)
+        if config.target not in frame.columns:
+            raise DataError(f"{data} has no target column {config.target!r}: slices need labels")
+        frame = frame.loc[prepare_target(frame, config).notna()].reset_index(drop=True)
+        if frame.empty:
+            raise DataError(f"{data} has no labelled rows")
+        model = load_model(f"models:/{name}/{champion.version}")
+        features = prepare_features(frame, config)
+        labels = predicted_labels(model, features, config, version_threshold(champion))
+        truth = prepare_target(frame, config).to_numpy()
+        analysis = slices.analyse_slices(frame, truth, labels, config)
+        source = str(data)
     return {
         "version": str(champion.version),
+        "source": source,
         "metric": analysis["metric"],
         "overall": analysis["overall"],
         "rows": analysis["rows"],

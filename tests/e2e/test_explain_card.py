@@ -148,10 +148,18 @@ def test_explain_on_a_file_missing_feature_columns_is_one_clear_sentence(trained
 
 
 @pytest.mark.slow
-def test_slices_lists_the_champions_worst_held_out_slices_first(trained) -> None:
+def test_slices_lists_the_champions_worst_held_out_slices_first(trained, tmp_path) -> None:
     result = run_cli("slices", NAME, "--json", cwd=trained.directory, env=trained.env)
     assert result.returncode == 0, result.stderr
     summary = last_json(result.stdout)
+    assert summary["source"] == "held-out rows"
+    batch = tmp_path / "labelled.csv"
+    trained.rows.iloc[:300].to_csv(batch, index=False)
+    labelled = run_cli(
+        "slices", NAME, "--data", str(batch), "--json", cwd=trained.directory, env=trained.env
+    )
+    assert labelled.returncode == 0, labelled.stderr
+    assert last_json(labelled.stdout)["rows"] == 300
     values = [row["value"] for row in summary["worst_slices"]]
     confident = [row["worse_with_confidence"] for row in summary["worst_slices"]]
     assert confident == sorted(confident, reverse=True)  # confident ones lead
