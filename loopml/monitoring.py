@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopml.config import ProjectConfig
-from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
+from loopml import metrics
+from loopml.config import DriftPolicy, ProjectConfig
+from loopml.drift import build_reference_profile, detect_drift
 from loopml.gate import relative_bounds, scaled_improvement
+from loopml.metrics import Outcomes
 
 PREDICTION_SCORE = "prediction_score"
 
@@ -125,6 +127,24 @@ def performance_verdict(
     return verdict
 
 
+def batch_outcomes(
+    config: ProjectConfig, y_true: Any, y_pred: Any, y_proba: Any = None
+) -> Outcomes:
+    """A labelled batch's outcomes as logged: labels, predictions and (binary) the
+    positive-class probability; multiclass logs keep the top-class probability only."""
+    kind = config.task_kind
+    if kind == "regression":
+        return metrics.regression_outcomes(y_true, y_pred)
+    if kind == "binary":
+        return metrics.binary_outcomes(y_true, y_pred, config.positive_label, y_proba)
+    return metrics.multiclass_outcomes(y_true, y_pred)
+
+
+def batch_metrics(outcomes: Outcomes) -> dict[str, float]:
+    """Every metric monitoring can compute on a labelled batch that is defined on it."""
+    return metrics.defined(outcomes, metrics.monitorable_metrics(outcomes.kind))
+
+
 def judge_performance(
     config: ProjectConfig,
     reference_metrics: dict[str, float],
@@ -135,40 +155,24 @@ def judge_performance(
     """The batch's metrics and the verdict against the champion's held-out metrics, with the
     sampling noise of the judged metric (bootstrap) when ``monitoring.performance.alpha`` is set.
     """
-    from loopml import reports
-
     policy = config.monitoring.performance
-    metric = performance_metric(config)
-    truth, predicted = np.asarray(y_true), np.asarray(y_pred)
-    proba = None if y_proba is None or config.task == "regression" else np.asarray(y_proba)
-    positive_label = config.positive_label if config.is_binary else None
-    current = reports.performance_metrics(
-        truth, predicted, proba, task=config.task, positive_label=positive_label
-    )
+    metric = config.performance_metric
+    outcomes = batch_outcomes(config, y_true, y_pred, y_proba)
+    if len(outcomes) == 0:
+        raise ValueError("no labelled rows to measure performance on")
     standard_error = None
-    if policy.alpha is not None and len(truth) >= policy.min_labelled_rows:
-        standard_error = reports.metric_standard_error(
-            truth, predicted, proba, metric=metric, task=config.task, positive_label=positive_label
-        )
+    if policy.alpha is not None and len(outcomes) >= policy.min_labelled_rows:
+        standard_error = metrics.standard_error(metric, outcomes)
     return performance_verdict(
-        current,
+        batch_metrics(outcomes),
         reference_metrics,
         metric=metric,
         max_drop=policy.max_drop,
-        rows=len(truth),
+        rows=len(outcomes),
         min_rows=policy.min_labelled_rows,
         standard_error=standard_error,
         alpha=policy.alpha,
     )
-
-
-def performance_metric(config: ProjectConfig) -> str:
-    """The metric used to judge degradation; must be computable from labels + predictions."""
-    if config.monitoring.performance.metric:
-        return config.monitoring.performance.metric
-    if config.task == "regression":
-        return "rmse"
-    return "roc_auc" if config.is_binary else "f1_macro"
 
 
 def verdict_record(

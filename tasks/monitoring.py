@@ -26,7 +26,6 @@ from tasks.events import emit
 from tasks.ingest import transient
 from tasks.scoring import ServingModel
 
-SAMPLE_ROWS = 50_000
 CHUNK_ROWS = 250_000
 TARGET = "__target__"  # the batch's own labels, kept apart from the features
 
@@ -78,7 +77,8 @@ def load_reference(
             download_reference(runtime.mlflow, champion.run_id, "train.parquet", cache)
         )
         source = f"models:/{runtime.name}/{serving.version} training data"
-    sample = frame.sample(n=min(SAMPLE_ROWS, len(frame)), random_state=0).reset_index(drop=True)
+    sample_rows = config.monitoring.sample_rows
+    sample = frame.sample(n=min(sample_rows, len(frame)), random_state=0).reset_index(drop=True)
     return Reference(
         profile=profile,
         sample=sample,
@@ -94,7 +94,7 @@ def check_drift(
 ) -> tuple[dict[str, Any], pd.DataFrame, int]:
     """Per-column and dataset drift over the whole batch, read in chunks; plus a row sample."""
     config = runtime.config
-    sample = monitoring.ReservoirSample(SAMPLE_ROWS)
+    sample = monitoring.ReservoirSample(config.monitoring.sample_rows)
 
     def prepared_chunks():
         for chunk in iter_table_chunks(source, CHUNK_ROWS):
@@ -128,9 +128,7 @@ def check_predictions(
     config = runtime.config
     scored = []
     for frame in (reference.sample, current_sample):
-        labels, scores = predict(
-            serving.model, prepare_features(frame, config), config, serving.threshold
-        )
+        labels, scores = predict(serving.model, prepare_features(frame, config), config)
         out = pd.DataFrame({PREDICTION: labels})
         out[PROBABILITY] = scores if scores is not None else pd.to_numeric(labels, errors="coerce")
         scored.append(out)
@@ -219,7 +217,7 @@ def evidently_report(
         probability=PROBABILITY if config.is_binary else None,
         task=config.task,
         positive_label=config.positive_label if config.is_binary else None,
-        sample_rows=SAMPLE_ROWS,
+        sample_rows=config.monitoring.sample_rows,
         drift_policy=config.monitoring.drift,
     )
     path = runtime.settings.reports_dir / runtime.name / f"{stamp}-{batch_id}.html"

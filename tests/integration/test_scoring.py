@@ -84,6 +84,48 @@ def test_output_file_names_row_prediction_probability_and_version(project, score
     assert 0 < (output["prediction"] == "Yes").sum() < 400
 
 
+def test_the_champion_through_mlflow_pyfunc_predicts_what_loopml_score_writes(project, scored):
+    """The decision threshold lives inside the registered artifact, and its signature takes the
+    table as read from its CSV (Telco's integer columns stay int64): what `mlflow models serve`
+    runs gives every row the label `loopml score` wrote."""
+    import mlflow.pyfunc
+
+    batch = pd.read_csv(scored["source"])
+    integer_columns = ["tenure", "senior_citizen", "female"]
+    assert all(batch[column].dtype.kind == "i" for column in integer_columns)
+    written = pd.read_csv(scored["out"])
+
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(batch)
+
+    assert list(np.asarray(served)) == list(written["prediction"])
+    # Not the 0.5 cut of a bare pipeline: the tuned threshold decides some rows.
+    champion = project.champion()
+    threshold = float(champion.tags["loopml.threshold"])
+    assert threshold != 0.5
+    logged = float(mlflow.get_run(champion.run_id).data.params["threshold"])
+    assert logged == pytest.approx(threshold, rel=1e-5)
+
+
+def test_an_integer_column_with_nulls_is_scored_by_loopml_and_refused_by_pyfunc(project):
+    """A later batch whose integer column holds a null reads as float64: `loopml score` scores
+    it (the pipeline imputes), while the signature (long) makes pyfunc refuse it with MLflow's
+    own hint rather than cast silently."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    frame = project.batch(50, seed=21)
+    frame.loc[3, "tenure"] = np.nan
+    source = project.write(frame, "batch-null-tenure.csv")
+    out = project.batches_dir / "predictions-null-tenure.csv"
+
+    result = _score(project, source, out)
+
+    assert result["rows"] == 50
+    assert pd.read_csv(out)["prediction"].notna().all()
+    with pytest.raises(MlflowException, match="tenure"):
+        mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(pd.read_csv(source))
+
+
 def test_prediction_log_holds_rows_with_features_batch_and_time(project, scored):
     result = scored["result"]
     log = project.prediction_log()
