@@ -24,10 +24,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Code that edits a config (the demo) gets the same checks as a file that is loaded.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DriftPolicy(BaseModel):
+class DriftPolicy(_Strict):
     """How columns and batches are declared drifted (``monitoring.drift`` in the project config).
 
     A column drifts when its effect size reaches the method's threshold AND its test's p-value,
@@ -35,8 +36,6 @@ class DriftPolicy(BaseModel):
     drifted columns reaches ``drift_share`` or, with feature importances, the importance-weighted
     share reaches ``weighted_drift_share``.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     min_rows: int = Field(
         100,

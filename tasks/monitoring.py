@@ -246,51 +246,33 @@ def keep_labelled_batch(runtime: Runtime, current_sample: pd.DataFrame, batch_id
 @task(name="publish-verdict", cache_policy=NO_CACHE)
 def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
     """Build the verdict from the checks' ``parts`` (``monitoring.verdict_record``), record it,
-    publish the artifacts and emit the events the automations react to."""
+    publish the artifacts and emit the events the automations react to; returns the verdict as
+    the flow's (and ``--json``'s) result."""
     config = runtime.config
-    result = monitoring.verdict_record(project=runtime.name, **parts)
-    monitoring.record_result(runtime.settings.monitoring_dir, runtime.name, result)
-    report_path = Path(result["report_path"])
+    verdict = monitoring.verdict_record(project=runtime.name, **parts)
+    monitoring.record_result(runtime.settings.monitoring_dir, verdict)
+    report_path = Path(verdict.report_path)
     create_link_artifact(
         key=artifact_key(config.name, "monitoring-report"),
         link=report_path.as_uri(),
-        link_text=f"Evidently report for batch {result['batch_id']}",
+        link_text=f"Evidently report for batch {verdict.batch_id}",
         description="Evidently HTML report (data drift, prediction drift, performance)",
     )
     create_markdown_artifact(
         key=artifact_key(config.name, "monitoring"),
-        markdown=_verdict_markdown(result),
-        description=f"{config.name}: batch {result['batch_id']} monitoring verdict",
+        markdown=_verdict_markdown(verdict),
+        description=f"{config.name}: batch {verdict.batch_id} monitoring verdict",
     )
-    payload = {
-        "batch_id": result["batch_id"],
-        "model_version": result["model_version"],
-        "drift_share": result["drift_share"],
-        "drifted_columns": result["drifted_columns"],
-        "prediction_drift": result["prediction_drift"].get("drifted"),
-        "report_path": result["report_path"],
-        "rows": result["rows"],
-    }
-    if result["drift_detected"]:
-        emit(config.name, events.DRIFT_DETECTED, payload)
-    performance = result.get("performance") or {}
-    if performance.get("degraded"):
-        emit(
-            config.name,
-            events.PERFORMANCE_DEGRADED,
-            {
-                **payload,
-                "metric": performance["metric"],
-                "drop": performance["drop"],
-                "current": performance["current"].get(performance["metric"]),
-            },
-        )
-    return result
+    if verdict.drift_detected:
+        emit(config.name, events.DRIFT_DETECTED, verdict.event_payload())
+    if verdict.performance_degraded:
+        emit(config.name, events.PERFORMANCE_DEGRADED, verdict.degradation_payload())
+    return verdict.to_dict()
 
 
-def _verdict_markdown(result: dict[str, Any]) -> str:
-    verdict = "DRIFT DETECTED" if result["drift_detected"] else "no drift"
-    performance = result.get("performance")
+def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
+    status = "DRIFT DETECTED" if verdict.drift_detected else "no drift"
+    performance = verdict.performance
     perf_text = "no labels for this batch"
     if performance:
         metric = performance["metric"]
@@ -299,17 +281,23 @@ def _verdict_markdown(result: dict[str, Any]) -> str:
             f"{(performance['reference'] or {}).get(metric) or float('nan'):.4f}"
             f" ({'DEGRADED' if performance['degraded'] else 'ok'})"
         )
+    columns = verdict.drift["columns"]
     rows = [
-        {"column": c["column"], "score": c["score"], "method": c["method"], "p_value": c["p_value"]}
-        for c in result["drifted_columns_detail"]
+        {
+            "column": column,
+            "score": columns[column]["score"],
+            "method": columns[column]["method"],
+            "p_value": columns[column]["p_value"],
+        }
+        for column in verdict.drifted_columns
     ]
-    report = Path(result["report_path"])
+    report = Path(verdict.report_path)
     return (
-        f"# Batch `{result['batch_id']}`: {verdict}\n\n"
-        f"- rows: {result['rows']}, model v{result['model_version']}\n"
-        f"- drifted columns: {len(result['drifted_columns'])} "
-        f"(share {result['drift_share']:.2f})\n"
-        f"- prediction drift: {result['prediction_drift'].get('drifted')}\n"
+        f"# Batch `{verdict.batch_id}`: {status}\n\n"
+        f"- rows: {verdict.rows}, model v{verdict.model_version}\n"
+        f"- drifted columns: {len(verdict.drifted_columns)} "
+        f"(share {verdict.drift['drift_share']:.2f})\n"
+        f"- prediction drift: {verdict.prediction_drift.get('drifted')}\n"
         f"- performance: {perf_text}\n"
         f"- report: [{report.name}]({report.as_uri()})\n\n"
         f"{markdown_table(rows)}\n"
