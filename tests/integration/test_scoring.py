@@ -106,6 +106,53 @@ def test_the_champion_through_mlflow_pyfunc_predicts_what_loopml_score_writes(pr
     assert logged == pytest.approx(threshold, rel=1e-5)
 
 
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_what_loopml_score_writes(project, scored, tmp_path):
+    """The same through `mlflow models serve` (a real server process, /invocations)."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve"]
+    command += ["-m", f"models:/{NAME}@champion", "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(1)
+        batch = pd.read_csv(scored["source"])
+        body = {"dataframe_split": json.loads(batch.to_json(orient="split", index=False))}
+
+        response = httpx.post(f"{url}/invocations", json=body, timeout=60)
+
+        assert response.status_code == 200, response.text
+        written = pd.read_csv(scored["out"])["prediction"]
+        assert response.json()["predictions"] == list(written)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
 def test_an_integer_column_with_nulls_is_scored_by_loopml_and_refused_by_pyfunc(project):
     """A later batch whose integer column holds a null reads as float64: `loopml score` scores
     it (the pipeline imputes), while the signature (long) makes pyfunc refuse it with MLflow's
