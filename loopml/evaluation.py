@@ -23,6 +23,7 @@ from loopml import metrics
 from loopml.config import ProjectConfig
 from loopml.errors import ConfigError, DataError
 from loopml.label_rule import label_index, label_keys
+from loopml.scoring import labels_from_probabilities
 
 THRESHOLD_OBJECTIVES = ("f1", "youden", "accuracy", "balanced_accuracy")
 MAX_PERMUTATION_ROWS = 2_000
@@ -114,12 +115,13 @@ def evaluate(
 def model_outcomes(
     model: Any, features: pd.DataFrame, target: pd.Series, config: ProjectConfig
 ) -> metrics.Outcomes:
-    """The outcomes of a fitted model on labelled rows: its own ``predict`` (threshold
-    included) and, for classifiers, ``predict_proba``."""
-    predicted = np.asarray(model.predict(features))
+    """The outcomes of a fitted model on labelled rows: its own labels (threshold included,
+    :func:`loopml.scoring.labels_from_probabilities`) and, for classifiers, ``predict_proba``."""
     if config.task_kind == "regression":
+        predicted = np.asarray(model.predict(features), dtype=float)
         return metrics.regression_outcomes(np.asarray(target, dtype=float), predicted)
     probabilities = np.asarray(model.predict_proba(features), dtype=float)
+    predicted = labels_from_probabilities(model, probabilities)
     classes = list(model.classes_)
     if config.task_kind == "binary":
         scores = probabilities[:, label_index(classes, config.positive_label)]

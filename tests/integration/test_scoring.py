@@ -122,11 +122,15 @@ def test_mlflow_models_serve_answers_what_loopml_score_writes(project, scored, t
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve"]
+    scripts = Path(sys.executable).parent  # mlflow starts uvicorn from PATH
+    command = [str(scripts / "mlflow"), "models", "serve"]
     command += ["-m", f"models:/{NAME}@champion", "--env-manager", "local"]
     command += ["--host", "127.0.0.1", "-p", str(port), "-w", "1"]
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    environment = {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        command, stdout=log, stderr=log, env=environment, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -148,8 +152,9 @@ def test_mlflow_models_serve_answers_what_loopml_score_writes(project, scored, t
         written = pd.read_csv(scored["out"])["prediction"]
         assert response.json()["predictions"] == list(written)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
         log.close()
 
 

@@ -115,6 +115,24 @@ def test_binary_labels_are_the_positive_probability_cut_at_the_threshold(
     assert 0 < (labels == "Yes").sum() < len(labels)
 
 
+@pytest.mark.parametrize("threshold", [None, 0.2, 0.5, 0.8])
+def test_labels_from_probabilities_are_what_the_models_predict_returns(
+    toy_model, toy_frame, threshold
+):
+    """Scoring reads labels off the one predict_proba pass; they must be model.predict's."""
+    from loopml.scoring import labels_from_probabilities
+
+    features = toy_frame[["x", "plan"]]
+    model = _thresholded(toy_model, threshold)
+    multiclass = LogisticRegression().fit(
+        toy_frame[["x"]], np.digitize(toy_frame["x"], [-0.5, 0.5])
+    )
+
+    for fitted, rows in ((model, features), (multiclass, toy_frame[["x"]])):
+        labels = labels_from_probabilities(fitted, fitted.predict_proba(rows))
+        np.testing.assert_array_equal(labels, fitted.predict(rows))
+
+
 def test_multiclass_integer_labels_keep_their_dtype(toy_frame):
     """Classes 0/1/2 come out as integers, not an object array scikit-learn cannot classify."""
     from sklearn.metrics import accuracy_score
