@@ -22,7 +22,7 @@ import pandas as pd
 from loopml.config import ColumnsConfig, ProjectConfig
 from loopml.data import bundled_sample_path
 from loopml.features import prepare_features, prepare_target
-from loopml.modeling import build_pipeline
+from loopml.modeling import build_pipeline, with_threshold
 from loopml.profiling import infer_profile
 from loopml.scoring import PredictionLog, score_file
 
@@ -55,6 +55,7 @@ def main() -> None:
         task="classification",
         random_state=0,
     ).fit(prepare_features(frame, config), prepare_target(frame, config))
+    model = with_threshold(model, 0.35, config.positive_label)  # as training registers it
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -75,7 +76,6 @@ def main() -> None:
             model,
             source,
             config,
-            threshold=0.35,
             batch_id="bbench",
             model_version="1",
             out=folder / "predictions.parquet",

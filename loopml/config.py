@@ -9,10 +9,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loopml.drift import DriftPolicy
+from loopml import metrics
 from loopml.errors import ConfigError, ProjectNotFound
 
 TaskKind = Literal["classification", "regression"]
+ColumnKind = Literal["numeric", "categorical"]
 Family = Literal[
     "logistic",
     "ridge",
@@ -23,7 +24,110 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Code that edits a config (the demo) gets the same checks as a file that is loaded.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DriftPolicy(_Strict):
+    """How columns and batches are declared drifted (``monitoring.drift`` in the project config).
+
+    A column drifts when its effect size reaches the method's threshold AND its test's p-value,
+    corrected over the batch's columns, is below ``alpha``. A batch drifts when the share of
+    drifted columns reaches ``drift_share`` or, with feature importances, the importance-weighted
+    share reaches ``weighted_drift_share``.
+    """
+
+    min_rows: int = Field(
+        100,
+        ge=10,
+        description="Batches (and columns) with fewer non-null rows get no verdict "
+        "('insufficient_data'): tests on tiny samples are noise.",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=1.0,
+        description="Significance level over all columns of one batch, after the correction "
+        "chosen in 'multiple_testing'.",
+    )
+    multiple_testing: Literal["holm", "bh"] = Field(
+        "holm",
+        description="Correction for testing many columns at once. 'holm' bounds the chance that "
+        "ANY drifted column is a false alarm by alpha, so each named column can be trusted; "
+        "'bh' (Benjamini-Hochberg) only bounds the expected share of false alarms among the "
+        "named columns: a little more sensitive, but it names extra columns more often.",
+    )
+    numeric_method: Literal["wasserstein", "psi"] = Field(
+        "wasserstein",
+        description="Effect size for numeric columns: Wasserstein distance divided by the "
+        "reference standard deviation, or PSI on reference-quantile bins.",
+    )
+    categorical_method: Literal["jensenshannon", "psi"] = Field(
+        "jensenshannon",
+        description="Effect size for categorical columns: Jensen-Shannon distance (natural log, "
+        "as in Evidently) or PSI on category shares; unseen categories count.",
+    )
+    wasserstein_threshold: float = Field(
+        0.1,
+        gt=0.0,
+        description="Normalised Wasserstein distance from which a numeric column may drift "
+        "(0.1 = the distributions moved by a tenth of a reference standard deviation).",
+    )
+    jensenshannon_threshold: float = Field(
+        0.1,
+        gt=0.0,
+        description="Jensen-Shannon distance from which a categorical column may drift.",
+    )
+    psi_threshold: float = Field(
+        0.2,
+        gt=0.0,
+        description="PSI from which a column may drift (industry rule of thumb: < 0.1 stable, "
+        "0.1-0.25 moderate, > 0.25 major shift).",
+    )
+    psi_bins: int = Field(
+        10, ge=2, le=100, description="Reference-quantile bins for PSI on numeric columns."
+    )
+    discrete_max_values: int = Field(
+        20,
+        ge=2,
+        description="Numeric columns with at most this many distinct reference values are tested "
+        "with chi-square on their values instead of Kolmogorov-Smirnov (which assumes no ties).",
+    )
+    column_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-column effect thresholds overriding the method's threshold.",
+    )
+    drift_share: float = Field(
+        0.15,
+        gt=0.0,
+        le=1.0,
+        description="The batch drifts when at least this share of checked columns drifts.",
+    )
+    weighted_drift_share: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="With feature importances: the batch drifts when the drifted columns carry at "
+        "least this share of the total importance.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_overrides(self) -> DriftPolicy:
+        bad = {column: value for column, value in self.column_thresholds.items() if value <= 0}
+        if bad:
+            raise ValueError(f"column_thresholds must be > 0: {bad}")
+        return self
+
+    def effect_threshold(self, column: str, kind: ColumnKind) -> float:
+        """The effect-size threshold for ``column``: its override, else the method's threshold."""
+        if column in self.column_thresholds:
+            return self.column_thresholds[column]
+        method = self.numeric_method if kind == "numeric" else self.categorical_method
+        return {
+            "wasserstein": self.wasserstein_threshold,
+            "jensenshannon": self.jensenshannon_threshold,
+            "psi": self.psi_threshold,
+        }[method]
 
 
 class ParamRange(_Strict):
@@ -55,7 +159,7 @@ class SearchConfig(_Strict):
     families: list[Family] | None = None  # None: every family suited to the task
     trials: int = Field(24, ge=1)
     timeout_seconds: float | None = Field(240, gt=0)
-    metric: str | None = None  # None: roc_auc (binary), f1_macro (multiclass), rmse (regression)
+    metric: str | None = None  # None: loopml.metrics.DEFAULT_METRICS for the task
     max_training_rows: int | None = Field(200_000, ge=100)  # rows the CV search sees at most
     spaces: dict[str, dict[str, ParamRange]] = Field(default_factory=dict)
 
@@ -100,16 +204,21 @@ class GateConfig(_Strict):
     fairness: FairnessGateConfig | None = None  # None: no fairness gate (the audit still runs)
 
 
+# Drop of the performance metric that counts as degraded, when the config names none. An RMSE
+# measured on a few hundred rows varies by ~5% from sampling alone (1/sqrt(2n) for normal
+# residuals at n=200): for regression a relative rise of 15% is a real degradation, not noise.
+DEFAULT_MAX_DROP = {"classification": 0.05, "regression": 0.15}
+
+
 class PerformanceConfig(_Strict):
     """When labelled batches count as degraded against the champion's held-out metrics.
 
     ``max_drop`` is absolute for bounded scores and a fraction of the champion's value for error
-    metrics (see :class:`GateConfig`); ``init`` writes 0.05 for classification, 0.15 for regression
-    (an RMSE on a few hundred rows varies by several percent from sampling alone).
+    metrics (see :class:`GateConfig`); left out, it is :data:`DEFAULT_MAX_DROP` for the task.
     """
 
-    metric: str | None = None
-    max_drop: float = Field(0.05, ge=0.0)  # drop of the metric that counts as degraded
+    metric: str | None = None  # None: the search metric's default for the task
+    max_drop: float | None = Field(None, ge=0.0)  # drop of the metric that counts as degraded
     min_labelled_rows: int = Field(50, ge=1)
     # The drop must also exceed the batch metric's sampling noise at this one-sided level
     # (bootstrap standard error); null judges by max_drop alone.
@@ -119,6 +228,9 @@ class PerformanceConfig(_Strict):
 class MonitoringConfig(_Strict):
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
+    # Rows of each side the Evidently report and prediction drift look at (a uniform sample), so
+    # their cost does not grow with the batch; drift verdicts read the whole batch.
+    sample_rows: int = Field(50_000, ge=100)
 
 
 class RetrainingConfig(_Strict):
@@ -214,6 +326,18 @@ class ProjectConfig(_Strict):
                 )
             if not self.sensitive_columns:
                 raise ValueError("gate.fairness needs sensitive_columns to compare groups of")
+        for field, metric, monitored in (
+            ("search.metric", self.search.metric, False),
+            ("gate.metric", self.gate.metric, False),
+            ("monitoring.performance.metric", self.monitoring.performance.metric, True),
+        ):
+            problem = metric and metrics.unknown_metric_message(
+                metric, self.task_kind, monitoring=monitored
+            )
+            if problem:
+                raise ValueError(f"{field}: {problem}")
+        if self.monitoring.performance.max_drop is None:
+            self.monitoring.performance.max_drop = DEFAULT_MAX_DROP[self.task]
         return self
 
     @property
@@ -221,16 +345,24 @@ class ProjectConfig(_Strict):
         return self.task == "classification" and self.positive_label is not None
 
     @property
-    def search_metric(self) -> str:
-        if self.search.metric:
-            return self.search.metric
+    def task_kind(self) -> metrics.TaskKind:
+        """``"binary"``, ``"multiclass"`` or ``"regression"``."""
         if self.task == "regression":
-            return "rmse"
-        return "roc_auc" if self.is_binary else "f1_macro"
+            return "regression"
+        return "binary" if self.is_binary else "multiclass"
+
+    @property
+    def search_metric(self) -> str:
+        return self.search.metric or metrics.default_metric(self.task_kind)
 
     @property
     def gate_metric(self) -> str:
         return self.gate.metric or self.search_metric
+
+    @property
+    def performance_metric(self) -> str:
+        """The metric monitoring judges degradation on; computable from the prediction log."""
+        return self.monitoring.performance.metric or metrics.default_metric(self.task_kind)
 
 
 def config_path(name: str, project_dir: Path) -> Path:
@@ -243,8 +375,9 @@ def suite_path(name: str, project_dir: Path) -> Path:
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return f"{path}: field '{field}': {first['msg']}"
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{path}: field '{field}': {message}" if field else f"{path}: {message}"
 
 
 def load_config(name: str, project_dir: Path) -> ProjectConfig:

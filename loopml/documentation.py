@@ -27,9 +27,8 @@ from loopml.features import prepare_features, prepare_target
 from loopml.model_card import PARTIAL_DEPENDENCE_COLUMNS, ModelCardContent, build_model_card
 from loopml.registry import (
     CHAMPION,
-    TAG_PREFIX,
     download_reference,
-    load_model,
+    load_version_model,
     require_champion,
     version_by_alias,
 )
@@ -43,22 +42,11 @@ PARTIAL_DEPENDENCE_FILE = "partial_dependence.png"
 logger = logging.getLogger(__name__)
 
 
-def predicted_labels(
-    model: Any, features: pd.DataFrame, config: ProjectConfig, threshold: float | None
-) -> np.ndarray:
-    """The labels (or values) the model predicts, as ``loopml score`` writes them.
-
-    The one place this module asks a model for predictions: when the threshold lives inside
-    the artifact, this becomes ``model.predict(features)``.
-    """
-    labels, _ = predict(model, features, config, threshold)
+def predicted_labels(model: Any, features: pd.DataFrame, config: ProjectConfig) -> np.ndarray:
+    """The labels (or values) the model predicts, as ``loopml score`` writes them (a binary
+    model applies its decision threshold inside)."""
+    labels, _ = predict(model, features, config)
     return np.asarray(labels)
-
-
-def version_threshold(version: Any) -> float | None:
-    """A registered version's decision threshold tag (binary models), else ``None``."""
-    text = (version.tags or {}).get(f"{TAG_PREFIX}threshold")
-    return float(text) if text else None
 
 
 @dataclass
@@ -78,7 +66,6 @@ def document_version(
     version: str,
     run_id: str,
     model: Any,
-    threshold: float | None,
     family: str,
     params: dict[str, Any],
     train: pd.DataFrame,
@@ -104,7 +91,7 @@ def document_version(
     test = test.reset_index(drop=True)
     features = prepare_features(test, config)
     truth = prepare_target(test, config).to_numpy()
-    labels = predicted_labels(model, features, config, threshold)
+    labels = predicted_labels(model, features, config)
     slice_analysis = slices.analyse_slices(test, truth, labels, config)
     audit = None
     if config.sensitive_columns:
@@ -165,8 +152,8 @@ def _champion_audit(
     champion = version_by_alias(client, config.name, CHAMPION)
     if champion is None or str(champion.version) == str(candidate_version):
         return None
-    model = load_model(f"models:/{config.name}/{champion.version}")
-    labels = predicted_labels(model, features, config, version_threshold(champion))
+    model = load_version_model(champion, config.positive_label)
+    labels = predicted_labels(model, features, config)
     return fairness.audit_fairness(test, truth, labels, config)
 
 
@@ -211,9 +198,9 @@ def champion_slices(
         frame = frame.loc[prepare_target(frame, config).notna()].reset_index(drop=True)
         if frame.empty:
             raise DataError(f"{data} has no labelled rows")
-        model = load_model(f"models:/{name}/{champion.version}")
+        model = load_version_model(champion, config.positive_label)
         features = prepare_features(frame, config)
-        labels = predicted_labels(model, features, config, version_threshold(champion))
+        labels = predicted_labels(model, features, config)
         truth = prepare_target(frame, config).to_numpy()
         analysis = slices.analyse_slices(frame, truth, labels, config)
         source = str(data)
@@ -248,7 +235,7 @@ def explain_file(
     absent = [column for column in config.columns.features if column not in frame.columns]
     if absent:
         raise DataError(f"{data} is missing feature column(s): {', '.join(absent)}")
-    model = load_model(f"models:/{config.name}@{CHAMPION}")
+    model = load_version_model(champion, config.positive_label)
     background = pd.read_parquet(
         download_reference(client, champion.run_id, "train.parquet", references_dir / config.name)
     )

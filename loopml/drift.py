@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 from scipy.spatial import distance
 
+from loopml.config import ColumnKind, DriftPolicy
 from loopml.errors import DataError
 
 PROFILE_FORMAT_VERSION = 1
@@ -42,111 +42,6 @@ CHI_SQUARE_MIN_EXPECTED = 5.0
 PSI_FLOOR = 1e-4  # share substituted for empty bins, so PSI stays finite
 
 VerdictStatus = Literal["drift", "no_drift", "insufficient_data"]
-ColumnKind = Literal["numeric", "categorical"]
-
-
-class DriftPolicy(BaseModel):
-    """How columns and batches are declared drifted (``monitoring.drift`` in the project config).
-
-    A column drifts when its effect size reaches the method's threshold AND its test's p-value,
-    corrected over the batch's columns, is below ``alpha``. A batch drifts when the share of
-    drifted columns reaches ``drift_share`` or, with feature importances, the importance-weighted
-    share reaches ``weighted_drift_share``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_rows: int = Field(
-        100,
-        ge=10,
-        description="Batches (and columns) with fewer non-null rows get no verdict "
-        "('insufficient_data'): tests on tiny samples are noise.",
-    )
-    alpha: float = Field(
-        0.05,
-        gt=0.0,
-        lt=1.0,
-        description="Significance level over all columns of one batch, after the correction "
-        "chosen in 'multiple_testing'.",
-    )
-    multiple_testing: Literal["holm", "bh"] = Field(
-        "holm",
-        description="Correction for testing many columns at once. 'holm' bounds the chance that "
-        "ANY drifted column is a false alarm by alpha, so each named column can be trusted; "
-        "'bh' (Benjamini-Hochberg) only bounds the expected share of false alarms among the "
-        "named columns: a little more sensitive, but it names extra columns more often.",
-    )
-    numeric_method: Literal["wasserstein", "psi"] = Field(
-        "wasserstein",
-        description="Effect size for numeric columns: Wasserstein distance divided by the "
-        "reference standard deviation, or PSI on reference-quantile bins.",
-    )
-    categorical_method: Literal["jensenshannon", "psi"] = Field(
-        "jensenshannon",
-        description="Effect size for categorical columns: Jensen-Shannon distance (natural log, "
-        "as in Evidently) or PSI on category shares; unseen categories count.",
-    )
-    wasserstein_threshold: float = Field(
-        0.1,
-        gt=0.0,
-        description="Normalised Wasserstein distance from which a numeric column may drift "
-        "(0.1 = the distributions moved by a tenth of a reference standard deviation).",
-    )
-    jensenshannon_threshold: float = Field(
-        0.1,
-        gt=0.0,
-        description="Jensen-Shannon distance from which a categorical column may drift.",
-    )
-    psi_threshold: float = Field(
-        0.2,
-        gt=0.0,
-        description="PSI from which a column may drift (industry rule of thumb: < 0.1 stable, "
-        "0.1-0.25 moderate, > 0.25 major shift).",
-    )
-    psi_bins: int = Field(
-        10, ge=2, le=100, description="Reference-quantile bins for PSI on numeric columns."
-    )
-    discrete_max_values: int = Field(
-        20,
-        ge=2,
-        description="Numeric columns with at most this many distinct reference values are tested "
-        "with chi-square on their values instead of Kolmogorov-Smirnov (which assumes no ties).",
-    )
-    column_thresholds: dict[str, float] = Field(
-        default_factory=dict,
-        description="Per-column effect thresholds overriding the method's threshold.",
-    )
-    drift_share: float = Field(
-        0.15,
-        gt=0.0,
-        le=1.0,
-        description="The batch drifts when at least this share of checked columns drifts.",
-    )
-    weighted_drift_share: float = Field(
-        0.3,
-        gt=0.0,
-        le=1.0,
-        description="With feature importances: the batch drifts when the drifted columns carry at "
-        "least this share of the total importance.",
-    )
-
-    @model_validator(mode="after")
-    def _positive_overrides(self) -> DriftPolicy:
-        bad = {column: value for column, value in self.column_thresholds.items() if value <= 0}
-        if bad:
-            raise ValueError(f"column_thresholds must be > 0: {bad}")
-        return self
-
-    def effect_threshold(self, column: str, kind: ColumnKind) -> float:
-        """The effect-size threshold for ``column``: its override, else the method's threshold."""
-        if column in self.column_thresholds:
-            return self.column_thresholds[column]
-        method = self.numeric_method if kind == "numeric" else self.categorical_method
-        return {
-            "wasserstein": self.wasserstein_threshold,
-            "jensenshannon": self.jensenshannon_threshold,
-            "psi": self.psi_threshold,
-        }[method]
 
 
 # --------------------------------------------------------------------------- reference profile

@@ -1,77 +1,32 @@
 """Held-out metrics, threshold choice, permutation importances and evaluation figures.
 
-Every metric keeps its natural sign: scores (``roc_auc``, ``f1``, ``r2`` ...) are maximised,
-errors (``rmse``, ``mae``, ``log_loss`` ...) are minimised; :func:`metric_direction` says which.
+Metrics come from :mod:`loopml.metrics` (one definition each); this module turns a fitted model
+and labelled rows into the outcomes they read. A binary model carries its decision threshold
+(:func:`loopml.modeling.with_threshold`), so its ``predict`` gives the labels that are judged.
 Figures are plain :class:`matplotlib.figure.Figure` objects (no pyplot state), ready for
 ``mlflow.log_figure`` or ``Figure.savefig``.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from sklearn import metrics as skmetrics
 from sklearn.calibration import calibration_curve
-from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.inspection import permutation_importance
 
+from loopml import metrics
 from loopml.config import ProjectConfig
 from loopml.errors import ConfigError, DataError
+from loopml.label_rule import label_index, label_keys
+from loopml.scoring import labels_from_probabilities
 
-Direction = Literal["maximize", "minimize"]
-
-MINIMIZED_METRICS = frozenset({"rmse", "mae", "mse", "mape", "log_loss", "brier"})
-BINARY_METRICS = (
-    "roc_auc",
-    "pr_auc",
-    "accuracy",
-    "balanced_accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "f1_macro",
-    "log_loss",
-    "brier",
-)
-MULTICLASS_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "f1_macro",
-    "log_loss",
-    "roc_auc_ovr",
-    "roc_auc",
-)
-REGRESSION_METRICS = ("rmse", "mae", "r2", "mse", "mape")
-# What evaluate() always reports per task; the config's metrics are added when they differ.
-REPORTED_METRICS = {
-    "binary": ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "log_loss"),
-    "multiclass": ("accuracy", "f1_macro", "log_loss", "roc_auc_ovr"),
-    "regression": ("rmse", "mae", "r2"),
-}
 THRESHOLD_OBJECTIVES = ("f1", "youden", "accuracy", "balanced_accuracy")
 MAX_PERMUTATION_ROWS = 2_000
-
-
-def task_kind(config: ProjectConfig) -> str:
-    """``"binary"``, ``"multiclass"`` or ``"regression"``."""
-    if config.task == "regression":
-        return "regression"
-    return "binary" if config.is_binary else "multiclass"
-
-
-def supported_metrics(config: ProjectConfig) -> tuple[str, ...]:
-    """The metric names :func:`evaluate` can compute for this project's task."""
-    return {
-        "binary": BINARY_METRICS,
-        "multiclass": MULTICLASS_METRICS,
-        "regression": REGRESSION_METRICS,
-    }[task_kind(config)]
 
 
 def check_metric(metric: str, config: ProjectConfig) -> str:
@@ -80,48 +35,10 @@ def check_metric(metric: str, config: ProjectConfig) -> str:
     Raises:
         ConfigError: the metric is unknown for the task (the message lists the known ones).
     """
-    known = supported_metrics(config)
-    if metric not in known:
-        raise ConfigError(
-            f"metric {metric!r} is not available for {task_kind(config)} tasks; "
-            f"use one of: {', '.join(known)}"
-        )
+    problem = metrics.unknown_metric_message(metric, config.task_kind)
+    if problem:
+        raise ConfigError(problem)
     return metric
-
-
-def metric_direction(metric: str) -> Direction:
-    """``"minimize"`` for error metrics (rmse, mae, log_loss ...), ``"maximize"`` otherwise."""
-    return "minimize" if metric in MINIMIZED_METRICS else "maximize"
-
-
-def positive_class_index(classes: Sequence[Any], positive_label: Any) -> int:
-    """Where the positive label sits among a classifier's ``classes_``.
-
-    Labels are matched exactly first, then by their text, so a YAML ``positive_label: 1``
-    finds the class ``"1"`` (and ``True`` finds ``"True"``).
-
-    Raises:
-        DataError: the positive label is not one of the classes.
-    """
-    classes = list(classes)
-    for index, label in enumerate(classes):
-        if type(label) is type(positive_label) and label == positive_label:
-            return index
-    wanted = _label_text(positive_label)
-    for index, label in enumerate(classes):
-        if _label_text(label) == wanted:
-            return index
-    raise DataError(
-        f"the positive label {positive_label!r} is not among the target's classes {classes!r}"
-    )
-
-
-def _label_text(label: Any) -> str:
-    if isinstance(label, bool | np.bool_):
-        return str(bool(label)).lower()
-    if isinstance(label, float | np.floating) and float(label).is_integer():
-        return str(int(label))
-    return str(label).strip().lower()
 
 
 def choose_threshold(
@@ -152,10 +69,7 @@ def choose_threshold(
     scores = np.asarray(positive_scores, dtype=float)
     if len(y_true) != len(scores):
         raise DataError(f"{len(y_true)} labels but {len(scores)} scores")
-    labels = pd.unique(y_true)
-    is_positive = np.zeros(len(y_true), dtype=bool)
-    if len(labels):
-        is_positive = y_true == labels[positive_class_index(labels, positive_label)]
+    is_positive = metrics.binary_outcomes(y_true, y_true, positive_label).truth
     n_positive = int(is_positive.sum())
     n_negative = len(is_positive) - n_positive
     if n_positive == 0 or n_negative == 0:
@@ -183,186 +97,58 @@ def choose_threshold(
 
 
 def evaluate(
-    pipeline: Any,
-    features: pd.DataFrame,
-    target: pd.Series,
-    config: ProjectConfig,
-    threshold: float | None = None,
+    model: Any, features: pd.DataFrame, target: pd.Series, config: ProjectConfig
 ) -> dict[str, float]:
-    """Held-out metrics of a fitted pipeline.
+    """Held-out metrics of a fitted model.
 
-    Binary: roc_auc, pr_auc, accuracy, precision, recall, f1, log_loss (labels predicted with
-    ``threshold`` on the positive-class probability, default 0.5). Multiclass: accuracy,
-    f1_macro, log_loss, roc_auc_ovr. Regression: rmse, mae, r2. The config's search, gate and
-    performance metrics are always included. A metric that is undefined on this data (ROC AUC
-    with a single class present) is NaN.
-
-    Raises:
-        ConfigError: a configured metric is unknown for the task.
+    The task's usual metrics (:data:`loopml.metrics.REPORTED_METRICS`) plus the config's
+    search, gate and performance metrics. A metric that is undefined on this data (ROC AUC with
+    a single class present) is NaN.
     """
-    wanted = list(REPORTED_METRICS[task_kind(config)])
-    for metric in (
-        config.search_metric,
-        config.gate_metric,
-        config.monitoring.performance.metric,
-    ):
-        if metric and metric not in wanted:
+    wanted = list(metrics.REPORTED_METRICS[config.task_kind])
+    for metric in (config.search_metric, config.gate_metric, config.performance_metric):
+        if metric not in wanted:
             wanted.append(check_metric(metric, config))
-    return compute_metrics(pipeline, features, target, config, wanted, threshold=threshold)
+    return compute_metrics(model, features, target, config, wanted)
+
+
+def model_outcomes(
+    model: Any, features: pd.DataFrame, target: pd.Series, config: ProjectConfig
+) -> metrics.Outcomes:
+    """The outcomes of a fitted model on labelled rows: its own labels (threshold included,
+    :func:`loopml.scoring.labels_from_probabilities`) and, for classifiers, ``predict_proba``."""
+    if config.task_kind == "regression":
+        predicted = np.asarray(model.predict(features), dtype=float)
+        return metrics.regression_outcomes(np.asarray(target, dtype=float), predicted)
+    probabilities = np.asarray(model.predict_proba(features), dtype=float)
+    predicted = labels_from_probabilities(model, probabilities)
+    classes = list(model.classes_)
+    if config.task_kind == "binary":
+        scores = probabilities[:, label_index(classes, config.positive_label)]
+        return metrics.binary_outcomes(target, predicted, config.positive_label, scores)
+    return metrics.multiclass_outcomes(target, predicted, probabilities, classes)
 
 
 def compute_metrics(
-    pipeline: Any,
+    model: Any,
     features: pd.DataFrame,
     target: pd.Series,
     config: ProjectConfig,
-    metrics: Sequence[str],
-    *,
-    threshold: float | None = None,
+    names: Sequence[str],
 ) -> dict[str, float]:
-    """The named metrics of a fitted pipeline on ``features``/``target``."""
-    for metric in metrics:
+    """The named metrics of a fitted model on ``features``/``target``."""
+    for metric in names:
         check_metric(metric, config)
-    y_true = np.asarray(target)
-    kind = task_kind(config)
-    with warnings.catch_warnings():
-        # Single-class folds make some metrics undefined; they come back as NaN instead.
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        if kind == "regression":
-            predictions = np.asarray(pipeline.predict(features), dtype=float)
-            return {
-                name: _regression_metric(name, y_true.astype(float), predictions)
-                for name in metrics
-            }
-        probabilities = np.asarray(pipeline.predict_proba(features), dtype=float)
-        classes = list(pipeline.classes_)
-        if kind == "binary":
-            return _binary_metrics(
-                metrics, y_true, probabilities, classes, config.positive_label, threshold
-            )
-        return _multiclass_metrics(metrics, y_true, probabilities, classes)
+    return metrics.compute(names, model_outcomes(model, features, target, config))
 
 
-def _regression_metric(name: str, y_true: np.ndarray, predictions: np.ndarray) -> float:
-    if name == "rmse":
-        return float(skmetrics.root_mean_squared_error(y_true, predictions))
-    if name == "mse":
-        return float(skmetrics.mean_squared_error(y_true, predictions))
-    if name == "mae":
-        return float(skmetrics.mean_absolute_error(y_true, predictions))
-    if name == "mape":
-        return float(skmetrics.mean_absolute_percentage_error(y_true, predictions))
-    if len(y_true) < 2:
-        return float("nan")
-    return float(skmetrics.r2_score(y_true, predictions))
-
-
-def _binary_metrics(
-    metrics: Sequence[str],
-    y_true: np.ndarray,
-    probabilities: np.ndarray,
-    classes: list[Any],
-    positive_label: Any,
-    threshold: float | None,
-) -> dict[str, float]:
-    positive_index = positive_class_index(classes, positive_label)
-    scores = probabilities[:, positive_index]
-    actual = y_true == classes[positive_index]
-    predicted = scores >= (0.5 if threshold is None else threshold)
-    both_classes = 0 < actual.sum() < len(actual)
-    values: dict[str, float] = {}
-    for name in metrics:
-        if name == "roc_auc":
-            value = skmetrics.roc_auc_score(actual, scores) if both_classes else math.nan
-        elif name == "pr_auc":
-            value = skmetrics.average_precision_score(actual, scores) if both_classes else math.nan
-        elif name == "accuracy":
-            value = skmetrics.accuracy_score(actual, predicted)
-        elif name == "balanced_accuracy":
-            value = skmetrics.balanced_accuracy_score(actual, predicted)
-        elif name == "precision":
-            value = skmetrics.precision_score(actual, predicted, zero_division=0)
-        elif name == "recall":
-            value = skmetrics.recall_score(actual, predicted, zero_division=0)
-        elif name == "f1":
-            value = skmetrics.f1_score(actual, predicted, zero_division=0)
-        elif name == "f1_macro":
-            value = skmetrics.f1_score(
-                actual, predicted, average="macro", labels=[False, True], zero_division=0
-            )
-        elif name == "log_loss":
-            value = skmetrics.log_loss(actual, scores, labels=[False, True])
-        else:  # brier
-            value = skmetrics.brier_score_loss(actual, scores, pos_label=True)
-        values[name] = float(value)
-    return values
-
-
-def _multiclass_metrics(
-    metrics: Sequence[str],
-    y_true: np.ndarray,
-    probabilities: np.ndarray,
-    classes: list[Any],
-) -> dict[str, float]:
-    # Labels unseen in training get a zero-probability column so losses stay defined.
-    unseen = [label for label in pd.unique(y_true) if label not in classes]
-    if unseen:
-        probabilities = np.hstack([probabilities, np.zeros((len(y_true), len(unseen)))])
-        classes = [*classes, *unseen]
-    # Labels as text: sklearn calls an object array of ints "unknown" and refuses it.
-    classes = [_label_text(label) for label in classes]
-    predicted = np.asarray(classes, dtype=str)[probabilities.argmax(axis=1)]
-    y_object = np.asarray([_label_text(label) for label in y_true], dtype=str)
-    values: dict[str, float] = {}
-    for name in metrics:
-        if name == "accuracy":
-            value = skmetrics.accuracy_score(y_object, predicted)
-        elif name == "balanced_accuracy":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                value = skmetrics.balanced_accuracy_score(y_object, predicted)
-        elif name == "f1_macro":
-            value = skmetrics.f1_score(
-                y_object, predicted, average="macro", labels=classes, zero_division=0
-            )
-        elif name == "log_loss":
-            value = _multiclass_log_loss(y_object, probabilities, classes)
-        else:  # roc_auc_ovr / roc_auc: one-vs-rest over the classes present in y_true
-            value = _roc_auc_ovr(y_object, probabilities, classes)
-        values[name] = float(value)
-    return values
-
-
-def _multiclass_log_loss(
-    y_true: np.ndarray, probabilities: np.ndarray, classes: list[Any]
-) -> float:
-    # By hand: sklearn's log_loss expects columns in sorted label order, ours follow classes.
-    clipped = np.clip(probabilities, 1e-15, 1.0)
-    clipped = clipped / clipped.sum(axis=1, keepdims=True)
-    column_of = {label: index for index, label in enumerate(classes)}
-    columns = np.fromiter((column_of[label] for label in y_true), dtype=np.intp, count=len(y_true))
-    return float(-np.mean(np.log(clipped[np.arange(len(y_true)), columns])))
-
-
-def _roc_auc_ovr(y_true: np.ndarray, probabilities: np.ndarray, classes: list[Any]) -> float:
-    aucs, weights = [], []
-    for index, label in enumerate(classes):
-        actual = y_true == label
-        if 0 < actual.sum() < len(actual):
-            aucs.append(skmetrics.roc_auc_score(actual, probabilities[:, index]))
-            weights.append(1.0)
-    return float(np.average(aucs, weights=weights)) if aucs else math.nan
-
-
-def metric_scorer(config: ProjectConfig, metric: str | None = None, threshold: float | None = None):
+def metric_scorer(config: ProjectConfig, metric: str | None = None):
     """A ``scorer(estimator, X, y)`` for sklearn where greater is better (errors negated)."""
     metric = check_metric(metric or config.search_metric, config)
-    sign = 1.0 if metric_direction(metric) == "maximize" else -1.0
+    sign = 1.0 if metrics.metric_direction(metric) == "maximize" else -1.0
 
     def scorer(estimator: Any, features: pd.DataFrame, target: Any) -> float:
-        values = compute_metrics(
-            estimator, features, pd.Series(target), config, [metric], threshold=threshold
-        )
+        values = compute_metrics(estimator, features, pd.Series(target), config, [metric])
         return sign * values[metric]
 
     return scorer
@@ -375,7 +161,6 @@ def permutation_importances(
     config: ProjectConfig,
     *,
     metric: str | None = None,
-    threshold: float | None = None,
     max_rows: int = MAX_PERMUTATION_ROWS,
     n_repeats: int = 3,
     random_state: int | None = None,
@@ -395,7 +180,7 @@ def permutation_importances(
         pipeline,
         sample_features,
         np.asarray(sample_target),
-        scoring=metric_scorer(config, metric, threshold),
+        scoring=metric_scorer(config, metric),
         n_repeats=n_repeats,
         random_state=seed,
         n_jobs=1,
@@ -417,54 +202,51 @@ def _capped_sample(
 
 
 def evaluation_figures(
-    pipeline: Any,
+    model: Any,
     features: pd.DataFrame,
     target: pd.Series,
     config: ProjectConfig,
-    threshold: float | None = None,
     *,
     importances: Mapping[str, float] | None = None,
 ) -> dict[str, Figure]:
-    """Diagnostic figures of a fitted pipeline on held-out data.
+    """Diagnostic figures of a fitted model on held-out data.
 
-    Binary: roc_curve, pr_curve, confusion_matrix, calibration, permutation_importance.
-    Multiclass: confusion_matrix, permutation_importance. Regression: predicted_vs_actual,
-    residuals, permutation_importance. Pass ``importances`` (from
-    :func:`permutation_importances`) to avoid computing them twice.
+    Binary: roc_curve, pr_curve, confusion_matrix (of the model's own thresholded labels),
+    calibration, permutation_importance. Multiclass: confusion_matrix, permutation_importance.
+    Regression: predicted_vs_actual, residuals, permutation_importance. Pass ``importances``
+    (from :func:`permutation_importances`) to avoid computing them twice.
     """
-    kind = task_kind(config)
+    kind = config.task_kind
     y_true = np.asarray(target)
     if importances is None:
-        importances = permutation_importances(
-            pipeline, features, target, config, threshold=threshold
-        )
+        importances = permutation_importances(model, features, target, config)
     figures: dict[str, Figure] = {}
     if kind == "binary":
-        classes = list(pipeline.classes_)
-        positive_index = positive_class_index(classes, config.positive_label)
-        scores = np.asarray(pipeline.predict_proba(features))[:, positive_index]
-        actual = y_true == classes[positive_index]
-        cut = 0.5 if threshold is None else threshold
+        classes = list(model.classes_)
+        positive_index = label_index(classes, config.positive_label)
+        outcomes = model_outcomes(model, features, target, config)
+        actual, scores = outcomes.truth, outcomes.scores
         negative_label = classes[1 - positive_index]
-        predicted_labels = np.where(scores >= cut, classes[positive_index], negative_label)
         figures["roc_curve"] = _roc_figure(actual, scores)
         figures["pr_curve"] = _pr_figure(actual, scores)
+        # A FixedThresholdClassifier names its cut; a bare pipeline cuts at 0.5.
+        cut = getattr(model, "threshold", 0.5)
         figures["confusion_matrix"] = _confusion_figure(
             y_true,
-            predicted_labels,
+            np.asarray(model.predict(features)),
             [negative_label, classes[positive_index]],
             title=f"Confusion matrix (threshold {cut:.3f})",
         )
         figures["calibration"] = _calibration_figure(actual, scores)
     elif kind == "multiclass":
-        predicted_labels = np.asarray(pipeline.predict(features))
-        labels = list(pipeline.classes_)
+        predicted_labels = np.asarray(model.predict(features))
+        labels = list(model.classes_)
         labels += [label for label in pd.unique(y_true) if label not in labels]
         figures["confusion_matrix"] = _confusion_figure(
             y_true, predicted_labels, labels, title="Confusion matrix"
         )
     else:
-        predictions = np.asarray(pipeline.predict(features), dtype=float)
+        predictions = np.asarray(model.predict(features), dtype=float)
         figures["predicted_vs_actual"] = _predicted_vs_actual_figure(
             y_true.astype(float), predictions
         )
@@ -514,12 +296,12 @@ def _confusion_figure(
 ) -> Figure:
     size = max(4.5, 0.6 * len(labels) + 2.5)
     figure, axes = _new_axes(title, (size, size))
-    label_text = [_label_text(label) for label in labels]
-    # Labels as text: sklearn calls an object array of ints "unknown" and refuses it.
+    label_text = [str(label) for label in labels]
+    # Labels as their keys: one rule for equality, and sklearn refuses object arrays of ints.
     matrix = skmetrics.confusion_matrix(
-        np.asarray([_label_text(label) for label in y_true], dtype=str),
-        np.asarray([_label_text(label) for label in predicted], dtype=str),
-        labels=np.asarray(label_text, dtype=str),
+        np.asarray(label_keys(y_true), dtype=str),
+        np.asarray(label_keys(predicted), dtype=str),
+        labels=np.asarray(label_keys(labels), dtype=str),
     )
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, shrink=0.8)

@@ -26,6 +26,7 @@ import pandas as pd
 from loopml.config import ProjectConfig
 from loopml.errors import DataError
 from loopml.features import missing_columns, prepare_features
+from loopml.modeling import inner_pipeline
 
 BACKGROUND_ROWS = 25
 PERMUTATIONS = 2  # random feature orders, each also walked backwards
@@ -69,13 +70,6 @@ class Explanation:
         return pd.DataFrame(table)
 
 
-def unwrap_model(model: Any) -> Any:
-    """The pipeline inside threshold wrappers (``FixedThresholdClassifier`` and the like)."""
-    while hasattr(model, "estimator") and hasattr(model, "threshold"):
-        model = getattr(model, "estimator_", None) or model.estimator
-    return model
-
-
 def explained_class(model: Any, config: ProjectConfig) -> int | None:
     """Index in ``classes_`` of the class explained: the positive class of a binary model;
     ``None`` for regression and multiclass (the predicted class of each row)."""
@@ -116,7 +110,7 @@ def explain_rows(
     reference = prepare_features(background if background is not None else frame, config)
     if len(reference) > background_rows:
         reference = reference.sample(background_rows, random_state=random_state)
-    pipeline = unwrap_model(model)
+    pipeline = inner_pipeline(model)
     target_class = explained_class(pipeline, config)
     if _is_preprocessed_pipeline(pipeline):
         for method in _methods(pipeline[-1]):

@@ -20,7 +20,7 @@ import pandas as pd
 
 from loopml.config import FairnessGateConfig, ProjectConfig
 from loopml.errors import DataError
-from loopml.reports import is_label
+from loopml.label_rule import is_label
 
 # Column-name words that usually name a protected attribute; ``init`` proposes such columns.
 SENSITIVE_WORDS = frozenset(

@@ -53,7 +53,13 @@ def align_dtypes(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
             if not values.isna().any():
                 aligned[column] = aligned[column].astype(bool)
         elif pd.api.types.is_numeric_dtype(wanted):
-            aligned[column] = pd.to_numeric(values, errors="coerce")
+            numbers = pd.to_numeric(values, errors="coerce")
+            whole = numbers.notna().all() and bool((numbers % 1 == 0).all())
+            if pd.api.types.is_integer_dtype(wanted) and whole:
+                # Logged as float64; back to integers, or the retrained model's signature would
+                # declare the column double and mlflow.pyfunc would refuse the users' int64 table.
+                numbers = numbers.astype(wanted)
+            aligned[column] = numbers
     return aligned
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from loopml.evaluation import metric_direction
+from loopml.metrics import is_bounded, metric_direction
 
 
 def improvement(candidate: float, champion: float, metric: str) -> float:
@@ -19,10 +19,10 @@ def relative_bounds(metric: str) -> bool:
     """Whether margins and tolerances on ``metric`` are fractions of the champion's value.
 
     Error metrics (RMSE, MAE, log-loss ...) are in the target's own units, so an absolute bound
-    such as 0.02 means nothing on a price in dollars; bounded scores (ROC-AUC, F1, accuracy, R²)
-    keep absolute bounds.
+    such as 0.02 means nothing on a price in dollars; metrics on a fixed scale (ROC-AUC, F1,
+    accuracy, Brier, R²) keep absolute bounds (:func:`loopml.metrics.is_bounded`).
     """
-    return metric_direction(metric) == "minimize"
+    return not is_bounded(metric)
 
 
 def scaled_improvement(candidate: float, champion: float, metric: str) -> float:

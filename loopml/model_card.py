@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loopml.config import ProjectConfig
-from loopml.reports import is_label
+from loopml.label_rule import is_label
 
 SECTIONS = (
     ("intended-use", "Intended use"),

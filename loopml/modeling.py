@@ -32,7 +32,13 @@ from sklearn.ensemble import (
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.model_selection import (
+    FixedThresholdClassifier,
+    KFold,
+    StratifiedKFold,
+    cross_val_predict,
+    train_test_split,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
@@ -40,12 +46,9 @@ from threadpoolctl import threadpool_limits
 
 from loopml.config import ParamRange, ProjectConfig
 from loopml.errors import ConfigError, DataError, LoopmlError
-from loopml.evaluation import (
-    check_metric,
-    compute_metrics,
-    metric_direction,
-    positive_class_index,
-)
+from loopml.evaluation import check_metric, compute_metrics
+from loopml.label_rule import label_index
+from loopml.metrics import metric_direction
 
 CLASSIFICATION_FAMILIES = ("logistic", "hist_gradient_boosting", "random_forest")
 REGRESSION_FAMILIES = ("ridge", "hist_gradient_boosting", "random_forest")
@@ -361,7 +364,40 @@ def _pipeline_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return converted
 
 
-def skops_trusted_types(pipeline: Pipeline) -> list[str]:
+def with_threshold(
+    pipeline: Pipeline, threshold: float, positive_label: Any
+) -> FixedThresholdClassifier:
+    """A fitted binary pipeline with its decision threshold inside.
+
+    ``predict`` then labels a row positive when its positive-class probability is at least
+    ``threshold``, so the registered artifact (and ``mlflow.pyfunc``, ``mlflow models serve``)
+    predicts what ``loopml score`` writes. The pipeline is used as fitted, not refitted.
+
+    Raises:
+        DataError: ``positive_label`` is not one of the pipeline's classes.
+    """
+    classes = list(pipeline.classes_)
+    positive = classes[label_index(classes, positive_label)]
+    return FixedThresholdClassifier(
+        pipeline,
+        threshold=float(threshold),
+        # The class itself (np.int64 1, np.str_ "Yes") as a plain Python value for skops.
+        pos_label=positive.item() if isinstance(positive, np.generic) else positive,
+        response_method="predict_proba",
+    )
+
+
+def inner_pipeline(model: Any) -> Pipeline:
+    """The preprocessing + estimator pipeline of a model, without its decision threshold
+    (for explanations and anything that reads the pipeline's steps)."""
+    if not isinstance(model, FixedThresholdClassifier):
+        return model
+    # Wrapped as fitted (no ``estimator_``), or refitted by the wrapper's own ``fit``.
+    fitted = getattr(model, "estimator_", None)
+    return model.estimator if fitted is None else fitted
+
+
+def skops_trusted_types(pipeline: Any) -> list[str]:
     """The types skops must be told to trust to load ``pipeline`` (for ``mlflow.sklearn``).
 
     Computed from the pipeline itself, so it stays right when sklearn or the pipeline changes.
@@ -748,7 +784,7 @@ def _checked_training_data(
                     f"the target {config.target!r} has {n_classes} classes but the project is "
                     "binary (positive_label is set); set classes instead for multiclass"
                 )
-            positive_class_index(pd.unique(target), config.positive_label)
+            label_index(pd.unique(target), config.positive_label)
     else:
         target = pd.to_numeric(target, errors="raise").astype(np.float64)
     return features[config.columns.features], target
@@ -845,5 +881,5 @@ def out_of_fold_scores(
             pipeline, features, target, cv=_cv_splitter(config), method="predict_proba"
         )
     # cross_val_predict orders columns like sklearn's classes_: the sorted unique labels.
-    positive_index = positive_class_index(np.unique(target), config.positive_label)
+    positive_index = label_index(np.unique(target), config.positive_label)
     return probabilities[:, positive_index]

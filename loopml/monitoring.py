@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopml.config import ProjectConfig
-from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
+from loopml import metrics
+from loopml.config import DriftPolicy, ProjectConfig
+from loopml.drift import build_reference_profile, detect_drift
 from loopml.gate import relative_bounds, scaled_improvement
+from loopml.metrics import Outcomes
 
 PREDICTION_SCORE = "prediction_score"
 
@@ -125,6 +128,24 @@ def performance_verdict(
     return verdict
 
 
+def batch_outcomes(
+    config: ProjectConfig, y_true: Any, y_pred: Any, y_proba: Any = None
+) -> Outcomes:
+    """A labelled batch's outcomes as logged: labels, predictions and (binary) the
+    positive-class probability; multiclass logs keep the top-class probability only."""
+    kind = config.task_kind
+    if kind == "regression":
+        return metrics.regression_outcomes(y_true, y_pred)
+    if kind == "binary":
+        return metrics.binary_outcomes(y_true, y_pred, config.positive_label, y_proba)
+    return metrics.multiclass_outcomes(y_true, y_pred)
+
+
+def batch_metrics(outcomes: Outcomes) -> dict[str, float]:
+    """Every metric monitoring can compute on a labelled batch that is defined on it."""
+    return metrics.defined(outcomes, metrics.monitorable_metrics(outcomes.kind))
+
+
 def judge_performance(
     config: ProjectConfig,
     reference_metrics: dict[str, float],
@@ -135,40 +156,125 @@ def judge_performance(
     """The batch's metrics and the verdict against the champion's held-out metrics, with the
     sampling noise of the judged metric (bootstrap) when ``monitoring.performance.alpha`` is set.
     """
-    from loopml import reports
-
     policy = config.monitoring.performance
-    metric = performance_metric(config)
-    truth, predicted = np.asarray(y_true), np.asarray(y_pred)
-    proba = None if y_proba is None or config.task == "regression" else np.asarray(y_proba)
-    positive_label = config.positive_label if config.is_binary else None
-    current = reports.performance_metrics(
-        truth, predicted, proba, task=config.task, positive_label=positive_label
-    )
+    metric = config.performance_metric
+    outcomes = batch_outcomes(config, y_true, y_pred, y_proba)
+    if len(outcomes) == 0:
+        raise ValueError("no labelled rows to measure performance on")
     standard_error = None
-    if policy.alpha is not None and len(truth) >= policy.min_labelled_rows:
-        standard_error = reports.metric_standard_error(
-            truth, predicted, proba, metric=metric, task=config.task, positive_label=positive_label
-        )
+    if policy.alpha is not None and len(outcomes) >= policy.min_labelled_rows:
+        standard_error = metrics.standard_error(metric, outcomes)
     return performance_verdict(
-        current,
+        batch_metrics(outcomes),
         reference_metrics,
         metric=metric,
         max_drop=policy.max_drop,
-        rows=len(truth),
+        rows=len(outcomes),
         min_rows=policy.min_labelled_rows,
         standard_error=standard_error,
         alpha=policy.alpha,
     )
 
 
-def performance_metric(config: ProjectConfig) -> str:
-    """The metric used to judge degradation; must be computable from labels + predictions."""
-    if config.monitoring.performance.metric:
-        return config.monitoring.performance.metric
-    if config.task == "regression":
-        return "rmse"
-    return "roc_auc" if config.is_binary else "f1_macro"
+@dataclass(frozen=True)
+class MonitoringVerdict:
+    """What monitoring concluded about one batch: built once (:func:`verdict_record`) and
+    serialised once (:meth:`to_dict`) for ``--json``, ``latest.json``/``history.jsonl`` and the
+    flow's result; :meth:`event_payload` is what the drift and degradation events carry.
+
+    Attributes:
+        project: the project name.
+        batch_id: the batch's id (its content hash unless given).
+        checked_at: when the check ran (ISO 8601, seconds).
+        model_version: the champion version the batch was judged with.
+        reference: what the batch was compared with (the champion's training data or a file).
+        rows: rows read from the batch.
+        drift: the data-drift verdict (:meth:`loopml.drift.DriftVerdict.to_dict`).
+        prediction_drift: drift of the champion's outputs (:func:`prediction_drift`).
+        performance: the verdict on labelled rows (:func:`performance_verdict`), or ``None``.
+        labelled_rows_kept: labelled rows kept for the next retraining.
+        report_path: the Evidently HTML report.
+        evidently_run: the report's run id in the Evidently workspace, if it was added.
+    """
+
+    project: str
+    batch_id: str
+    checked_at: str
+    model_version: str
+    reference: str
+    rows: int
+    drift: dict[str, Any]
+    prediction_drift: dict[str, Any]
+    performance: dict[str, Any] | None
+    labelled_rows_kept: int
+    report_path: str
+    evidently_run: str | None
+    # Estimated performance without labels (issue 17, CBPE / DLE) goes here: keys such as
+    # "estimated_roc_auc" with their interval, merged into to_dict() when present.
+    estimated_performance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drift_detected(self) -> bool:
+        return bool(self.drift["drift_detected"])
+
+    @property
+    def drifted_columns(self) -> list[str]:
+        return list(self.drift["drifted_columns"])
+
+    @property
+    def performance_degraded(self) -> bool:
+        return bool(self.performance and self.performance.get("degraded"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready keys (the ``loopml monitor --json`` contract)."""
+        columns = self.drift["columns"]
+        return {
+            "project": self.project,
+            "batch_id": self.batch_id,
+            "checked_at": self.checked_at,
+            "model_version": self.model_version,
+            "reference": self.reference,
+            "rows": self.rows,
+            "status": self.drift["status"],
+            "drift_detected": self.drift_detected,
+            "drift_share": self.drift["drift_share"],
+            "weighted_drift_share": self.drift["weighted_drift_share"],
+            "drifted_columns": self.drifted_columns,
+            "drifted_columns_detail": [columns[c] for c in self.drifted_columns],
+            "drifted_column_scores": {c: columns[c]["score"] for c in self.drifted_columns},
+            "columns": columns,
+            "prediction_drift": self.prediction_drift,
+            "performance": self.performance,
+            "performance_degraded": self.performance_degraded,
+            "labelled_rows_kept": self.labelled_rows_kept,
+            "report_path": self.report_path,
+            "evidently_run": self.evidently_run,
+            **self.estimated_performance,
+        }
+
+    def event_payload(self) -> dict[str, Any]:
+        """What ``loopml.drift.detected`` carries (and, with :meth:`degradation_payload`'s
+        additions, ``loopml.performance.degraded``)."""
+        return {
+            "batch_id": self.batch_id,
+            "model_version": self.model_version,
+            "drift_share": self.drift["drift_share"],
+            "drifted_columns": self.drifted_columns,
+            "prediction_drift": self.prediction_drift.get("drifted"),
+            "report_path": self.report_path,
+            "rows": self.rows,
+        }
+
+    def degradation_payload(self) -> dict[str, Any]:
+        """What ``loopml.performance.degraded`` carries: the drift payload and the metric."""
+        performance = self.performance or {}
+        metric = performance.get("metric")
+        return {
+            **self.event_payload(),
+            "metric": metric,
+            "drop": performance.get("drop"),
+            "current": (performance.get("current") or {}).get(metric),
+        }
 
 
 def verdict_record(
@@ -185,38 +291,29 @@ def verdict_record(
     labelled_rows: int,
     report_path: Path,
     evidently_run: Any,
-) -> dict[str, Any]:
-    """One batch's monitoring verdict, as recorded in history.jsonl and returned by the flow."""
-    drifted = drift["drifted_columns"]
-    return {
-        "project": project,
-        "batch_id": batch_id,
-        "checked_at": checked_at.isoformat(timespec="seconds"),
-        "model_version": model_version,
-        "reference": reference,
-        "rows": rows,
-        "status": drift["status"],
-        "drift_detected": drift["drift_detected"],
-        "drift_share": drift["drift_share"],
-        "weighted_drift_share": drift["weighted_drift_share"],
-        "drifted_columns": drifted,
-        "drifted_columns_detail": [drift["columns"][c] for c in drifted],
-        "drifted_column_scores": {c: drift["columns"][c]["score"] for c in drifted},
-        "columns": drift["columns"],
-        "prediction_drift": prediction_drift,
-        "performance": performance,
-        "performance_degraded": bool(performance and performance.get("degraded")),
-        "labelled_rows_kept": labelled_rows,
-        "report_path": str(report_path),
-        "evidently_run": evidently_run,
-    }
+) -> MonitoringVerdict:
+    """One batch's monitoring verdict from the checks' results (the one place it is built)."""
+    return MonitoringVerdict(
+        project=project,
+        batch_id=batch_id,
+        checked_at=checked_at.isoformat(timespec="seconds"),
+        model_version=model_version,
+        reference=reference,
+        rows=rows,
+        drift=drift,
+        prediction_drift=prediction_drift,
+        performance=performance,
+        labelled_rows_kept=labelled_rows,
+        report_path=str(report_path),
+        evidently_run=evidently_run,
+    )
 
 
-def record_result(monitoring_dir: Path, project: str, result: dict[str, Any]) -> Path:
+def record_result(monitoring_dir: Path, verdict: MonitoringVerdict) -> Path:
     """Keep the verdict as ``latest.json`` and append it to ``history.jsonl``."""
-    folder = monitoring_dir / project
+    folder = monitoring_dir / verdict.project
     folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, default=str)
+    text = json.dumps(verdict.to_dict(), default=str)
     with open(folder / "history.jsonl", "a", encoding="utf-8") as history:
         history.write(text + "\n")
     latest = folder / "latest.json"

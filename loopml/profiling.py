@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from loopml.errors import DataError
+from loopml.label_rule import find_label
 
 if TYPE_CHECKING:
     from loopml.config import ProjectConfig
@@ -367,7 +368,7 @@ def _resolve_classes(
             "classification needs at least two"
         )
     if positive_label is not None:
-        matched = _match_label(positive_label, classes)
+        matched = find_label(classes, positive_label)
         if matched is None:
             raise DataError(
                 f"the positive label {positive_label!r} is not a value of the target {target!r} "
@@ -396,23 +397,6 @@ def _resolve_classes(
         positive = _sorted_values([_native(v) for v in counts.index if counts[v] == smallest])[-1]
         notes.append(f"positive label {positive!r} chosen as the minority class")
     return positive, None
-
-
-def _match_label(label: Any, classes: list[Any]) -> Any:
-    same_type = [value for value in classes if value == label and type(value) is type(label)]
-    if same_type:
-        return same_type[0]
-    wanted = _label_text(label)
-    for value in classes:
-        if _label_text(value) == wanted:
-            return value
-    return None
-
-
-def _label_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value).strip().lower()
 
 
 # --- column roles ------------------------------------------------------------------------------

@@ -11,8 +11,6 @@ from typing import Any
 from loopml import ledger
 from loopml.config import (
     ColumnsConfig,
-    MonitoringConfig,
-    PerformanceConfig,
     ProjectConfig,
     config_path,
     load_config,
@@ -40,11 +38,6 @@ def _stored_data_location(data: str, project_dir: Path, is_sql: bool) -> str:
         return str(path.relative_to(project_dir))
     except ValueError:
         return str(path)
-
-
-# An RMSE measured on a few hundred rows varies by ~5% from sampling alone (1/sqrt(2n) for normal
-# residuals at n=200): a relative rise of 15% is a real degradation, not noise.
-REGRESSION_MAX_DROP = 0.15
 
 
 def initialise_project(
@@ -102,11 +95,6 @@ def initialise_project(
         ),
         sensitive_columns=propose_sensitive_columns(
             [*profile.numeric, *profile.categorical, *profile.excluded], target
-        ),
-        monitoring=MonitoringConfig(
-            performance=PerformanceConfig(max_drop=REGRESSION_MAX_DROP)
-            if profile.task == "regression"
-            else PerformanceConfig()
         ),
     )
     notes = list(profile.notes)

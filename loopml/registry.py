@@ -19,6 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from sklearn.model_selection import FixedThresholdClassifier
 
 from loopml.errors import RegistryError
 
@@ -164,6 +165,22 @@ def list_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
 def load_model(model_uri: str) -> Any:
     """The scikit-learn model behind ``model_uri`` (``models:/NAME@champion``, ``.../3``)."""
     return mlflow.sklearn.load_model(model_uri)
+
+
+def load_version_model(model_version: ModelVersion, positive_label: Any = None) -> Any:
+    """The model of a registered version, ready to predict with its own ``predict``.
+
+    Versions registered before the decision threshold moved into the artifact hold a bare
+    pipeline and the threshold as the ``loopml.threshold`` tag: they are wrapped here, once, so
+    no caller reads the tag. Pass the project's ``positive_label`` (binary projects).
+    """
+    model = load_model(f"models:/{model_version.name}/{model_version.version}")
+    threshold = model_version.tags.get(f"{TAG_PREFIX}threshold")
+    if threshold and positive_label is not None and not isinstance(model, FixedThresholdClassifier):
+        from loopml.modeling import with_threshold
+
+        model = with_threshold(model, float(threshold), positive_label)
+    return model
 
 
 def download_reference(client: MlflowClient, run_id: str, file_name: str, cache_dir: Path) -> Path:

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loopml import metrics
 from loopml.config import ProjectConfig
-from loopml.reports import metric_function
+from loopml.monitoring import batch_outcomes
 
 MIN_SLICE_ROWS = 30
 MAX_VALUES = 10  # a numeric column with more distinct values is cut into bands
@@ -79,14 +80,11 @@ def analyse_slices(
     """
     metric = slice_metric(config)
     truth, predicted = np.asarray(y_true), np.asarray(y_pred)
-    function = metric_function(
-        metric,
-        truth,
-        predicted,
-        None,
-        "regression" if config.task == "regression" else "classification",
-        config.positive_label,
-    )
+    outcomes = batch_outcomes(config, truth, predicted)
+
+    def function(positions: np.ndarray) -> float:
+        return metrics.compute([metric], outcomes.take(positions))[metric]
+
     everything = np.arange(len(truth))
     overall = function(everything)
     lower_is_worse = metric != "mae"

@@ -46,7 +46,6 @@ def document_candidate(
             version=registered.version,
             run_id=registered.run_id,
             model=candidate.model,
-            threshold=candidate.threshold,
             family=candidate.family,
             params=candidate.params,
             train=train,

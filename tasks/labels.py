@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from loopml import events, monitoring, reports
+from loopml import events, monitoring
 from loopml.labels import LabelStore, joined_predictions, parse_labels, performance_by_version
 from loopml.registry import CHAMPION, version_by_alias, version_metrics
 from loopml.runtime import Runtime
@@ -43,12 +43,8 @@ def judge_labelled_performance(
     )
 
     def metrics_fn(truth, predicted, probability):
-        return reports.performance_metrics(
-            truth.to_numpy(),
-            predicted.to_numpy(),
-            probability if config.task != "regression" else None,
-            task=config.task,
-            positive_label=config.positive_label if config.is_binary else None,
+        return monitoring.batch_metrics(
+            monitoring.batch_outcomes(config, truth.to_numpy(), predicted.to_numpy(), probability)
         )
 
     by_version = performance_by_version(joined, config, metrics_fn)

@@ -26,7 +26,6 @@ from tasks.events import emit
 from tasks.ingest import transient
 from tasks.scoring import ServingModel
 
-SAMPLE_ROWS = 50_000
 CHUNK_ROWS = 250_000
 TARGET = "__target__"  # the batch's own labels, kept apart from the features
 
@@ -78,7 +77,8 @@ def load_reference(
             download_reference(runtime.mlflow, champion.run_id, "train.parquet", cache)
         )
         source = f"models:/{runtime.name}/{serving.version} training data"
-    sample = frame.sample(n=min(SAMPLE_ROWS, len(frame)), random_state=0).reset_index(drop=True)
+    sample_rows = config.monitoring.sample_rows
+    sample = frame.sample(n=min(sample_rows, len(frame)), random_state=0).reset_index(drop=True)
     return Reference(
         profile=profile,
         sample=sample,
@@ -94,7 +94,7 @@ def check_drift(
 ) -> tuple[dict[str, Any], pd.DataFrame, int]:
     """Per-column and dataset drift over the whole batch, read in chunks; plus a row sample."""
     config = runtime.config
-    sample = monitoring.ReservoirSample(SAMPLE_ROWS)
+    sample = monitoring.ReservoirSample(config.monitoring.sample_rows)
 
     def prepared_chunks():
         for chunk in iter_table_chunks(source, CHUNK_ROWS):
@@ -128,9 +128,7 @@ def check_predictions(
     config = runtime.config
     scored = []
     for frame in (reference.sample, current_sample):
-        labels, scores = predict(
-            serving.model, prepare_features(frame, config), config, serving.threshold
-        )
+        labels, scores = predict(serving.model, prepare_features(frame, config), config)
         out = pd.DataFrame({PREDICTION: labels})
         out[PROBABILITY] = scores if scores is not None else pd.to_numeric(labels, errors="coerce")
         scored.append(out)
@@ -219,7 +217,7 @@ def evidently_report(
         probability=PROBABILITY if config.is_binary else None,
         task=config.task,
         positive_label=config.positive_label if config.is_binary else None,
-        sample_rows=SAMPLE_ROWS,
+        sample_rows=config.monitoring.sample_rows,
         drift_policy=config.monitoring.drift,
     )
     path = runtime.settings.reports_dir / runtime.name / f"{stamp}-{batch_id}.html"
@@ -248,51 +246,33 @@ def keep_labelled_batch(runtime: Runtime, current_sample: pd.DataFrame, batch_id
 @task(name="publish-verdict", cache_policy=NO_CACHE)
 def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
     """Build the verdict from the checks' ``parts`` (``monitoring.verdict_record``), record it,
-    publish the artifacts and emit the events the automations react to."""
+    publish the artifacts and emit the events the automations react to; returns the verdict as
+    the flow's (and ``--json``'s) result."""
     config = runtime.config
-    result = monitoring.verdict_record(project=runtime.name, **parts)
-    monitoring.record_result(runtime.settings.monitoring_dir, runtime.name, result)
-    report_path = Path(result["report_path"])
+    verdict = monitoring.verdict_record(project=runtime.name, **parts)
+    monitoring.record_result(runtime.settings.monitoring_dir, verdict)
+    report_path = Path(verdict.report_path)
     create_link_artifact(
         key=artifact_key(config.name, "monitoring-report"),
         link=report_path.as_uri(),
-        link_text=f"Evidently report for batch {result['batch_id']}",
+        link_text=f"Evidently report for batch {verdict.batch_id}",
         description="Evidently HTML report (data drift, prediction drift, performance)",
     )
     create_markdown_artifact(
         key=artifact_key(config.name, "monitoring"),
-        markdown=_verdict_markdown(result),
-        description=f"{config.name}: batch {result['batch_id']} monitoring verdict",
+        markdown=_verdict_markdown(verdict),
+        description=f"{config.name}: batch {verdict.batch_id} monitoring verdict",
     )
-    payload = {
-        "batch_id": result["batch_id"],
-        "model_version": result["model_version"],
-        "drift_share": result["drift_share"],
-        "drifted_columns": result["drifted_columns"],
-        "prediction_drift": result["prediction_drift"].get("drifted"),
-        "report_path": result["report_path"],
-        "rows": result["rows"],
-    }
-    if result["drift_detected"]:
-        emit(config.name, events.DRIFT_DETECTED, payload)
-    performance = result.get("performance") or {}
-    if performance.get("degraded"):
-        emit(
-            config.name,
-            events.PERFORMANCE_DEGRADED,
-            {
-                **payload,
-                "metric": performance["metric"],
-                "drop": performance["drop"],
-                "current": performance["current"].get(performance["metric"]),
-            },
-        )
-    return result
+    if verdict.drift_detected:
+        emit(config.name, events.DRIFT_DETECTED, verdict.event_payload())
+    if verdict.performance_degraded:
+        emit(config.name, events.PERFORMANCE_DEGRADED, verdict.degradation_payload())
+    return verdict.to_dict()
 
 
-def _verdict_markdown(result: dict[str, Any]) -> str:
-    verdict = "DRIFT DETECTED" if result["drift_detected"] else "no drift"
-    performance = result.get("performance")
+def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
+    status = "DRIFT DETECTED" if verdict.drift_detected else "no drift"
+    performance = verdict.performance
     perf_text = "no labels for this batch"
     if performance:
         metric = performance["metric"]
@@ -301,17 +281,23 @@ def _verdict_markdown(result: dict[str, Any]) -> str:
             f"{(performance['reference'] or {}).get(metric) or float('nan'):.4f}"
             f" ({'DEGRADED' if performance['degraded'] else 'ok'})"
         )
+    columns = verdict.drift["columns"]
     rows = [
-        {"column": c["column"], "score": c["score"], "method": c["method"], "p_value": c["p_value"]}
-        for c in result["drifted_columns_detail"]
+        {
+            "column": column,
+            "score": columns[column]["score"],
+            "method": columns[column]["method"],
+            "p_value": columns[column]["p_value"],
+        }
+        for column in verdict.drifted_columns
     ]
-    report = Path(result["report_path"])
+    report = Path(verdict.report_path)
     return (
-        f"# Batch `{result['batch_id']}`: {verdict}\n\n"
-        f"- rows: {result['rows']}, model v{result['model_version']}\n"
-        f"- drifted columns: {len(result['drifted_columns'])} "
-        f"(share {result['drift_share']:.2f})\n"
-        f"- prediction drift: {result['prediction_drift'].get('drifted')}\n"
+        f"# Batch `{verdict.batch_id}`: {status}\n\n"
+        f"- rows: {verdict.rows}, model v{verdict.model_version}\n"
+        f"- drifted columns: {len(verdict.drifted_columns)} "
+        f"(share {verdict.drift['drift_share']:.2f})\n"
+        f"- prediction drift: {verdict.prediction_drift.get('drifted')}\n"
         f"- performance: {perf_text}\n"
         f"- report: [{report.name}]({report.as_uri()})\n\n"
         f"{markdown_table(rows)}\n"

@@ -356,7 +356,6 @@ def score_partition(
         serving.model,
         pd.read_parquet(partition.path),
         config,
-        threshold=serving.threshold,
         batch_id=batch_id,
         model_version=serving.version,
         offset=partition.offset,

@@ -53,6 +53,9 @@ def register_candidate(
     config = runtime.config
     champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
     features = prepare_features(train, config)
+    # The signature describes the table as users send it (integer columns stay integers), not
+    # the float-cast frame the pipeline sees: mlflow.pyfunc refuses int64 for a double column.
+    raw_features = train[config.columns.features]
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         reference_files = {
@@ -82,9 +85,13 @@ def register_candidate(
             experiment_id=runtime.experiment_id,
             name=config.name,
             model=candidate.model,
-            input_example=features.head(20),
+            input_example=raw_features.head(20),
             trusted_types=modeling.skops_trusted_types(candidate.model),
-            params={"family": candidate.family, **candidate.params},
+            params={
+                "family": candidate.family,
+                **candidate.params,
+                **({} if candidate.threshold is None else {"threshold": candidate.threshold}),
+            },
             metrics={
                 **{f"test_{k}": v for k, v in test_metrics.items()},
                 **candidate.cv_metrics,

@@ -20,9 +20,9 @@ from loopml.features import align_dtypes, prepare_features, prepare_target
 from loopml.gate import GateDecision, decide_retrain_promotion
 from loopml.labels import LabelStore, joined_predictions, recent_window, split_recent_window
 from loopml.registry import (
-    TAG_PREFIX,
     download_reference,
-    load_model,
+    get_version,
+    load_version_model,
     require_champion,
 )
 from loopml.runtime import Runtime
@@ -122,7 +122,6 @@ class RetrainingData:
     window_rows: int
     window_train_rows: int
     champion_version: str
-    champion_threshold: float | None
 
 
 @task(
@@ -162,7 +161,6 @@ def gather_data(runtime: Runtime, as_of: datetime | None) -> RetrainingData:
         [reference[[c for c in keep if c in reference.columns]], window_train[keep]],
         ignore_index=True,
     )
-    threshold = champion.tags.get(f"{TAG_PREFIX}threshold")
     get_run_logger().info(
         "retraining data: %d reference rows + %d recent labelled rows (%d held back to judge; "
         "%d left out as copies of rows it is judged on)",
@@ -178,7 +176,6 @@ def gather_data(runtime: Runtime, as_of: datetime | None) -> RetrainingData:
         window_rows=len(window),
         window_train_rows=len(window_train),
         champion_version=str(champion.version),
-        champion_threshold=float(threshold) if threshold else None,
     )
 
 
@@ -189,19 +186,21 @@ def compare_retrained(
     """Both models on the frozen held-out set and on the recent window; the retraining gate."""
     config = runtime.config
     metric = config.gate_metric
-    champion = load_model(f"models:/{runtime.name}/{data.champion_version}")
+    champion = load_version_model(
+        get_version(runtime.mlflow, runtime.name, data.champion_version), config.positive_label
+    )
 
-    def score(model: Any, frame: pd.DataFrame, threshold: float | None) -> dict[str, float]:
+    def score(model: Any, frame: pd.DataFrame) -> dict[str, float]:
         return evaluation.evaluate(
-            model, prepare_features(frame, config), prepare_target(frame, config), config, threshold
+            model, prepare_features(frame, config), prepare_target(frame, config), config
         )
 
-    candidate_old = score(candidate.model, data.frozen_test, candidate.threshold)
-    champion_old = score(champion, data.frozen_test, data.champion_threshold)
+    candidate_old = score(candidate.model, data.frozen_test)
+    champion_old = score(champion, data.frozen_test)
     candidate_recent = champion_recent = None
     if not data.recent_evaluation.empty:
-        candidate_recent = score(candidate.model, data.recent_evaluation, candidate.threshold)
-        champion_recent = score(champion, data.recent_evaluation, data.champion_threshold)
+        candidate_recent = score(candidate.model, data.recent_evaluation)
+        champion_recent = score(champion, data.recent_evaluation)
     decision = decide_retrain_promotion(
         candidate_old=candidate_old[metric],
         champion_old=champion_old[metric],

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from loopml import scoring
-from loopml.registry import TAG_PREFIX, load_model, require_champion
+from loopml.registry import load_version_model, require_champion
 from loopml.runtime import Runtime
 from loopml.scoring import PredictionLog
 from tasks.artifacts import artifact_key
@@ -27,7 +27,6 @@ class ServingModel:
 
     model: Any
     version: str
-    threshold: float | None
 
 
 @task(
@@ -40,10 +39,9 @@ class ServingModel:
 def load_champion(runtime: Runtime) -> ServingModel:
     """``models:/NAME@champion`` resolved to its version, so every row names the version used."""
     champion = require_champion(runtime.mlflow, runtime.name)
-    threshold = champion.tags.get(f"{TAG_PREFIX}threshold")
-    model = load_model(f"models:/{runtime.name}/{champion.version}")
+    model = load_version_model(champion, runtime.config.positive_label)
     get_run_logger().info("scoring with %s v%s", runtime.name, champion.version)
-    return ServingModel(model, str(champion.version), float(threshold) if threshold else None)
+    return ServingModel(model, str(champion.version))
 
 
 @task(name="score-file", cache_policy=NO_CACHE)
@@ -66,7 +64,6 @@ def score_file(
         serving.model,
         source,
         runtime.config,
-        threshold=serving.threshold,
         batch_id=batch_id,
         model_version=serving.version,
         out=out,

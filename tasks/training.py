@@ -16,14 +16,18 @@ from loopml import evaluation, modeling
 from loopml.config import ProjectConfig
 from loopml.features import prepare_features, prepare_target, split_holdout
 from loopml.gate import GateDecision, decide_promotion
-from loopml.registry import CHAMPION, TAG_PREFIX, load_model, version_by_alias
+from loopml.registry import CHAMPION, load_version_model, version_by_alias
 from loopml.runtime import Runtime
 from tasks.artifacts import artifact_key, markdown_table
 
 
 @dataclass
 class TrainedModel:
-    """A fitted candidate and what is known about it before registration."""
+    """A fitted candidate and what is known about it before registration.
+
+    ``model`` predicts with its decision threshold inside (binary); ``threshold`` repeats it
+    for display (the version tag, the run's params, the flow's result).
+    """
 
     model: Any
     family: str
@@ -121,6 +125,7 @@ def fit_candidate(runtime: Runtime, train: pd.DataFrame, search: Any) -> Trained
     if config.is_binary:
         scores = modeling.out_of_fold_scores(search, features, target, config, max_threads=threads)
         threshold = evaluation.choose_threshold(target, scores, config.positive_label)
+        model = modeling.with_threshold(model, threshold, config.positive_label)
         get_run_logger().info("decision threshold %.3f chosen on out-of-fold scores", threshold)
     return TrainedModel(
         model=model,
@@ -140,12 +145,10 @@ def evaluate_candidate(
     config = runtime.config
     features = prepare_features(test, config)
     target = prepare_target(test, config)
-    metrics = evaluation.evaluate(candidate.model, features, target, config, candidate.threshold)
-    importances = evaluation.permutation_importances(
-        candidate.model, features, target, config, threshold=candidate.threshold
-    )
+    metrics = evaluation.evaluate(candidate.model, features, target, config)
+    importances = evaluation.permutation_importances(candidate.model, features, target, config)
     figures = evaluation.evaluation_figures(
-        candidate.model, features, target, config, candidate.threshold, importances=importances
+        candidate.model, features, target, config, importances=importances
     )
     create_markdown_artifact(
         key=artifact_key(config.name, "evaluation"),
@@ -168,14 +171,11 @@ def compare_with_champion(
     champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
     champion_score = None
     if champion is not None:
-        threshold = champion.tags.get(f"{TAG_PREFIX}threshold")
-        model = load_model(f"models:/{config.name}/{champion.version}")
         champion_metrics = evaluation.evaluate(
-            model,
+            load_version_model(champion, config.positive_label),
             prepare_features(test, config),
             prepare_target(test, config),
             config,
-            float(threshold) if threshold else None,
         )
         champion_score = champion_metrics[metric]
     return decide_promotion(

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from loopml import demo as stream_data
 from loopml.cli.common import JsonFlag, call_flow, process_settings, run
+from loopml.config import ScheduleConfig, load_config, save_config
 
 PROJECT = "telco"
 WAIT_FOR_BATCH_SECONDS = 240
@@ -111,13 +111,12 @@ def prepare_project(project_dir: Path, *, trials: int, seed: int, progress: Any)
         project_dir=project_dir,
         force=True,
     )
-    config_file = project_dir / "configs" / f"{PROJECT}.yaml"
-    config = yaml.safe_load(config_file.read_text())
-    config["search"].update({"trials": trials, "timeout_seconds": 90})
-    config["schedules"].update({"inbox_poll_seconds": 3, "monitor": None, "retrain": None})
+    config = load_config(PROJECT, project_dir)  # typed: each assignment below is validated
+    config.search.trials, config.search.timeout_seconds = trials, 90
+    config.schedules = ScheduleConfig(inbox_poll_seconds=3, monitor=None, retrain=None)
     # A short cooldown, so each drifting batch of the demo may start its own retraining.
-    config["retraining"].update({"cooldown_seconds": DEMO_COOLDOWN_SECONDS, "window_rows": 3000})
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    config.retraining.cooldown_seconds, config.retraining.window_rows = DEMO_COOLDOWN_SECONDS, 3000
+    save_config(config, project_dir)
     return pool
 
 

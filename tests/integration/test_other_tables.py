@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from loopml.config import load_config
-from loopml.features import prepare_features
 from tests.conftest import last_json, run_cli
 
 pytestmark = pytest.mark.usefixtures("single_native_thread")
@@ -148,7 +147,8 @@ def test_house_prices_regression(prefect_api, loopml_home, project_dir, tmp_path
     assert trained["family"] in {"hist_gradient_boosting", "random_forest"}
 
     model = mlflow.pyfunc.load_model("models:/houses@champion")
-    homes = prepare_features(table.sample(200, random_state=3), load_config("houses", project_dir))
+    # pyfunc takes rows as the table holds them (its signature keeps integer columns integer).
+    homes = table.sample(200, random_state=3)
     larger = homes.assign(living_area_sqm=homes["living_area_sqm"] * 1.5)
     assert "house_id" not in model.metadata.get_input_schema().input_names()
     assert (model.predict(larger) > model.predict(homes)).mean() > 0.8
@@ -216,11 +216,10 @@ def test_support_tickets_multiclass_from_parquet(prefect_api, loopml_home, proje
     assert trained["promoted"] is True
 
     model = mlflow.pyfunc.load_model("models:/tickets@champion")
-    config = load_config("tickets", project_dir)
     urgent = table.head(300).assign(outage_reported=True, affected_users=5_000, customer_tier=4)
     calm = table.head(300).assign(outage_reported=False, affected_users=1, customer_tier=1)
-    assert (model.predict(prepare_features(urgent, config)) == "high").mean() > 0.8
-    assert (model.predict(prepare_features(calm, config)) == "low").mean() > 0.6
+    assert (model.predict(urgent) == "high").mean() > 0.8
+    assert (model.predict(calm) == "low").mean() > 0.6
 
 
 @pytest.mark.slow
@@ -253,12 +252,12 @@ def test_loan_defaults_from_parquet_with_a_numeric_imbalanced_target(
     model = mlflow.pyfunc.load_model("models:/loans@champion")
     config = load_config("loans", project_dir)
     assert config.positive_label == 1
-    predictions = model.predict(prepare_features(table.head(300), config))
+    predictions = model.predict(table.head(300))
     assert set(pd.Series(predictions).unique()) <= {0, 1}
     risky = table.head(300).assign(late_payments=6, debt_ratio=1.4, credit_score=520)
     safe = table.head(300).assign(late_payments=0, debt_ratio=0.1, credit_score=800)
-    assert model.predict(prepare_features(risky, config)).mean() > 0.7
-    assert model.predict(prepare_features(safe, config)).mean() < 0.1
+    assert model.predict(risky).mean() > 0.7
+    assert model.predict(safe).mean() < 0.1
 
 
 @pytest.mark.slow

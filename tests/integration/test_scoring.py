@@ -84,6 +84,100 @@ def test_output_file_names_row_prediction_probability_and_version(project, score
     assert 0 < (output["prediction"] == "Yes").sum() < 400
 
 
+def test_the_champion_through_mlflow_pyfunc_predicts_what_loopml_score_writes(project, scored):
+    """The decision threshold lives inside the registered artifact, and its signature takes the
+    table as read from its CSV (Telco's integer columns stay int64): what `mlflow models serve`
+    runs gives every row the label `loopml score` wrote."""
+    import mlflow.pyfunc
+
+    batch = pd.read_csv(scored["source"])
+    integer_columns = ["tenure", "senior_citizen", "female"]
+    assert all(batch[column].dtype.kind == "i" for column in integer_columns)
+    written = pd.read_csv(scored["out"])
+
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(batch)
+
+    assert list(np.asarray(served)) == list(written["prediction"])
+    # Not the 0.5 cut of a bare pipeline: the tuned threshold decides some rows.
+    champion = project.champion()
+    threshold = float(champion.tags["loopml.threshold"])
+    assert threshold != 0.5
+    logged = float(mlflow.get_run(champion.run_id).data.params["threshold"])
+    assert logged == pytest.approx(threshold, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_what_loopml_score_writes(project, scored, tmp_path):
+    """The same through `mlflow models serve` (a real server process, /invocations)."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    scripts = Path(sys.executable).parent  # mlflow starts uvicorn from PATH
+    command = [str(scripts / "mlflow"), "models", "serve"]
+    command += ["-m", f"models:/{NAME}@champion", "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed in finally
+    environment = {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        command, stdout=log, stderr=log, env=environment, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not come up"
+            time.sleep(1)
+        batch = pd.read_csv(scored["source"])
+        body = {"dataframe_split": json.loads(batch.to_json(orient="split", index=False))}
+
+        response = httpx.post(f"{url}/invocations", json=body, timeout=60)
+
+        assert response.status_code == 200, response.text
+        written = pd.read_csv(scored["out"])["prediction"]
+        assert response.json()["predictions"] == list(written)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+        log.close()
+
+
+def test_an_integer_column_with_nulls_is_scored_by_loopml_and_refused_by_pyfunc(project):
+    """A later batch whose integer column holds a null reads as float64: `loopml score` scores
+    it (the pipeline imputes), while the signature (long) makes pyfunc refuse it with MLflow's
+    own hint rather than cast silently."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    frame = project.batch(50, seed=21)
+    frame.loc[3, "tenure"] = np.nan
+    source = project.write(frame, "batch-null-tenure.csv")
+    out = project.batches_dir / "predictions-null-tenure.csv"
+
+    result = _score(project, source, out)
+
+    assert result["rows"] == 50
+    assert pd.read_csv(out)["prediction"].notna().all()
+    with pytest.raises(MlflowException, match="tenure"):
+        mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(pd.read_csv(source))
+
+
 def test_prediction_log_holds_rows_with_features_batch_and_time(project, scored):
     result = scored["result"]
     log = project.prediction_log()

@@ -221,7 +221,8 @@ def test_champion_alias_loads_predicts_and_reproduces_its_held_out_score(trained
     features = prepare_features(held_out, config)
 
     served = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-    predictions = served.predict(features)
+    # pyfunc takes the rows as stored (integer columns as integers), like a user's CSV.
+    predictions = served.predict(held_out)
     assert len(predictions) == len(held_out)
     assert set(pd.Series(predictions).unique()) <= {"Yes", "No"}
 

@@ -17,11 +17,10 @@ from loopml.evaluation import (
     choose_threshold,
     evaluate,
     evaluation_figures,
-    metric_direction,
     permutation_importances,
-    positive_class_index,
 )
-from loopml.modeling import build_pipeline
+from loopml.metrics import metric_direction
+from loopml.modeling import build_pipeline, inner_pipeline, with_threshold
 
 
 @pytest.fixture(autouse=True)
@@ -101,7 +100,7 @@ def test_binary_metrics_and_threshold_effect(binary_case):
     }
     assert metrics["roc_auc"] > 0.85
     assert 0 < metrics["log_loss"] < 0.6
-    strict = evaluate(model, features, target, config, threshold=0.95)
+    strict = evaluate(with_threshold(model, 0.95, "Yes"), features, target, config)
     assert strict["recall"] < metrics["recall"]
     assert strict["precision"] >= metrics["precision"]
     assert strict["roc_auc"] == metrics["roc_auc"]  # ranking metrics ignore the threshold
@@ -125,13 +124,9 @@ def test_search_and_gate_metrics_are_always_included(binary_case):
     )
     metrics = evaluate(model, features, target, config)
     assert 0.5 < metrics["balanced_accuracy"] <= 1
-    with pytest.raises(ConfigError, match="rmse"):
-        evaluate(
-            model,
-            features,
-            target,
-            make_config("classification", positive_label="Yes", search={"metric": "rmse"}),
-        )
+    # A metric the task has not is refused when the config is built (load_config: ConfigError).
+    with pytest.raises(ValueError, match="search.metric: metric 'rmse' cannot be computed"):
+        make_config("classification", positive_label="Yes", search={"metric": "rmse"})
 
 
 def test_multiclass_metrics():
@@ -197,10 +192,15 @@ def test_metric_direction(metric, direction):
     assert metric_direction(metric) == direction
 
 
-def test_positive_class_index_matches_types_loosely():
-    assert positive_class_index(np.array(["0", "1"], dtype=object), 1) == 1
-    assert positive_class_index(np.array([False, True]), "True") == 1
-    assert positive_class_index(np.array([0.0, 1.0]), 0) == 0
+def test_the_threshold_inside_the_model_gives_its_labels(binary_case):
+    """predict of the wrapped model is the positive-class probability cut at the threshold."""
+    config, model, features, _ = binary_case
+    wrapped = with_threshold(model, 0.3, "yes")  # the label rule finds the class "Yes"
+    scores = model.predict_proba(features)[:, list(model.classes_).index("Yes")]
+
+    assert wrapped.pos_label == "Yes"
+    np.testing.assert_array_equal(wrapped.predict(features), np.where(scores >= 0.3, "Yes", "No"))
+    assert inner_pipeline(wrapped) is model and inner_pipeline(model) is model
 
 
 def test_permutation_importances_rank_the_signal(binary_case):
@@ -219,7 +219,7 @@ def _png_bytes(figure: Figure) -> int:
 
 def test_binary_figures(binary_case):
     config, model, features, target = binary_case
-    figures = evaluation_figures(model, features, target, config, threshold=0.4)
+    figures = evaluation_figures(with_threshold(model, 0.4, "Yes"), features, target, config)
     assert set(figures) == {
         "roc_curve",
         "pr_curve",

@@ -17,6 +17,7 @@ from loopml.data import write_parquet
 from loopml.errors import DataError
 from loopml.features import align_dtypes, prepare_features
 from loopml.labels import LabelStore, parse_labels, recent_window, split_recent_window
+from loopml.modeling import with_threshold
 from loopml.monitoring import ReservoirSample, performance_verdict
 from loopml.scoring import (
     PredictionLog,
@@ -95,18 +96,41 @@ def test_row_ids_with_id_column_missing_from_the_batch_is_an_error():
 # --------------------------------------------------------------------------- thresholding
 
 
+def _thresholded(model, threshold: float | None, positive_label: str = "Yes"):
+    """The model as training registers it: its decision threshold inside (None: a bare one)."""
+    return model if threshold is None else with_threshold(model, threshold, positive_label)
+
+
 @pytest.mark.parametrize("threshold", [None, 0.2, 0.5, 0.8])
 def test_binary_labels_are_the_positive_probability_cut_at_the_threshold(
     toy_model, toy_frame, threshold
 ):
     features = toy_frame[["x", "plan"]]
-    labels, scores = predict(toy_model, features, _config(), threshold)
+    labels, scores = predict(_thresholded(toy_model, threshold), features, _config())
 
     expected_scores = toy_model.predict_proba(features)[:, list(toy_model.classes_).index("Yes")]
     np.testing.assert_allclose(scores, expected_scores)
     cut = 0.5 if threshold is None else threshold
     assert list(labels) == ["Yes" if s >= cut else "No" for s in scores]
     assert 0 < (labels == "Yes").sum() < len(labels)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.2, 0.5, 0.8])
+def test_labels_from_probabilities_are_what_the_models_predict_returns(
+    toy_model, toy_frame, threshold
+):
+    """Scoring reads labels off the one predict_proba pass; they must be model.predict's."""
+    from loopml.scoring import labels_from_probabilities
+
+    features = toy_frame[["x", "plan"]]
+    model = _thresholded(toy_model, threshold)
+    multiclass = LogisticRegression().fit(
+        toy_frame[["x"]], np.digitize(toy_frame["x"], [-0.5, 0.5])
+    )
+
+    for fitted, rows in ((model, features), (multiclass, toy_frame[["x"]])):
+        labels = labels_from_probabilities(fitted, fitted.predict_proba(rows))
+        np.testing.assert_array_equal(labels, fitted.predict(rows))
 
 
 def test_multiclass_integer_labels_keep_their_dtype(toy_frame):
@@ -117,7 +141,7 @@ def test_multiclass_integer_labels_keep_their_dtype(toy_frame):
     model = LogisticRegression().fit(toy_frame[["x"]], classes)
     config = _config(positive_label=None, classes=[0, 1, 2])
 
-    labels, scores = predict(model, toy_frame[["x"]], config, None)
+    labels, scores = predict(model, toy_frame[["x"]], config)
 
     assert labels.dtype.kind == "i"
     assert accuracy_score(classes, labels) > 0.8
@@ -126,33 +150,34 @@ def test_multiclass_integer_labels_keep_their_dtype(toy_frame):
 
 def test_a_higher_threshold_predicts_fewer_positives(toy_model, toy_frame):
     features = toy_frame[["x", "plan"]]
-    low, _ = predict(toy_model, features, _config(), 0.2)
-    high, _ = predict(toy_model, features, _config(), 0.8)
+    low, _ = predict(_thresholded(toy_model, 0.2), features, _config())
+    high, _ = predict(_thresholded(toy_model, 0.8), features, _config())
 
     assert (high == "Yes").sum() < (low == "Yes").sum()
 
 
 def test_the_positive_label_decides_which_probability_is_reported(toy_model, toy_frame):
     features = toy_frame[["x", "plan"]]
-    _, yes_scores = predict(toy_model, features, _config(positive_label="Yes"), None)
-    labels, no_scores = predict(toy_model, features, _config(positive_label="No"), 0.5)
+    _, yes_scores = predict(toy_model, features, _config(positive_label="Yes"))
+    labels, no_scores = predict(
+        _thresholded(toy_model, 0.5, "No"), features, _config(positive_label="No")
+    )
 
     np.testing.assert_allclose(yes_scores + no_scores, 1.0)
     assert list(labels) == ["No" if s >= 0.5 else "Yes" for s in no_scores]
 
 
 def test_a_positive_label_the_model_never_saw_is_an_error(toy_model, toy_frame):
-    with pytest.raises(DataError, match="no class 'Maybe'"):
-        predict(toy_model, toy_frame[["x", "plan"]], _config(positive_label="Maybe"), None)
+    with pytest.raises(DataError, match="'Maybe' is not among"):
+        predict(toy_model, toy_frame[["x", "plan"]], _config(positive_label="Maybe"))
 
 
 def test_score_chunk_output_and_log_rows(toy_model, toy_frame):
     chunk = toy_frame.iloc[100:150]
     output, log = score_chunk(
-        toy_model,
+        _thresholded(toy_model, 0.4),
         chunk,
         _config(),
-        threshold=0.4,
         batch_id="bx",
         model_version="3",
         offset=100,
