@@ -97,7 +97,10 @@ def initialise_project(
         id_column=id_column,
         time_column=time_column,
         columns=ColumnsConfig(
-            numeric=profile.numeric, categorical=profile.categorical, excluded=profile.excluded
+            numeric=profile.numeric,
+            categorical=profile.categorical,
+            datetime=profile.datetime,
+            excluded=profile.excluded,
         ),
         monitoring=MonitoringConfig(
             performance=PerformanceConfig(max_drop=REGRESSION_MAX_DROP)
@@ -124,6 +127,7 @@ def initialise_project(
         "rows": len(frame),
         "numeric": profile.numeric,
         "categorical": profile.categorical,
+        "datetime": profile.datetime,
         "excluded": profile.excluded,
         "notes": notes,
         "config": str(config_file),
