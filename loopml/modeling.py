@@ -955,10 +955,6 @@ def run_search(
     result = _search_result(study, metric, direction, len(search_features), started)
     result.high_cardinality = encoded
     blend = config.search.ensemble if ensemble is None else ensemble
-    best = _best_complete(study)
-    if best is not None and best.number in predictions_of:
-        result.oof_predictions = predictions_of[best.number]
-        result.oof_index = search_features.index
     if blend:
         blend_started = time.perf_counter()
         with threadpool_limits(limits=max_threads):
@@ -983,6 +979,10 @@ def run_search(
                     "best_family": result.champion_family,
                 }
             )
+    best = _best_complete(study)
+    if not result.ensemble and best is not None and best.number in predictions_of:
+        result.oof_predictions = predictions_of[best.number]
+        result.oof_index = search_features.index
     result.elapsed_seconds = time.perf_counter() - started
     return result
 
