@@ -71,6 +71,12 @@ def align_dtypes(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
                 aligned[column] = aligned[column].astype(bool)
         elif pd.api.types.is_numeric_dtype(wanted):
             aligned[column] = pd.to_numeric(values, errors="coerce")
+        elif pd.api.types.is_datetime64_any_dtype(wanted):
+            aligned[column] = as_datetime(values)
+        elif pd.api.types.is_datetime64_any_dtype(values.dtype):
+            # Dates logged as datetimes join a reference that holds them as text.
+            text = values.dt.strftime("%Y-%m-%d %H:%M:%S")
+            aligned[column] = text.where(values.notna(), None).astype(object)
     return aligned
 
 

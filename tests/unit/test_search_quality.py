@@ -16,7 +16,7 @@ from sklearn.model_selection import FixedThresholdClassifier
 from threadpoolctl import threadpool_limits
 
 from loopml.config import ProjectConfig
-from loopml.features import prepare_features
+from loopml.features import align_dtypes, prepare_features
 from loopml.modeling import (
     PORTFOLIO,
     DatetimeParts,
@@ -233,3 +233,22 @@ def test_the_time_budget_bounds_the_whole_search():
     # Generous slack for a shared machine: one fold in flight plus the final bookkeeping.
     assert took < 6 + 6
     assert result.elapsed_seconds == pytest.approx(took, abs=1.0)
+
+
+def test_logged_dates_rejoin_a_reference_that_holds_them_as_text(tmp_path):
+    config = config_for([], [], ["signed_up"])
+    reference = pd.DataFrame({"signed_up": ["2024-01-05", "2024-02-01 10:30"]})
+    logged = prepare_features(pd.DataFrame({"signed_up": ["2024-03-09", None]}), config)
+    assert logged["signed_up"].dtype.kind == "M"  # as the prediction log keeps them
+
+    joined = pd.concat([reference, align_dtypes(logged, reference)], ignore_index=True)
+    joined.to_parquet(tmp_path / "joined.parquet")  # one type per column again
+
+    moments = prepare_features(joined, config)["signed_up"]
+    assert moments.iloc[:3].tolist() == [
+        pd.Timestamp("2024-01-05"),
+        pd.Timestamp("2024-02-01 10:30"),
+        pd.Timestamp("2024-03-09"),
+    ]
+    assert pd.isna(moments.iloc[3])
+    assert align_dtypes(reference, logged)["signed_up"].dtype.kind == "M"
