@@ -59,7 +59,6 @@ from loopml.errors import ConfigError, DataError, LoopmlError
 from loopml.evaluation import (
     check_metric,
     compute_metrics,
-    is_better,
     metric_direction,
     positive_class_index,
 )
@@ -962,7 +961,7 @@ def run_search(
         if chosen is not None:
             members, score, predictions = chosen
             result.ensemble_cv_score = score
-            accepted = len(members) > 1 and is_better(score, result.best_cv_score, metric)
+            accepted = len(members) > 1 and _improves(score, result.best_cv_score, metric)
             if accepted:
                 result.ensemble = members
                 result.oof_predictions = predictions
@@ -1054,7 +1053,7 @@ def _blend(
         return None
 
     def better(new: float, old: float) -> bool:
-        return is_better(new, old, cv.metric)
+        return _improves(new, old, cv.metric)
 
     numbers = list(candidates)
     singles = {number: cv.mean_score(candidates[number]) for number in numbers}
@@ -1094,6 +1093,13 @@ def _blend(
     weights = sum(best_counts.values())
     blended = sum(candidates[number] * weight for number, weight in best_counts.items()) / weights
     return members, float(best_score), blended
+
+
+def _improves(new: float, old: float, metric: str) -> bool:
+    """Whether ``new`` is strictly better than ``old`` in the metric's direction (NaN never is)."""
+    if not np.isfinite(new):
+        return False
+    return new > old if metric_direction(metric) == "maximize" else new < old
 
 
 def _fit_quietly(pipeline: Pipeline, features: pd.DataFrame, target: pd.Series) -> Pipeline:
