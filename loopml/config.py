@@ -158,10 +158,14 @@ class SearchConfig(_Strict):
 
     families: list[Family] | None = None  # None: every family suited to the task
     trials: int = Field(24, ge=1)
+    # Bounds the whole search, ensembling included (a slice is kept for it); None: no bound.
     timeout_seconds: float | None = Field(240, gt=0)
     metric: str | None = None  # None: loopml.metrics.DEFAULT_METRICS for the task
     max_training_rows: int | None = Field(200_000, ge=100)  # rows the CV search sees at most
     spaces: dict[str, dict[str, ParamRange]] = Field(default_factory=dict)
+    # Blend the best trials of several families (greedy ensemble selection on out-of-fold
+    # predictions) when the blend beats the best single pipeline out of fold.
+    ensemble: bool = True
 
 
 FairnessMetric = Literal[
@@ -252,11 +256,14 @@ class ScheduleConfig(_Strict):
 class ColumnsConfig(_Strict):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
+    # Dates and times: the pipeline turns them into parts (year, month, weekday, hour) and
+    # elapsed days; drift monitoring skips them (time always moves on).
+    datetime: list[str] = Field(default_factory=list)
     excluded: dict[str, str] = Field(default_factory=dict)  # column -> why
 
     @property
     def features(self) -> list[str]:
-        return [*self.numeric, *self.categorical]
+        return [*self.numeric, *self.categorical, *self.datetime]
 
 
 class ProjectConfig(_Strict):
@@ -296,9 +303,10 @@ class ProjectConfig(_Strict):
     def _consistent(self) -> ProjectConfig:
         if not self.columns.features:
             raise ValueError("columns: no feature columns (numeric or categorical) are listed")
-        overlap = set(self.columns.numeric) & set(self.columns.categorical)
+        listed = [*self.columns.numeric, *self.columns.categorical, *self.columns.datetime]
+        overlap = {column for column in listed if listed.count(column) > 1}
         if overlap:
-            raise ValueError(f"columns: {sorted(overlap)} listed as both numeric and categorical")
+            raise ValueError(f"columns: {sorted(overlap)} listed under more than one role")
         if self.target in self.columns.features:
             raise ValueError(f"columns: the target {self.target!r} is listed as a feature")
         if self.task == "classification" and self.positive_label is None and not self.classes:

@@ -14,7 +14,8 @@ def missing_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
 
 
 def prepare_features(frame: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame:
-    """The model's input columns with stable dtypes: numeric as float64, categorical as strings.
+    """The model's input columns with stable dtypes: numeric as float64, categorical as strings,
+    datetime as naive UTC ``datetime64`` (unparseable values become NaT).
 
     CSV re-reads, Parquet and SQL give the same column different dtypes (an int flag becomes
     float once a null appears); fixing them here keeps training and scoring in agreement.
@@ -31,7 +32,23 @@ def prepare_features(frame: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame
     for column in config.columns.categorical:
         values = frame[column]
         prepared[column] = values.where(values.isna(), values.astype(str)).astype(object)
+    for column in config.columns.datetime:
+        prepared[column] = as_datetime(frame[column])
     return prepared[config.columns.features]
+
+
+def as_datetime(values: pd.Series) -> pd.Series:
+    """Dates and times of any form (text, epoch-free datetimes, time zones) as naive UTC.
+
+    Mixed formats and offsets are normalised to UTC so one column read from CSV, Parquet or SQL
+    gives the same instants; values that are not dates become NaT.
+    """
+    if isinstance(values.dtype, pd.PeriodDtype):
+        values = values.dt.to_timestamp()
+    if pd.api.types.is_datetime64_any_dtype(values) and getattr(values.dt, "tz", None) is None:
+        return values.astype("datetime64[ns]")
+    parsed = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+    return parsed.dt.tz_convert(None).astype("datetime64[ns]")
 
 
 def align_dtypes(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
@@ -60,6 +77,12 @@ def align_dtypes(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
                 # declare the column double and mlflow.pyfunc would refuse the users' int64 table.
                 numbers = numbers.astype(wanted)
             aligned[column] = numbers
+        elif pd.api.types.is_datetime64_any_dtype(wanted):
+            aligned[column] = as_datetime(values)
+        elif pd.api.types.is_datetime64_any_dtype(values.dtype):
+            # Dates logged as datetimes join a reference that holds them as text.
+            text = values.dt.strftime("%Y-%m-%d %H:%M:%S")
+            aligned[column] = text.where(values.notna(), None).astype(object)
     return aligned
 
 

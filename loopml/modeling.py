@@ -6,6 +6,15 @@ same object is cross-validated, registered (skops) and served.
 
 Scores keep their natural sign: the study maximises scores (roc_auc, f1_macro, ...) and
 minimises errors (rmse, mae, log_loss); ``SearchResult.direction`` says which.
+
+The search goes beyond the best single family: every family's study starts from a small
+portfolio of configurations known to do well on tabular data (:data:`PORTFOLIO`), boosting
+stops early on a validation slice instead of running a fixed number of rounds, and the
+champion may be a weighted soft-voting blend of the best trials of several families, chosen
+by greedy ensemble selection on out-of-fold predictions (Caruana et al., "Ensemble Selection
+from Libraries of Models", ICML 2004) when it beats the best single pipeline out of fold.
+Dates become parts and elapsed days; categorical columns with many levels are target-encoded
+(scikit-learn's ``TargetEncoder``, cross-fitted inside ``fit``), all inside the one Pipeline.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +37,8 @@ from sklearn.ensemble import (
     HistGradientBoostingRegressor,
     RandomForestClassifier,
     RandomForestRegressor,
+    VotingClassifier,
+    VotingRegressor,
 )
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer
@@ -40,13 +51,19 @@ from sklearn.model_selection import (
     train_test_split,
 )
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import (
+    OneHotEncoder,
+    OrdinalEncoder,
+    StandardScaler,
+    TargetEncoder,
+)
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from loopml.config import ParamRange, ProjectConfig
 from loopml.errors import ConfigError, DataError, LoopmlError
 from loopml.evaluation import check_metric, compute_metrics
+from loopml.features import as_datetime
 from loopml.label_rule import label_index
 from loopml.metrics import metric_direction
 
@@ -60,16 +77,31 @@ TREE_MAX_CATEGORIES = 250
 LINEAR_MAX_CATEGORIES = 50
 LINEAR_MIN_FREQUENCY = 5
 
+# Categorical columns with more distinct values than this (in the training rows) are
+# target-encoded for every family instead of one-hot / ordinal coded.
+HIGH_CARDINALITY_LEVELS = LINEAR_MAX_CATEGORIES
+# Boosting runs up to this many rounds and stops when the loss on a held-out slice of the
+# fold's training rows has not improved for HGB_PATIENCE rounds.
+HGB_MAX_ITER = 500
+HGB_VALIDATION_FRACTION = 0.1
+HGB_PATIENCE = 20
+# Share of the time budget kept for ensemble selection and the final refit.
+ENSEMBLE_TIME_SHARE = 0.2
+# Greedy ensemble selection: rounds (with replacement) and candidates (best trials) it draws on.
+ENSEMBLE_ROUNDS = 20
+ENSEMBLE_CANDIDATES = 6
+
 # Ranges sized for 2 cores and small-to-medium tables; config.search.spaces overrides them.
 DEFAULT_SPACES: dict[str, dict[str, ParamRange]] = {
     "logistic": {"C": ParamRange(low=1e-3, high=100.0, log=True)},
     "ridge": {"alpha": ParamRange(low=1e-3, high=1e3, log=True)},
     "hist_gradient_boosting": {
-        "learning_rate": ParamRange(low=0.01, high=0.3, log=True),
-        "max_iter": ParamRange(low=50, high=300, log=True, integer=True),
-        "max_leaf_nodes": ParamRange(low=8, high=64, log=True, integer=True),
-        "min_samples_leaf": ParamRange(low=5, high=100, log=True, integer=True),
+        # Early stopping sets the rounds; below 0.02 they would run into HGB_MAX_ITER.
+        "learning_rate": ParamRange(low=0.02, high=0.3, log=True),
+        "max_leaf_nodes": ParamRange(low=4, high=128, log=True, integer=True),
+        "min_samples_leaf": ParamRange(low=2, high=100, log=True, integer=True),
         "l2_regularization": ParamRange(low=1e-4, high=10.0, log=True),
+        "max_features": ParamRange(low=0.4, high=1.0),
     },
     "random_forest": {
         "n_estimators": ParamRange(low=50, high=250, integer=True),
@@ -78,23 +110,52 @@ DEFAULT_SPACES: dict[str, dict[str, ParamRange]] = {
         "max_features": ParamRange(low=0.2, high=1.0),
     },
 }
-# The first trial of each family (enqueued): the library defaults, where they fit a range.
+# The first trials of each family (enqueued, in this order, before TPE proposes anything):
+# configurations known to do well on tabular data, clipped to the family's ranges.
+# - logistic / ridge: scikit-learn's default (C=1, alpha=1), then a more regularised one
+#   (the usual first step of a log-scale grid).
+# - hist_gradient_boosting: (1) scikit-learn's defaults; (2) AutoGluon's "GBMLarge" LightGBM
+#   configuration of its default/zero-shot portfolio (learning_rate 0.03, num_leaves 128,
+#   min_data_in_leaf 3, feature_fraction 0.9), in HGB's names; (3) FLAML's low-cost initial
+#   point for LightGBM (num_leaves 4, min_child_samples 20, learning_rate 0.1, reg_lambda 1):
+#   small trees that early stopping lets grow in rounds instead of depth. All early-stopped.
+# - random_forest: scikit-learn-like defaults (100 trees, deep, min leaf 1, half the
+#   features), and the sqrt-like feature share with 2-row leaves AutoGluon's and TabRepo's
+#   forest configurations favour.
+PORTFOLIO: dict[str, list[dict[str, float]]] = {
+    "logistic": [{"C": 1.0}, {"C": 0.1}],
+    "ridge": [{"alpha": 1.0}, {"alpha": 10.0}],
+    "hist_gradient_boosting": [
+        {
+            "learning_rate": 0.1,
+            "max_leaf_nodes": 31,
+            "min_samples_leaf": 20,
+            "l2_regularization": 1e-4,
+            "max_features": 1.0,
+        },
+        {
+            "learning_rate": 0.03,
+            "max_leaf_nodes": 128,
+            "min_samples_leaf": 3,
+            "l2_regularization": 1e-4,
+            "max_features": 0.9,
+        },
+        {
+            "learning_rate": 0.1,
+            "max_leaf_nodes": 4,
+            "min_samples_leaf": 20,
+            "l2_regularization": 1.0,
+            "max_features": 1.0,
+        },
+    ],
+    "random_forest": [
+        {"n_estimators": 100, "max_depth": 24, "min_samples_leaf": 1, "max_features": 0.5},
+        {"n_estimators": 150, "max_depth": 24, "min_samples_leaf": 2, "max_features": 0.3},
+    ],
+}
+# The first portfolio entry of each family: its library defaults, where they fit a range.
 DEFAULT_PARAMS: dict[str, dict[str, float]] = {
-    "logistic": {"C": 1.0},
-    "ridge": {"alpha": 1.0},
-    "hist_gradient_boosting": {
-        "learning_rate": 0.1,
-        "max_iter": 100,
-        "max_leaf_nodes": 31,
-        "min_samples_leaf": 20,
-        "l2_regularization": 1e-3,
-    },
-    "random_forest": {
-        "n_estimators": 100,
-        "max_depth": 16,
-        "min_samples_leaf": 1,
-        "max_features": 0.5,
-    },
+    family: configs[0] for family, configs in PORTFOLIO.items()
 }
 INTEGER_PARAMS = frozenset(
     {
@@ -170,6 +231,50 @@ class NumericValues(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return _feature_names_out(self, input_features)
+
+
+class DatetimeParts(TransformerMixin, BaseEstimator):
+    """Date and time columns as numbers a model can split or weigh.
+
+    Each column gives its year, month, day of month, day of week, hour and the days elapsed
+    since 1970-01-01 (a fixed epoch, so nothing is learned from the data and nothing leaks);
+    values that are not dates give NaN. Text, datetime64 and tz-aware inputs all work
+    (see :func:`loopml.features.as_datetime`).
+    """
+
+    PARTS = ("year", "month", "day", "weekday", "hour", "days")
+
+    def fit(self, X: Any, y: Any = None) -> DatetimeParts:
+        frame = _as_frame(X)
+        self.n_features_in_ = frame.shape[1]
+        if isinstance(X, pd.DataFrame):
+            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "n_features_in_")
+        frame = _checked_frame(self, X)
+        blocks = []
+        for i in range(frame.shape[1]):
+            moments = as_datetime(pd.Series(frame.iloc[:, i].to_numpy(), index=frame.index))
+            parts = moments.dt
+            elapsed = (moments - pd.Timestamp("1970-01-01")) / pd.Timedelta(days=1)
+            for values in (
+                parts.year,
+                parts.month,
+                parts.day,
+                parts.dayofweek,
+                parts.hour,
+                elapsed,
+            ):
+                blocks.append(values.astype("float64").to_numpy(na_value=np.nan))
+        if not blocks:
+            return np.empty((len(frame), 0), dtype=np.float64)
+        return np.column_stack(blocks)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = _feature_names_out(self, input_features)
+        return np.asarray([f"{name}_{part}" for name in names for part in self.PARTS], dtype=object)
 
 
 def _as_frame(X: Any) -> pd.DataFrame:
@@ -265,6 +370,8 @@ def build_pipeline(
     categorical_columns: list[str],
     task: str,
     random_state: int | None = None,
+    datetime_columns: list[str] | None = None,
+    high_cardinality_columns: list[str] | None = None,
 ) -> Pipeline:
     """An unfitted ``Pipeline([("preprocess", ColumnTransformer), ("model", estimator)])``.
 
@@ -272,26 +379,36 @@ def build_pipeline(
     categorical -> canonical text -> one-hot (rare and unseen values share an "infrequent"
     column). Tree families: numeric as float with NaN kept (both trees handle it);
     categorical -> canonical text -> ordinal codes (unseen -> -1, which HGB treats as missing),
-    declared categorical to HistGradientBoosting. Columns not listed are dropped.
+    declared categorical to HistGradientBoosting (its native categorical splits). Every family:
+    high-cardinality categoricals -> target encoding (``TargetEncoder`` cross-fits its
+    training encoding internally, so a column that names each row cannot leak the target);
+    datetime columns -> :class:`DatetimeParts` (imputed and scaled for linear families).
+    Columns not listed are dropped.
 
     Args:
         family: a name from :func:`default_families`.
         params: estimator parameters (``C``) or pipeline parameters (``model__C``).
         numeric_columns: numeric feature columns.
-        categorical_columns: categorical feature columns.
+        categorical_columns: categorical feature columns (high-cardinality ones included).
         task: ``"classification"`` or ``"regression"``.
-        random_state: seed for the estimator.
+        random_state: seed for the estimator and the target encoder's folds.
+        datetime_columns: date and time feature columns.
+        high_cardinality_columns: the categorical columns to target-encode (see
+            :func:`high_cardinality_columns`).
 
     Raises:
         ConfigError: the family does not fit the task, or no columns are given.
     """
     if family not in default_families(task):
         raise ConfigError(f"model family {family!r} cannot be used for {task}")
-    if not numeric_columns and not categorical_columns:
-        raise ConfigError("a pipeline needs at least one numeric or categorical column")
+    dates = list(datetime_columns or [])
+    if not numeric_columns and not categorical_columns and not dates:
+        raise ConfigError("a pipeline needs at least one numeric, categorical or datetime column")
     linear = family in LINEAR_FAMILIES
+    encoded = [column for column in high_cardinality_columns or [] if column in categorical_columns]
+    coded = [column for column in categorical_columns if column not in encoded]
     transformers = []
-    if categorical_columns:
+    if coded:
         encoder = (
             OneHotEncoder(
                 handle_unknown="infrequent_if_exist",
@@ -307,23 +424,23 @@ def build_pipeline(
             )
         )
         categorical_steps = Pipeline([("text", CategoryText()), ("encode", encoder)])
-        transformers.append(("categorical", categorical_steps, list(categorical_columns)))
+        transformers.append(("categorical", categorical_steps, coded))
+    if encoded:
+        target_type = "continuous" if task == "regression" else "auto"
+        steps = [
+            ("text", CategoryText()),
+            ("encode", TargetEncoder(target_type=target_type, random_state=random_state)),
+        ]
+        if linear:
+            steps.append(("scale", StandardScaler()))
+        transformers.append(("high_cardinality", Pipeline(steps), encoded))
     if numeric_columns:
-        numeric_steps = (
-            Pipeline(
-                [
-                    ("numbers", NumericValues()),
-                    ("impute", SimpleImputer(strategy="median", add_indicator=True)),
-                    ("scale", StandardScaler()),
-                ]
-            )
-            if linear
-            else NumericValues()
-        )
-        transformers.append(("numeric", numeric_steps, list(numeric_columns)))
+        transformers.append(("numeric", _numeric_steps(NumericValues(), linear), numeric_columns))
+    if dates:
+        transformers.append(("datetime", _numeric_steps(DatetimeParts(), linear), dates))
     preprocess = ColumnTransformer(transformers, remainder="drop")
     # ColumnTransformer puts the categorical block first: its codes are columns 0..k-1.
-    categorical_positions = list(range(len(categorical_columns))) or None
+    categorical_positions = list(range(len(coded))) or None
     pipeline = Pipeline(
         [
             ("preprocess", preprocess),
@@ -333,6 +450,37 @@ def build_pipeline(
     if params:
         pipeline.set_params(**_pipeline_params(params))
     return pipeline
+
+
+def _numeric_steps(source: BaseEstimator, linear: bool) -> BaseEstimator:
+    """Numbers as they come for trees (NaN kept); imputed, flagged and scaled for linear models.
+
+    The missing-value indicators are added only for columns with missing values in the
+    training rows, so missingness that carries signal reaches the linear model.
+    """
+    if not linear:
+        return source
+    return Pipeline(
+        [
+            ("numbers", source),
+            ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+            ("scale", StandardScaler()),
+        ]
+    )
+
+
+def high_cardinality_columns(features: pd.DataFrame, categorical_columns: list[str]) -> list[str]:
+    """The categorical columns with more than :data:`HIGH_CARDINALITY_LEVELS` distinct values.
+
+    Decided once on the search's rows and kept in the :class:`SearchResult`, so the refit
+    and every fold build the same pipeline.
+    """
+    return [
+        column
+        for column in categorical_columns
+        if column in features.columns
+        and features[column].nunique(dropna=True) > HIGH_CARDINALITY_LEVELS
+    ]
 
 
 def _estimator(
@@ -347,7 +495,14 @@ def _estimator(
         model_class = (
             HistGradientBoostingClassifier if classification else HistGradientBoostingRegressor
         )
-        return model_class(categorical_features=categorical_positions, random_state=random_state)
+        return model_class(
+            categorical_features=categorical_positions,
+            max_iter=HGB_MAX_ITER,
+            early_stopping=True,
+            validation_fraction=HGB_VALIDATION_FRACTION,
+            n_iter_no_change=HGB_PATIENCE,
+            random_state=random_state,
+        )
     model_class = RandomForestClassifier if classification else RandomForestRegressor
     # n_jobs=1: parallelism belongs to the caller (trials, Dask), not to each forest.
     return model_class(n_jobs=1, random_state=random_state)
@@ -452,16 +607,28 @@ def suggest_params(
     return params
 
 
+def _portfolio_trials(
+    family: str, overrides: Mapping[str, ParamRange] | None
+) -> list[dict[str, Any]]:
+    """The family's :data:`PORTFOLIO` as Optuna trial parameters, clipped to its ranges."""
+    space = search_space(family, overrides)
+    trials = []
+    for entry in PORTFOLIO.get(family, [{}]):
+        params: dict[str, Any] = {"family": family}
+        for name, value_range in space.items():
+            if name not in entry:
+                continue  # a parameter only the user's space has: let the sampler choose
+            value = min(max(entry[name], value_range.low), value_range.high)
+            params[f"{family}__{name}"] = int(round(value)) if value_range.integer else float(value)
+        if params not in trials:
+            trials.append(params)
+    return trials
+
+
 def _default_trial_params(
     family: str, overrides: Mapping[str, ParamRange] | None
 ) -> dict[str, Any]:
-    params: dict[str, Any] = {"family": family}
-    for name, value_range in search_space(family, overrides).items():
-        if name not in DEFAULT_PARAMS.get(family, {}):
-            continue  # a parameter only the user's space has: let the sampler choose
-        value = min(max(DEFAULT_PARAMS[family][name], value_range.low), value_range.high)
-        params[f"{family}__{name}"] = int(round(value)) if value_range.integer else float(value)
-    return params
+    return _portfolio_trials(family, overrides)[0]
 
 
 # --------------------------------------------------------------------------- search
@@ -472,7 +639,7 @@ class SearchResult:
     """What a search found.
 
     Attributes:
-        best_family: the winning model family.
+        best_family: the best single pipeline's model family.
         best_params: its estimator parameters (plain names, no family key).
         best_cv_score: the best trial's mean CV score, in the metric's natural sign.
         metric: the search metric.
@@ -485,6 +652,13 @@ class SearchResult:
         study_name: the Optuna study.
         rows_searched: rows the cross-validation saw (after ``max_training_rows``).
         elapsed_seconds: wall time of this call.
+        ensemble: the blend's members when it beat the best single pipeline out of fold (else
+            empty): ``trial``, ``family``, ``params`` and integer ``weight`` each.
+        ensemble_cv_score: the blend's mean CV score (``None`` when no blend was tried).
+        high_cardinality: categorical columns the pipelines target-encode.
+        oof_predictions: the champion's out-of-fold predictions on the searched rows
+            (probabilities per class in sorted label order, or values), when known.
+        oof_index: the index of the rows ``oof_predictions`` belong to.
     """
 
     best_family: str
@@ -500,6 +674,35 @@ class SearchResult:
     study_name: str
     rows_searched: int = 0
     elapsed_seconds: float = 0.0
+    ensemble: list[dict[str, Any]] = field(default_factory=list)
+    ensemble_cv_score: float | None = None
+    high_cardinality: list[str] = field(default_factory=list)
+    oof_predictions: np.ndarray | None = field(default=None, repr=False)
+    oof_index: pd.Index | None = field(default=None, repr=False)
+
+    @property
+    def champion_family(self) -> str:
+        """``"ensemble"`` when the champion is a blend, else the best single family."""
+        return "ensemble" if self.ensemble else self.best_family
+
+    @property
+    def champion_cv_score(self) -> float:
+        """The champion's mean CV score (the blend's when it is a blend)."""
+        if self.ensemble and self.ensemble_cv_score is not None:
+            return self.ensemble_cv_score
+        return self.best_cv_score
+
+    @property
+    def champion_params(self) -> dict[str, Any]:
+        """The champion's parameters; a blend's as ``<member>__<param>`` and ``<member>`` weight."""
+        if not self.ensemble:
+            return dict(self.best_params)
+        params: dict[str, Any] = {}
+        for member in self.ensemble:
+            name = _member_name(member)
+            params[name] = member["weight"]
+            params.update({f"{name}__{k}": v for k, v in member["params"].items()})
+        return params
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly digest (for logs, MLflow params and ``--json`` output)."""
@@ -507,6 +710,14 @@ class SearchResult:
             "best_family": self.best_family,
             "best_params": self.best_params,
             "best_cv_score": self.best_cv_score,
+            "champion_family": self.champion_family,
+            "champion_cv_score": self.champion_cv_score,
+            "ensemble": [
+                {key: member[key] for key in ("trial", "family", "weight")}
+                for member in self.ensemble
+            ],
+            "ensemble_cv_score": self.ensemble_cv_score,
+            "high_cardinality": self.high_cardinality,
             "metric": self.metric,
             "direction": self.direction,
             "n_trials": self.n_trials,
@@ -517,6 +728,86 @@ class SearchResult:
             "rows_searched": self.rows_searched,
             "elapsed_seconds": self.elapsed_seconds,
         }
+
+
+def _member_name(member: Mapping[str, Any]) -> str:
+    return f"{member['family']}_{member['trial']}"
+
+
+class _StoredPredictions:
+    """Predictions already made, shaped like a fitted model for :func:`compute_metrics`.
+
+    Lets fold predictions (and blends of them) be scored by the one metrics function that
+    scores fitted pipelines, so a trial, a blend and the registered model agree on a metric.
+    """
+
+    def __init__(self, values: np.ndarray, classes: np.ndarray | None) -> None:
+        self.values = values
+        if classes is not None:
+            self.classes_ = classes
+
+    def predict(self, features: Any) -> np.ndarray:
+        return self.values
+
+    def predict_proba(self, features: Any) -> np.ndarray:
+        return self.values
+
+
+@dataclass
+class _CrossValidation:
+    """The fixed rows and folds every trial and blend of one search is scored on."""
+
+    features: pd.DataFrame
+    target: pd.Series
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    config: ProjectConfig
+    metric: str
+    classes: np.ndarray | None  # sorted labels (classification), None for regression
+
+    def empty_predictions(self) -> np.ndarray:
+        rows = len(self.target)
+        if self.classes is None:
+            return np.full(rows, np.nan)
+        return np.full((rows, len(self.classes)), np.nan)
+
+    def fold_predictions(self, fitted: Any, rows: np.ndarray) -> np.ndarray:
+        features = self.features.iloc[rows]
+        if self.classes is None:
+            return np.asarray(fitted.predict(features), dtype=float)
+        probabilities = np.asarray(fitted.predict_proba(features), dtype=float)
+        # A class absent from a fold's training rows gets probability 0 in its column.
+        aligned = np.zeros((len(rows), len(self.classes)))
+        aligned[:, np.searchsorted(self.classes, fitted.classes_)] = probabilities
+        return aligned
+
+    def score(self, predictions: np.ndarray, rows: np.ndarray) -> float:
+        stored = _StoredPredictions(predictions, self.classes)
+        features = self.features.iloc[rows]
+        scores = compute_metrics(
+            stored, features, self.target.iloc[rows], self.config, [self.metric]
+        )
+        return float(scores[self.metric])
+
+    def mean_score(self, predictions: np.ndarray) -> float:
+        return float(np.mean([self.score(predictions[rows], rows) for _, rows in self.folds]))
+
+    def run(
+        self,
+        pipeline: Pipeline,
+        on_fold: Callable[[int, list[float]], None] | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """Mean fold score and out-of-fold predictions of ``pipeline`` (cloned per fold)."""
+        predictions = self.empty_predictions()
+        fold_scores: list[float] = []
+        for step, (train_rows, valid_rows) in enumerate(self.folds):
+            fitted = _fit_quietly(
+                clone(pipeline), self.features.iloc[train_rows], self.target.iloc[train_rows]
+            )
+            predictions[valid_rows] = self.fold_predictions(fitted, valid_rows)
+            fold_scores.append(self.score(predictions[valid_rows], valid_rows))
+            if on_fold is not None:
+                on_fold(step, fold_scores)
+        return float(np.mean(fold_scores)), predictions
 
 
 def run_search(
@@ -531,14 +822,24 @@ def run_search(
     on_trial: Callable[[dict[str, Any]], None] | None = None,
     max_threads: int | None = None,
     sampler_seed: int | None = None,
+    ensemble: bool | None = None,
 ) -> SearchResult:
-    """Search families and hyperparameters by cross-validation with Optuna.
+    """Search families and hyperparameters by cross-validation with Optuna, then blend.
 
-    The family is a categorical parameter with conditional spaces. The first trial of each
-    family (enqueued) uses default parameters, so every family is scored at least once;
-    TPE (seeded) then explores, and a median pruner stops trials whose running mean over the
-    folds falls behind. Every trial sees the same folds of at most
-    ``config.search.max_training_rows`` rows.
+    The family is a categorical parameter with conditional spaces. Each family's
+    :data:`PORTFOLIO` is enqueued first (first entries of every family, then second ones...),
+    so every family is scored at least once from a strong start; TPE (seeded) then explores,
+    and a median pruner stops trials whose running mean over the folds falls behind. Every
+    trial sees the same folds of at most ``config.search.max_training_rows`` rows.
+
+    Then, unless disabled, greedy ensemble selection (with replacement) over the out-of-fold
+    predictions of the best trial of each family and the best trials overall picks integer
+    weights; the blend is kept only when its mean CV score beats the best single trial's.
+
+    The time budget covers trials and blending: trials start until
+    ``(1 - ENSEMBLE_TIME_SHARE)`` of it has passed, a running trial stops between folds after
+    that point (once some trial completed), and blending recomputes missing out-of-fold
+    predictions (trials of other processes) only while the budget lasts.
 
     The study is created or resumed (``load_if_exists``) in ``storage``: an RDB URL such as
     ``sqlite:///path/optuna.db`` or PostgreSQL, or ``None`` for memory. Resuming tops the study
@@ -552,15 +853,19 @@ def run_search(
         storage: Optuna storage URL, or ``None``.
         study_name: the study's name in the storage.
         n_trials: total finished trials wanted; defaults to ``config.search.trials``.
-        timeout: seconds after which no new trial starts; defaults to
+        timeout: seconds the whole call may take (trials and blending); defaults to
             ``config.search.timeout_seconds``.
         on_trial: called after each trial with ``number``, ``family``, ``value``, ``state``,
-            ``elapsed`` (seconds of the trial), ``best_value``, ``best_family``, ``params``.
+            ``elapsed`` (seconds of the trial), ``search_elapsed`` (seconds since the search
+            started), ``best_value``, ``best_family``, ``params``; and once after blending with
+            ``family="ensemble"``, ``number=None`` and ``state`` ``CHOSEN`` or ``REJECTED``.
         max_threads: cap on native (OpenMP/BLAS) threads during the search; ``None`` keeps
             the libraries' default (all cores). Use 1 when trials run in parallel or the
             machine is shared: HGB's OpenMP threads slow down many-fold when oversubscribed.
         sampler_seed: TPE's seed (default: ``config.split.random_state``); give each process
             sharing one study its own.
+        ensemble: try a blend (default: ``config.search.ensemble``); processes that only add
+            trials to a shared study pass ``False`` and leave it to the one that collects.
 
     Raises:
         ConfigError: unknown metric or families unsuited to the task.
@@ -578,7 +883,23 @@ def run_search(
     folds = list(_cv_splitter(config).split(search_features, search_target))
     total_trials = config.search.trials if n_trials is None else n_trials
     time_limit = config.search.timeout_seconds if timeout is None else timeout
+    deadline = None if time_limit is None else started + time_limit
+    trials_deadline = (
+        None if time_limit is None else started + time_limit * (1 - ENSEMBLE_TIME_SHARE)
+    )
     seed = config.split.random_state
+    encoded = high_cardinality_columns(search_features, config.columns.categorical)
+    cv = _CrossValidation(
+        features=search_features,
+        target=search_target,
+        folds=folds,
+        config=config,
+        metric=metric,
+        classes=np.unique(search_target) if config.task == "classification" else None,
+    )
+
+    def make_pipeline(family: str, params: Mapping[str, Any]) -> Pipeline:
+        return _pipeline_for(config, family, params, encoded)
 
     study = optuna.create_study(
         storage=storage,
@@ -587,56 +908,48 @@ def run_search(
         load_if_exists=True,
         # Shards sharing a study need their own seeds, or they propose the same trials.
         sampler=optuna.samplers.TPESampler(seed=seed if sampler_seed is None else sampler_seed),
-        # Let every family's enqueued default trial finish before anything is pruned.
+        # Let every family's first portfolio trial finish before anything is pruned.
         pruner=optuna.pruners.MedianPruner(n_startup_trials=len(families)),
     )
-    for family in families:
-        study.enqueue_trial(
-            _default_trial_params(family, config.search.spaces.get(family)), skip_if_exists=True
-        )
+    portfolios = [
+        _portfolio_trials(family, config.search.spaces.get(family)) for family in families
+    ]
+    for rank in range(max(len(entries) for entries in portfolios)):
+        for entries in portfolios:
+            if rank < len(entries):
+                study.enqueue_trial(entries[rank], skip_if_exists=True)
+    predictions_of: dict[int, np.ndarray] = {}
 
     def objective(trial: optuna.Trial) -> float:
         family = trial.suggest_categorical("family", families)
         params = suggest_params(trial, family, config.search.spaces.get(family))
-        pipeline = build_pipeline(
-            family,
-            params,
-            numeric_columns=config.columns.numeric,
-            categorical_columns=config.columns.categorical,
-            task=config.task,
-            random_state=seed,
-        )
-        fold_scores: list[float] = []
+
+        def on_fold(step: int, fold_scores: list[float]) -> None:
+            trial.report(float(np.mean(fold_scores)), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+            late = trials_deadline is not None and time.perf_counter() > trials_deadline
+            if late and step + 1 < len(folds) and _best_complete(study) is not None:
+                trial.set_user_attr("stopped", "time budget")
+                raise optuna.TrialPruned()
+
         try:
-            for step, (train_rows, valid_rows) in enumerate(folds):
-                fitted = _fit_quietly(
-                    clone(pipeline),
-                    search_features.iloc[train_rows],
-                    search_target.iloc[train_rows],
-                )
-                scores = compute_metrics(
-                    fitted,
-                    search_features.iloc[valid_rows],
-                    search_target.iloc[valid_rows],
-                    config,
-                    [metric],
-                )
-                fold_scores.append(scores[metric])
-                trial.report(float(np.mean(fold_scores)), step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned()
+            value, predictions = cv.run(make_pipeline(family, params), on_fold)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
-        return float(np.mean(fold_scores))
+        predictions_of[trial.number] = predictions
+        return value
+
+    def report(info: dict[str, Any]) -> None:
+        if on_trial is not None:
+            on_trial({**info, "search_elapsed": time.perf_counter() - started})
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if on_trial is None:
-            return
         best = _best_complete(study)
-        on_trial(
+        report(
             {
                 "number": trial.number,
                 "family": trial.params.get("family"),
@@ -651,11 +964,14 @@ def run_search(
 
     remaining = max(0, total_trials - _finished_count(study))
     if remaining:
+        trial_time = (
+            None if trials_deadline is None else max(trials_deadline - time.perf_counter(), 1.0)
+        )
         with threadpool_limits(limits=max_threads):
             study.optimize(
                 objective,
                 n_trials=remaining,
-                timeout=time_limit,
+                timeout=trial_time,
                 # A failing trial (odd params, a degenerate fold) must not end the search.
                 catch=(Exception,),
                 callbacks=[
@@ -671,7 +987,155 @@ def run_search(
                     ),
                 ],
             )
-    return _search_result(study, metric, direction, len(search_features), started)
+    result = _search_result(study, metric, direction, len(search_features), started)
+    result.high_cardinality = encoded
+    blend = config.search.ensemble if ensemble is None else ensemble
+    if blend:
+        blend_started = time.perf_counter()
+        with threadpool_limits(limits=max_threads):
+            chosen = _blend(study, cv, predictions_of, make_pipeline, deadline)
+        if chosen is not None:
+            members, score, predictions = chosen
+            result.ensemble_cv_score = score
+            accepted = len(members) > 1 and _improves(score, result.best_cv_score, metric)
+            if accepted:
+                result.ensemble = members
+                result.oof_predictions = predictions
+                result.oof_index = search_features.index
+            report(
+                {
+                    "number": None,
+                    "family": "ensemble",
+                    "value": score,
+                    "state": "CHOSEN" if accepted else "REJECTED",
+                    "elapsed": time.perf_counter() - blend_started,
+                    "params": {_member_name(m): m["weight"] for m in members},
+                    "best_value": result.champion_cv_score,
+                    "best_family": result.champion_family,
+                }
+            )
+    best = _best_complete(study)
+    if not result.ensemble and best is not None and best.number in predictions_of:
+        result.oof_predictions = predictions_of[best.number]
+        result.oof_index = search_features.index
+    result.elapsed_seconds = time.perf_counter() - started
+    return result
+
+
+def _pipeline_for(
+    config: ProjectConfig, family: str, params: Mapping[str, Any], encoded: list[str]
+) -> Pipeline:
+    return build_pipeline(
+        family,
+        params,
+        numeric_columns=config.columns.numeric,
+        categorical_columns=config.columns.categorical,
+        datetime_columns=config.columns.datetime,
+        high_cardinality_columns=encoded,
+        task=config.task,
+        random_state=config.split.random_state,
+    )
+
+
+def _blend(
+    study: optuna.Study,
+    cv: _CrossValidation,
+    predictions_of: dict[int, np.ndarray],
+    make_pipeline: Callable[[str, Mapping[str, Any]], Pipeline],
+    deadline: float | None,
+) -> tuple[list[dict[str, Any]], float, np.ndarray] | None:
+    """Greedy ensemble selection (Caruana et al. 2004) over the best trials' fold predictions.
+
+    Candidates: the best complete trial of each family, then the best others, up to
+    :data:`ENSEMBLE_CANDIDATES`. Starting from the best single candidate, each round adds (with
+    replacement) the candidate whose inclusion gives the best mean fold score of the averaged
+    predictions; the best blend seen wins, its weights being how often each member was added.
+
+    Returns:
+        ``(members, mean CV score, blended out-of-fold predictions)``, or ``None`` when fewer
+        than two candidates have out-of-fold predictions within the time budget.
+    """
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    complete = [
+        trial
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if trial.value is not None and np.isfinite(trial.value)
+    ]
+    complete.sort(key=lambda trial: trial.value, reverse=maximize)
+    chosen: list[optuna.trial.FrozenTrial] = []
+    for trial in complete:  # the best of each family first
+        if all(trial.params["family"] != other.params["family"] for other in chosen):
+            chosen.append(trial)
+    for trial in complete:
+        if len(chosen) >= ENSEMBLE_CANDIDATES:
+            break
+        if trial not in chosen and trial.number in predictions_of:
+            chosen.append(trial)
+    candidates: dict[int, np.ndarray] = {}
+    for trial in chosen[:ENSEMBLE_CANDIDATES]:
+        if trial.number not in predictions_of:
+            # A trial of another process (shared study): refit its folds if time allows.
+            needed = trial.duration.total_seconds() if trial.duration else 0.0
+            if deadline is not None and time.perf_counter() + needed > deadline:
+                continue
+            family = trial.params["family"]
+            pipeline = make_pipeline(family, _plain_params(trial.params))
+            try:
+                _, predictions_of[trial.number] = cv.run(pipeline)
+            except Exception:  # noqa: BLE001 - a candidate that fails now is just left out
+                continue
+        candidates[trial.number] = predictions_of[trial.number]
+    if len(candidates) < 2:
+        return None
+
+    def better(new: float, old: float) -> bool:
+        return _improves(new, old, cv.metric)
+
+    numbers = list(candidates)
+    singles = {number: cv.mean_score(candidates[number]) for number in numbers}
+    first = numbers[0]
+    for number in numbers[1:]:
+        if better(singles[number], singles[first]):
+            first = number
+    counts = {first: 1}
+    total = candidates[first].copy()
+    best_score, best_counts = singles[first], dict(counts)
+    for _ in range(ENSEMBLE_ROUNDS):
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+        size = sum(counts.values()) + 1
+        round_best: tuple[float, int] | None = None
+        for number in numbers:
+            score = cv.mean_score((total + candidates[number]) / size)
+            if round_best is None or better(score, round_best[0]):
+                round_best = (score, number)
+        if round_best is None or not np.isfinite(round_best[0]):
+            break
+        score, number = round_best
+        total += candidates[number]
+        counts[number] = counts.get(number, 0) + 1
+        if better(score, best_score):
+            best_score, best_counts = score, dict(counts)
+    trials = {trial.number: trial for trial in chosen}
+    members = [
+        {
+            "trial": number,
+            "family": trials[number].params["family"],
+            "params": _plain_params(trials[number].params),
+            "weight": weight,
+        }
+        for number, weight in sorted(best_counts.items())
+    ]
+    weights = sum(best_counts.values())
+    blended = sum(candidates[number] * weight for number, weight in best_counts.items()) / weights
+    return members, float(best_score), blended
+
+
+def _improves(new: float, old: float, metric: str) -> bool:
+    """Whether ``new`` is strictly better than ``old`` in the metric's direction (NaN never is)."""
+    if not np.isfinite(new):
+        return False
+    return new > old if metric_direction(metric) == "maximize" else new < old
 
 
 def _fit_quietly(pipeline: Pipeline, features: pd.DataFrame, target: pd.Series) -> Pipeline:
@@ -816,16 +1280,29 @@ def _cv_splitter(config: ProjectConfig) -> KFold | StratifiedKFold:
     return KFold(n_splits=folds, shuffle=True, random_state=seed)
 
 
-def best_pipeline(result: SearchResult, config: ProjectConfig) -> Pipeline:
-    """The winning family and parameters as an unfitted pipeline."""
-    return build_pipeline(
-        result.best_family,
-        result.best_params,
-        numeric_columns=config.columns.numeric,
-        categorical_columns=config.columns.categorical,
-        task=config.task,
-        random_state=config.split.random_state,
-    )
+def best_pipeline(result: SearchResult, config: ProjectConfig) -> Pipeline | BaseEstimator:
+    """The search's champion as an unfitted estimator.
+
+    The best single pipeline, or, when the search kept a blend, a soft-voting
+    ``VotingClassifier`` / averaging ``VotingRegressor`` over the members' pipelines with the
+    blend's integer weights: still one scikit-learn estimator (``predict_proba`` included),
+    fitted, registered and served like a pipeline.
+    """
+    if not result.ensemble:
+        return _pipeline_for(
+            config, result.best_family, result.best_params, result.high_cardinality
+        )
+    members = [
+        (
+            _member_name(member),
+            _pipeline_for(config, member["family"], member["params"], result.high_cardinality),
+        )
+        for member in result.ensemble
+    ]
+    weights = [float(member["weight"]) for member in result.ensemble]
+    if config.task == "classification":
+        return VotingClassifier(members, voting="soft", weights=weights)
+    return VotingRegressor(members, weights=weights)
 
 
 def fit_best(
@@ -835,8 +1312,8 @@ def fit_best(
     config: ProjectConfig,
     *,
     max_threads: int | None = None,
-) -> Pipeline:
-    """Fit the search's best pipeline on every training row (no subsampling).
+) -> Pipeline | BaseEstimator:
+    """Fit the search's champion (pipeline or blend) on every training row (no subsampling).
 
     ``max_threads`` caps native threads as in :func:`run_search`.
     """
@@ -846,7 +1323,7 @@ def fit_best(
 
 
 def out_of_fold_scores(
-    model: Pipeline | SearchResult,
+    model: Pipeline | BaseEstimator | SearchResult,
     features: pd.DataFrame,
     target: pd.Series,
     config: ProjectConfig,
@@ -855,11 +1332,13 @@ def out_of_fold_scores(
 ) -> np.ndarray:
     """Out-of-fold positive-class probabilities on every given row (binary only).
 
-    Each row is scored by a copy of the pipeline fitted on the other folds, with the
-    search's splitter, so a threshold chosen on them is not fitted to the rows it judges.
+    Each row is scored by a copy of the model fitted on the other folds, with the search's
+    splitter, so a threshold chosen on them is not fitted to the rows it judges. A
+    :class:`SearchResult` that searched exactly these rows already holds its champion's
+    out-of-fold predictions (same splitter, same rows): they are reused, not refitted.
 
     Args:
-        model: an unfitted (or fitted: it is cloned) pipeline, or a :class:`SearchResult`.
+        model: an unfitted (or fitted: it is cloned) estimator, or a :class:`SearchResult`.
         features: training rows.
         target: their labels.
         config: the project config.
@@ -873,13 +1352,20 @@ def out_of_fold_scores(
     """
     if not config.is_binary:
         raise ConfigError("out-of-fold positive-class scores need a binary classification project")
-    pipeline = best_pipeline(model, config) if isinstance(model, SearchResult) else clone(model)
     features, target = _checked_training_data(features, target, config)
+    # Columns follow the sorted unique labels (sklearn's classes_ and the search's alike).
+    positive_index = label_index(np.unique(target), config.positive_label)
+    if (
+        isinstance(model, SearchResult)
+        and model.oof_predictions is not None
+        and model.oof_index is not None
+        and model.oof_index.equals(features.index)
+    ):
+        return model.oof_predictions[:, positive_index]
+    estimator = best_pipeline(model, config) if isinstance(model, SearchResult) else clone(model)
     with warnings.catch_warnings(), threadpool_limits(limits=max_threads):
         warnings.simplefilter("ignore", ConvergenceWarning)
         probabilities = cross_val_predict(
-            pipeline, features, target, cv=_cv_splitter(config), method="predict_proba"
+            estimator, features, target, cv=_cv_splitter(config), method="predict_proba"
         )
-    # cross_val_predict orders columns like sklearn's classes_: the sorted unique labels.
-    positive_index = label_index(np.unique(target), config.positive_label)
     return probabilities[:, positive_index]

@@ -11,8 +11,11 @@ Column roles (decided here, written to the config, editable by the user):
   for every model family and stay integers through a CSV round-trip), plus text columns whose
   non-null values parse as numbers for at least 99 % of rows (``Profile.coerce_numeric``: read
   them through :func:`coerce_numeric`).
-- categorical: text, ``category`` and ``bool`` columns.
-- excluded (with a reason): all-null, constant, datetime, id-like, high-cardinality text, and the
+- categorical: text, ``category`` and ``bool`` columns, high-cardinality text included (the
+  pipeline target-encodes columns with many levels, cross-fitted, so they cannot leak).
+- datetime: datetime dtypes and dates stored as text (the pipeline derives their parts and
+  elapsed time).
+- excluded (with a reason): all-null, constant, id-like, time spans, nested values, and the
   configured id and time columns.
 """
 
@@ -108,6 +111,7 @@ class Profile:
         classes: the sorted classes of a multiclass target (``None`` otherwise).
         numeric: numeric feature columns.
         categorical: categorical feature columns.
+        datetime: date and time feature columns.
         excluded: columns that are not features, each with the reason.
         notes: human sentences about the decisions taken.
         coerce_numeric: text columns in ``numeric`` that must go through :func:`coerce_numeric`.
@@ -121,10 +125,11 @@ class Profile:
     excluded: dict[str, str]
     notes: list[str]
     coerce_numeric: list[str] = field(default_factory=list)
+    datetime: list[str] = field(default_factory=list)
 
     @property
     def features(self) -> list[str]:
-        return [*self.numeric, *self.categorical]
+        return [*self.numeric, *self.categorical, *self.datetime]
 
 
 def infer_profile(
@@ -182,7 +187,7 @@ def infer_profile(
     elif positive_label is not None:
         raise DataError(f"a positive label ({positive_label!r}) only applies to classification")
 
-    numeric, categorical, coerce, excluded = [], [], [], {}
+    numeric, categorical, dates, coerce, excluded = [], [], [], [], {}
     for column in frame.columns:
         if column == target:
             continue
@@ -201,10 +206,15 @@ def infer_profile(
             notes.append(f"'{column}' holds numbers stored as text: read it as numeric")
         elif role == "categorical":
             categorical.append(column)
+            if reason:
+                notes.append(f"'{column}': {reason}")
+        elif role == "datetime":
+            dates.append(column)
+            notes.append(f"'{column}' holds dates: the model uses their parts and elapsed time")
         else:
             excluded[column] = reason
             notes.append(f"excluded '{column}': {reason}")
-    if not numeric and not categorical:
+    if not numeric and not categorical and not dates:
         reasons = "; ".join(f"{column}: {reason}" for column, reason in excluded.items())
         raise DataError(
             f"no usable feature columns besides the target {target!r}"
@@ -219,6 +229,7 @@ def infer_profile(
         excluded=excluded,
         notes=notes,
         coerce_numeric=coerce,
+        datetime=dates,
     )
 
 
@@ -273,7 +284,7 @@ def suggest_suite(frame: pd.DataFrame, config: ProjectConfig) -> dict:
                 )
             )
             expectations.extend(_range_expectation(values, column, meta("feature", column)))
-        else:
+        elif column in config.columns.categorical:
             categories = _distinct(values)
             if 0 < len(categories) <= MAX_CATEGORIES_FOR_SET:
                 expectations.append(
@@ -403,13 +414,13 @@ def _resolve_classes(
 
 
 def _column_role(column: str, values: pd.Series) -> tuple[str, str]:
-    """One of numeric / coerce / categorical / excluded, with the reason for an exclusion."""
+    """One of numeric / coerce / categorical / datetime / excluded, with a reason or note."""
     row_count = len(values)
     observed = values.dropna()
     if observed.empty:
         return "excluded", "all null"
     if pd.api.types.is_datetime64_any_dtype(values) or isinstance(values.dtype, pd.PeriodDtype):
-        return "excluded", "datetime"
+        return "datetime", ""
     if pd.api.types.is_timedelta64_dtype(values):
         return "excluded", "time span (timedelta)"
     try:
@@ -437,15 +448,16 @@ def _column_role(column: str, values: pd.Series) -> tuple[str, str]:
     if _parses_as_numbers(observed):
         return "coerce", ""
     if _looks_like_dates(observed):
-        return "excluded", "datetime (dates stored as text)"
+        return "datetime", ""
     if unique_per_row and (row_count >= UNIQUE_ID_MIN_ROWS or _looks_like_id_name(column)):
         return "excluded", "id-like (unique per row)"
     if (
         row_count >= HIGH_CARDINALITY_MIN_ROWS
         and distinct_count > HIGH_CARDINALITY_SHARE * row_count
     ):
-        return "excluded", (
-            f"high-cardinality text ({distinct_count} distinct values in {row_count} rows)"
+        return "categorical", (
+            f"high-cardinality text ({distinct_count} distinct values in {row_count} rows): "
+            "target-encoded inside the cross-validation folds"
         )
     return "categorical", ""
 

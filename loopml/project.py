@@ -91,7 +91,10 @@ def initialise_project(
         id_column=id_column,
         time_column=time_column,
         columns=ColumnsConfig(
-            numeric=profile.numeric, categorical=profile.categorical, excluded=profile.excluded
+            numeric=profile.numeric,
+            categorical=profile.categorical,
+            datetime=profile.datetime,
+            excluded=profile.excluded,
         ),
         sensitive_columns=propose_sensitive_columns(
             [*profile.numeric, *profile.categorical, *profile.excluded], target
@@ -121,6 +124,7 @@ def initialise_project(
         "rows": len(frame),
         "numeric": profile.numeric,
         "categorical": profile.categorical,
+        "datetime": profile.datetime,
         "excluded": profile.excluded,
         "sensitive_columns": config.sensitive_columns,
         "notes": notes,

@@ -149,6 +149,7 @@ def start_search(
         n_trials=1,
         timeout=timeout,
         on_trial=on_trial,
+        ensemble=False,  # blending is the collecting step's, over every shard's trials
     )
     record_process(storage, study_name, "start", numbers)
 
@@ -195,6 +196,7 @@ def search_shard(
         on_trial=on_trial,
         max_threads=1,
         sampler_seed=config.split.random_state + 1 + shard,
+        ensemble=False,
     )
     identity = record_process(storage, study_name, f"shard-{shard}", numbers)
     logger.info(

@@ -76,14 +76,27 @@ def trial_reporter(logger: Any, metric: str) -> Callable[[dict[str, Any]], None]
 
     def report(info: dict[str, Any]) -> None:
         value = info.get("value")
+        total = info.get("search_elapsed") or 0.0
+        if info.get("family") == "ensemble":
+            logger.info(
+                "ensemble of %s: %s=%.4f, %s [%.1fs, %.0fs into the search]",
+                ", ".join(f"{name} x{weight}" for name, weight in info.get("params", {}).items()),
+                metric,
+                value,
+                "chosen" if info.get("state") == "CHOSEN" else "not better than the best single",
+                info.get("elapsed") or 0.0,
+                total,
+            )
+            return
         pruned = info.get("state") == "PRUNED" or value is None
         shown = "pruned" if pruned else f"{metric}={value:.4f}"
         logger.info(
-            "trial %s (%s): %s [%.1fs]",
+            "trial %s (%s): %s [%.1fs, %.0fs into the search]",
             info.get("number"),
             info.get("family"),
             shown,
             info.get("elapsed") or 0.0,
+            total,
         )
 
     return report
@@ -99,17 +112,18 @@ def publish_search(config: ProjectConfig, result: Any, logger: Any) -> None:
         key=artifact_key(config.name, "search"),
         table=rows,
         description=(
-            f"{result.n_trials} trials ({result.n_pruned} pruned); best {result.best_family} "
-            f"cv {result.metric}={result.best_cv_score:.4f}"
+            f"{result.n_trials} trials ({result.n_pruned} pruned); best {result.champion_family} "
+            f"cv {result.metric}={result.champion_cv_score:.4f}"
         ),
     )
     logger.info(
-        "search done: %d trials, %d pruned, best %s (%s=%.4f)",
+        "search done: %d trials, %d pruned, best %s (%s=%.4f) in %.0fs",
         result.n_trials,
         result.n_pruned,
-        result.best_family,
+        result.champion_family,
         result.metric,
-        result.best_cv_score,
+        result.champion_cv_score,
+        result.elapsed_seconds,
     )
 
 
@@ -129,11 +143,11 @@ def fit_candidate(runtime: Runtime, train: pd.DataFrame, search: Any) -> Trained
         get_run_logger().info("decision threshold %.3f chosen on out-of-fold scores", threshold)
     return TrainedModel(
         model=model,
-        family=search.best_family,
-        params=dict(search.best_params),
+        family=search.champion_family,
+        params=search.champion_params,
         threshold=threshold,
         search=search,
-        cv_metrics={f"cv_{search.metric}": float(search.best_cv_score)},
+        cv_metrics={f"cv_{search.metric}": float(search.champion_cv_score)},
     )
 
 

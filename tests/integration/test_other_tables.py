@@ -133,7 +133,7 @@ def test_house_prices_regression(prefect_api, loopml_home, project_dir, tmp_path
 
     assert profile["task"] == "regression"
     assert "id-like" in profile["excluded"]["house_id"]
-    assert "datetime" in profile["excluded"]["listed_on"]
+    assert "listed_on" in profile["datetime"]  # dates are features (parts, elapsed days)
     assert "neighbourhood" in profile["categorical"] and "garage" in profile["categorical"]
     assert {"living_area_sqm", "lot_size_sqm", "condition"} <= set(profile["numeric"])
 
@@ -143,8 +143,8 @@ def test_house_prices_regression(prefect_api, loopml_home, project_dir, tmp_path
     assert metrics["rmse"] < 0.5 * naive_rmse
     assert trained["promoted"] is True and trained["version"] == "1"
     # Price is a product of area and neighbourhood: trees fit it, a linear model of raw price
-    # cannot; a ridge winner would mean the trees were broken.
-    assert trained["family"] in {"hist_gradient_boosting", "random_forest"}
+    # cannot; a ridge winner would mean the trees were broken (a blend has trees in it).
+    assert trained["family"] in {"hist_gradient_boosting", "random_forest", "ensemble"}
 
     model = mlflow.pyfunc.load_model("models:/houses@champion")
     # pyfunc takes rows as the table holds them (its signature keeps integer columns integer).
@@ -204,7 +204,7 @@ def test_support_tickets_multiclass_from_parquet(prefect_api, loopml_home, proje
     assert sorted(profile["classes"]) == ["high", "low", "medium"]
     assert profile["positive_label"] is None
     assert "id-like" in profile["excluded"]["ticket_ref"]
-    assert "datetime" in profile["excluded"]["opened_at"]
+    assert "opened_at" in profile["datetime"]  # dates are features (parts, elapsed days)
     assert {"is_enterprise", "outage_reported", "product"} <= set(profile["categorical"])
     assert {"customer_tier", "affected_users", "first_reply_hours"} <= set(profile["numeric"])
 
@@ -212,7 +212,7 @@ def test_support_tickets_multiclass_from_parquet(prefect_api, loopml_home, proje
     # Always answering the majority class scores accuracy = its share and macro F1 < 0.3.
     assert metrics["accuracy"] > shares.max() + 0.2
     assert metrics["f1_macro"] > 0.65
-    assert trained["family"] in {"logistic", "hist_gradient_boosting", "random_forest"}
+    assert trained["family"] in {"logistic", "hist_gradient_boosting", "random_forest", "ensemble"}
     assert trained["promoted"] is True
 
     model = mlflow.pyfunc.load_model("models:/tickets@champion")
@@ -237,7 +237,7 @@ def test_loan_defaults_from_parquet_with_a_numeric_imbalanced_target(
     assert profile["task"] == "classification"
     assert profile["positive_label"] == 1
     assert "id-like" in profile["excluded"]["application_id"]
-    assert "datetime" in profile["excluded"]["applied_at"]
+    assert "applied_at" in profile["datetime"]  # dates are features (parts, elapsed days)
     assert {"is_self_employed", "has_mortgage", "loan_purpose"} <= set(profile["categorical"])
     assert {"debt_ratio", "late_payments", "credit_score", "region_code", "income"} <= set(
         profile["numeric"]
@@ -246,7 +246,7 @@ def test_loan_defaults_from_parquet_with_a_numeric_imbalanced_target(
     metrics = trained["test_metrics"]
     assert metrics["roc_auc"] > 0.8
     assert metrics["pr_auc"] > 2 * base_rate  # a random ranking scores about the base rate
-    assert trained["family"] in {"logistic", "hist_gradient_boosting", "random_forest"}
+    assert trained["family"] in {"logistic", "hist_gradient_boosting", "random_forest", "ensemble"}
     assert trained["promoted"] is True
 
     model = mlflow.pyfunc.load_model("models:/loans@champion")

@@ -245,13 +245,16 @@ def test_search_picks_trees_on_interactions_and_prunes():
     assert result.best_family in {"hist_gradient_boosting", "random_forest"}
     assert result.per_family_best["logistic"] < 0.65 < result.best_cv_score
     assert result.n_pruned > 0
+    blending = [info for info in seen if info["family"] == "ensemble"]
+    seen = [info for info in seen if info["family"] != "ensemble"]
+    assert len(blending) <= 1 and all(info["number"] is None for info in blending)
     assert result.n_trials == 16 == len(seen) == len(result.trials)
     assert [info["family"] for info in seen[:3]] == [
         "logistic",
         "hist_gradient_boosting",
         "random_forest",
     ]
-    assert {"number", "family", "value", "state", "elapsed"} <= set(seen[0])
+    assert {"number", "family", "value", "state", "elapsed", "search_elapsed"} <= set(seen[0])
     assert set(result.trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
 
     model = fit_best(features, target, result, config)

@@ -110,15 +110,15 @@ def test_excluded_columns_carry_reasons():
         "row_number": "id-like (unique per row)",
         "country": "constant (only 'NL')",
         "empty": "all null",
-        "signed_up": "datetime",
-        "signed_up_text": "datetime (dates stored as text)",
-        "comment": "high-cardinality text (150 distinct values in 200 rows)",
         "account": "the id column",
         "event_time": "the time column",
     }
     assert "excluded 'customer_id': id-like (unique per row)" in profile.notes
     assert profile.numeric == ["age", "income"]
-    assert profile.categorical == ["plan"]
+    # Dates become features (their parts); high-cardinality text is target-encoded, not dropped.
+    assert profile.datetime == ["signed_up", "signed_up_text"]
+    assert profile.categorical == ["plan", "comment"]
+    assert any("'comment': high-cardinality text" in note for note in profile.notes)
 
 
 def test_low_cardinality_integers_stay_numeric_and_bools_are_categorical():
