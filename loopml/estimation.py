@@ -46,6 +46,7 @@ LOSS_MODEL_FILES = {"mae": "loss_absolute.skops", "rmse": "loss_squared.skops"}
 PREDICTION_COLUMN = "__prediction__"
 LEVEL = 0.95
 DRAWS = 300
+CALIBRATION_RESAMPLES = 20
 MAX_DRAW_ROWS = 5_000
 # skops refuses types it was not told to trust; these are what a HistGradientBoosting loss model
 # behind an OrdinalEncoder needs (checked at load, never "trust whatever the file holds").
@@ -302,6 +303,8 @@ class PerformanceEstimator:
         classes: the model's classes (``classes_``), as their text; positive class for binary.
         positive_index: column of the positive class in ``predict_proba`` (binary only).
         calibration: isotonic knots, one map (binary) or one per class (multiclass).
+        calibration_resamples: the same maps fitted on bootstrap resamples of the held-out rows;
+            the spread of the estimate over them is the calibration's own error.
         reference_estimated: the estimate on the held-out rows themselves (the stream
             detector's baseline: estimate against estimate, so the method's bias cancels).
         reference_realised: the realised metrics on the held-out rows.
@@ -314,6 +317,7 @@ class PerformanceEstimator:
     classes: list[str] = field(default_factory=list)
     positive_index: int | None = None
     calibration: list[dict[str, list[float]]] = field(default_factory=list)
+    calibration_resamples: list[list[dict[str, list[float]]]] = field(default_factory=list)
     reference_estimated: dict[str, float] = field(default_factory=dict)
     reference_realised: dict[str, float] = field(default_factory=dict)
     loss_spread: dict[str, float] = field(default_factory=dict)
@@ -397,13 +401,17 @@ class PerformanceEstimator:
         values = self.estimate_metrics(outputs, features)
         rows = len(outputs.labels)
         draws: dict[str, np.ndarray] = {}
+        calibration_spread: dict[str, float] = {}
         if self.method == "cbpe" and rows:
             draws = simulated_metric_draws(*self._calibrated(outputs))
+            calibration_spread = self._calibration_spread(outputs)
         result: dict[str, dict[str, float | None]] = {}
         for name, value in values.items():
             entry = {"value": value, "lower": None, "upper": None, "standard_error": None}
             quantiles = (1 - level) / 2, 1 - (1 - level) / 2, one_sided_alpha, 1 - one_sided_alpha
-            bounds = self._interval(name, value, draws.get(name), rows, quantiles)
+            bounds = self._interval(
+                name, value, draws.get(name), calibration_spread.get(name, 0.0), rows, quantiles
+            )
             if bounds is not None:
                 low, high, alpha_low, alpha_high, spread = bounds
                 entry.update(lower=min(low, value), upper=max(high, value), standard_error=spread)
@@ -441,6 +449,7 @@ class PerformanceEstimator:
         metric: str,
         value: float,
         draws: np.ndarray | None,
+        calibration_spread: float,
         rows: int,
         quantiles: tuple[float, ...],
     ) -> tuple[float, ...] | None:
@@ -462,7 +471,28 @@ class PerformanceEstimator:
             return (*bounds, float(error / max(2 * value, 1e-12)))
         if draws is None or draws.size < DRAWS // 2:
             return None
-        return (*(float(np.quantile(draws, q)) for q in quantiles), float(np.std(draws, ddof=1)))
+        # Label noise (the draws) and calibration error (the resampled maps) are independent.
+        spread = float(np.sqrt(np.var(draws, ddof=1) + calibration_spread**2))
+        return (*(float(value + norm.ppf(q) * spread) for q in quantiles), spread)
+
+    def _calibration_spread(self, outputs: ModelOutputs) -> dict[str, float]:
+        """Standard deviation of each point estimate over the resampled calibration maps."""
+        if len(self.calibration_resamples) < 2:
+            return {}
+        estimates = [
+            PerformanceEstimator(
+                method=self.method,
+                task=self.task,
+                classes=self.classes,
+                positive_index=self.positive_index,
+                calibration=maps,
+            ).estimate_metrics(outputs)
+            for maps in self.calibration_resamples
+        ]
+        return {
+            name: float(np.std([e[name] for e in estimates if name in e], ddof=1))
+            for name in estimates[0]
+        }
 
 
 def estimator_metrics(config: ProjectConfig) -> tuple[str, ...]:
@@ -495,9 +525,19 @@ def fit_estimator(
     probabilities = np.asarray(outputs.probabilities)[known]
     observed = np.asarray(truth)[known]
     classes = outputs.classes
+    generator = np.random.default_rng(random_state)
+    resamples = [
+        generator.integers(0, len(observed), len(observed)) for _ in range(CALIBRATION_RESAMPLES)
+    ]
     if config.is_binary:
         index = _class_index(classes, config.positive_label)
-        maps = [fit_calibration(probabilities[:, index], is_label(observed, classes[index]))]
+
+        def fitted(at: np.ndarray) -> list[dict[str, list[float]]]:
+            return [
+                fit_calibration(probabilities[at, index], is_label(observed[at], classes[index]))
+            ]
+
+        maps = fitted(np.arange(len(observed)))
         estimator = PerformanceEstimator(
             method="cbpe",
             task=config.task,
@@ -508,10 +548,14 @@ def fit_estimator(
             rows=int(known.sum()),
         )
     else:
-        maps = [
-            fit_calibration(probabilities[:, i], is_label(observed, label))
-            for i, label in enumerate(classes)
-        ]
+
+        def fitted(at: np.ndarray) -> list[dict[str, list[float]]]:
+            return [
+                fit_calibration(probabilities[at, i], is_label(observed[at], label))
+                for i, label in enumerate(classes)
+            ]
+
+        maps = fitted(np.arange(len(observed)))
         estimator = PerformanceEstimator(
             method="cbpe",
             task=config.task,
@@ -520,6 +564,7 @@ def fit_estimator(
             reference_realised=realised,
             rows=int(known.sum()),
         )
+    estimator.calibration_resamples = [fitted(at) for at in resamples]
     estimator.reference_estimated = estimator.estimate_metrics(outputs)
     return estimator
 
@@ -541,7 +586,7 @@ def _fit_dle(
     models, spread = {}, {}
     template = loss_model(frame, random_state)
     for metric, target in targets.items():
-        folds = min(5, max(2, len(frame) // 50))
+        folds = min(3, max(2, len(frame) // 50))
         out_of_fold = cross_val_predict(clone(template), frame, target, cv=folds)
         spread[metric] = float(np.std(target - np.clip(out_of_fold, 0.0, None), ddof=1))
         models[metric] = clone(template).fit(frame, target)
