@@ -212,3 +212,11 @@ def test_estimate_store_pairs_estimates_with_realised_values(tmp_path):
 
     assert pairs["b1"]["realised"] == 0.77 and pairs["b1"]["within_interval"] is True
     assert pairs["b2"].get("realised") is None and pairs["b2"]["within_interval"] is None
+
+
+def test_a_version_registered_without_an_estimator_has_none(tmp_path):
+    from types import SimpleNamespace
+
+    old_version = SimpleNamespace(tags={"loopml.family": "logistic"}, run_id="r1")
+
+    assert estimation.load_version_estimator(None, old_version, tmp_path) is None
