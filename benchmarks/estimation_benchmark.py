@@ -32,7 +32,7 @@ from loopml import estimation, stream
 from loopml.config import ProjectConfig
 from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
 from loopml.modeling import build_pipeline
-from loopml.reports import performance_metrics
+from loopml.monitoring import batch_metrics, batch_outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_ROWS = 500
@@ -164,7 +164,7 @@ def fit(table: Table, train: pd.DataFrame, held_out: pd.DataFrame):
     model.fit(prepare_features(train, config), prepare_target(train, config))
     features = prepare_features(held_out, config)
     truth = prepare_target(held_out, config)
-    outputs = estimation.model_outputs(model, features, config, None)
+    outputs = estimation.model_outputs(model, features, config)
     realised = realised_metrics(config, truth, outputs)
     estimator = estimation.fit_estimator(config, outputs, truth, features, realised)
     return model, estimator
@@ -174,13 +174,8 @@ def realised_metrics(config, truth, outputs) -> dict[str, float]:
     probability = None
     if config.is_binary:
         probability = outputs.probabilities[:, outputs.classes.index(config.positive_label)]
-    return performance_metrics(
-        np.asarray(truth),
-        outputs.labels,
-        probability,
-        task=config.task,
-        positive_label=config.positive_label if config.is_binary else None,
-    )
+    outcomes = batch_outcomes(config, np.asarray(truth), outputs.labels, probability)
+    return batch_metrics(outcomes)
 
 
 def judged_metric(config: ProjectConfig) -> str:
@@ -217,7 +212,7 @@ def estimation_stream(table, model, estimator, pool, *, batches, concept: bool, 
                 truth[flip] = truth[flip].map(swap)
             else:
                 truth[flip] = rng.choice(config.classes, int(flip.sum()))
-        outputs = estimation.model_outputs(model, features, config, None)
+        outputs = estimation.model_outputs(model, features, config)
         estimate = estimator.estimate(outputs, features, metric=metric)[metric]
         realised = realised_metrics(config, truth, outputs).get(metric)
         rows.append((estimate["value"], estimate["lower"], estimate["upper"], realised))
@@ -247,7 +242,7 @@ def detector_run(table, model, estimator, reference, pool, *, batches, drift_per
         observations = stream.column_observations(
             verdict["columns"], batch_rows=len(batch), reference_rows=profile.n_rows
         )
-        outputs = estimation.model_outputs(model, batch, config, None)
+        outputs = estimation.model_outputs(model, batch, config)
         entry = estimator.estimate(outputs, batch, metric=metric)[metric]
         from loopml.gate import improvement
 

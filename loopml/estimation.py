@@ -39,7 +39,7 @@ import pandas as pd
 from loopml.config import ProjectConfig
 from loopml.errors import LoopmlError
 from loopml.gate import relative_bounds, scaled_improvement
-from loopml.reports import is_label
+from loopml.label_rule import is_label
 
 CALIBRATION_FILE = "estimator.json"
 LOSS_MODEL_FILES = {"mae": "loss_absolute.skops", "rmse": "loss_squared.skops"}
@@ -204,7 +204,7 @@ def simulated_metric_draws(
     """Each metric on ``draws`` label sets drawn from the calibrated probabilities.
 
     Vectorised over the draws (a draws x rows matrix) with the definitions of
-    :func:`loopml.reports.performance_metrics`: positive-class precision/recall/F1 and the
+    :mod:`loopml.metrics`: positive-class precision/recall/F1 and the
     rank form of ROC-AUC for binary models; macro averages over the classes present for
     multiclass ones. Above ``MAX_DRAW_ROWS`` rows the draws use a row sample and their spread is
     shrunk by sqrt(sample / rows) around their mean (the 1/sqrt(n) law).

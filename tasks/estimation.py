@@ -11,7 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from loopml import estimation, monitoring, reports, stream
+from loopml import estimation, monitoring, stream
 from loopml.features import prepare_features, prepare_target
 from loopml.gate import improvement
 from loopml.labels import LabelStore, joined_predictions
@@ -185,13 +185,10 @@ def record_realised(runtime: Runtime) -> int:
     updated = 0
     for batch_id, rows in joined[joined[BATCH_ID].isin(batches)].groupby(BATCH_ID):
         probability = rows["probability"].to_numpy() if "probability" in rows else None
-        metrics = reports.performance_metrics(
-            rows["target"].to_numpy(),
-            rows["prediction"].to_numpy(),
-            probability if config.is_binary else None,
-            task=config.task,
-            positive_label=config.positive_label if config.is_binary else None,
+        outcomes = monitoring.batch_outcomes(
+            config, rows["target"].to_numpy(), rows["prediction"].to_numpy(), probability
         )
+        metrics = monitoring.batch_metrics(outcomes)
         store.add(estimation.realised_record(str(batch_id), metrics, len(rows), at))
         updated += 1
     return updated
