@@ -75,7 +75,7 @@ def estimate_performance(
 ) -> dict[str, Any]:
     """The champion's estimated performance on the batch, kept beside the realised one."""
     config = runtime.config
-    metric = monitoring.performance_metric(config)
+    metric = config.performance_metric
     version = runtime.mlflow.get_model_version(runtime.name, serving.version)
     estimator = estimation.load_version_estimator(
         runtime.mlflow, version, runtime.settings.references_dir / runtime.name
