@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from loopml.runtime import open_runtime
+from tasks.estimation import record_realised
 from tasks.ingest import load_table
 from tasks.labels import attach_labels, judge_labelled_performance
 
@@ -18,4 +19,5 @@ def label_flow(project: str, data: str, project_dir: str = ".") -> dict[str, Any
     frame, labels_id = load_table(data)
     stored = attach_labels(runtime, frame)
     performance = judge_labelled_performance(runtime, stored, labels_id)
+    record_realised(runtime)
     return {"project": project, "labels_id": labels_id, "labels": len(stored), **performance}

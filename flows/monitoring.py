@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
+from tasks.estimation import estimate_performance, estimation_fields, watch_stream
 from tasks.monitoring import (
     check_drift,
     check_performance,
@@ -49,6 +50,18 @@ def monitor_flow(
     performance = check_performance(
         runtime, baseline, current_sample, current_predictions, batch_id
     )
+    estimated = estimate_performance(
+        runtime,
+        serving,
+        baseline.metrics,
+        current_sample,
+        batch_id,
+        checked_at.isoformat(timespec="seconds"),
+        performance,
+    )
+    stream = watch_stream(
+        runtime, drift, estimated, batch_id, serving.version, baseline.profile.n_rows
+    )
     report_path, workspace_run = evidently_report(
         runtime,
         baseline,
@@ -72,4 +85,5 @@ def monitor_flow(
         labelled_rows=labelled_rows,
         report_path=report_path,
         evidently_run=workspace_run,
+        estimation=estimation_fields(estimated, stream),
     )

@@ -13,6 +13,7 @@ from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
 from tasks.documentation import document_candidate
+from tasks.estimation import record_estimator
 from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
 from tasks.retraining import (
@@ -96,6 +97,7 @@ def retrain_flow(
             importances=importances,
             decision=decision,
         )
+        record_estimator(runtime, registered, candidate.model, data.frozen_test, metrics)
         apply_gate(runtime, registered, decision, trigger=trigger)
     return {
         "project": project,

@@ -14,6 +14,7 @@ from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
 from tasks.documentation import document_candidate
+from tasks.estimation import record_estimator
 from tasks.ingest import load_table
 from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
@@ -78,6 +79,7 @@ def train_flow(
         importances=importances,
         decision=decision,
     )
+    record_estimator(runtime, registered, candidate.model, test, metrics)
     apply_gate(runtime, registered, decision, trigger=trigger)
     return {
         "project": project,

@@ -229,12 +229,25 @@ class PerformanceConfig(_Strict):
     alpha: float | None = Field(0.05, gt=0.0, lt=0.5)
 
 
+class StreamConfig(_Strict):
+    """The stream-level drift detector (CUSUM over batches; see docs/monitoring.md).
+
+    ``arl0`` is the false-alarm budget: the expected number of clean batches between two false
+    alarms of the whole detector (all columns and the estimated performance together).
+    """
+
+    enabled: bool = True
+    arl0: float = Field(500, ge=10)
+    reference_value: float = Field(0.5, gt=0.0)  # CUSUM's k, in standard deviations
+
+
 class MonitoringConfig(_Strict):
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
     # Rows of each side the Evidently report and prediction drift look at (a uniform sample), so
     # their cost does not grow with the batch; drift verdicts read the whole batch.
     sample_rows: int = Field(50_000, ge=100)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
 
 
 class RetrainingConfig(_Strict):

@@ -553,6 +553,7 @@ class ColumnDrift:
     threshold: float
     drifted: bool
     note: str = ""
+    raw_p_value: float = float("nan")  # before the correction: the stream detector's input
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -564,6 +565,7 @@ class ColumnDrift:
             "threshold": self.threshold,
             "drifted": self.drifted,
             "note": self.note,
+            "raw_p_value": _json_float(self.raw_p_value),
         }
 
 
@@ -644,6 +646,7 @@ def detect_drift(
         for name, p_value in zip(raw_p_values, adjusted, strict=True):
             column = results[name]
             column.p_value = float(p_value)
+            column.raw_p_value = float(raw_p_values[name])
             column.drifted = bool(column.score >= column.threshold and p_value < policy.alpha)
             column.note = f"raw p={raw_p_values[name]:.3g}; {column.note}".rstrip("; ")
 

@@ -291,8 +291,13 @@ def verdict_record(
     labelled_rows: int,
     report_path: Path,
     evidently_run: Any,
+    estimation: dict[str, Any] | None = None,
 ) -> MonitoringVerdict:
-    """One batch's monitoring verdict from the checks' results (the one place it is built)."""
+    """One batch's monitoring verdict from the checks' results (the one place it is built).
+
+    ``estimation``: the estimated-performance and stream-detector keys
+    (``tasks.estimation.estimation_fields``), kept in ``estimated_performance``.
+    """
     return MonitoringVerdict(
         project=project,
         batch_id=batch_id,
@@ -306,6 +311,7 @@ def verdict_record(
         labelled_rows_kept=labelled_rows,
         report_path=str(report_path),
         evidently_run=evidently_run,
+        estimated_performance=estimation or {},
     )
 
 

@@ -154,6 +154,21 @@ def last_monitoring(settings: Settings, project: str) -> dict[str, Any] | None:
         return None
 
 
+def estimation_status(monitoring_dir: Path, project: str, history: int) -> dict[str, Any]:
+    """Estimated vs realised performance of the latest batches, and the stream detector."""
+    from dataclasses import asdict
+
+    from loopml.estimation import EstimateStore
+    from loopml.stream import StreamState
+
+    pairs = EstimateStore(monitoring_dir, project).pairs()
+    path = monitoring_dir / project / "stream.json"
+    return {
+        "estimated_vs_realised": pairs[-history:] if history > 0 else pairs,
+        "stream": asdict(StreamState.load(path)) if path.is_file() else None,
+    }
+
+
 def project_status(
     project: str, project_dir: Path, settings: Settings, *, history: int = 10
 ) -> dict[str, Any]:
@@ -191,6 +206,7 @@ def project_status(
         "challenger": describe(CHALLENGER),
         "versions": [str(v.version) for v in list_versions(client, project)],
         "last_monitoring": last_monitoring(settings, project),
+        **estimation_status(settings.monitoring_dir, project, history),
         "history": decisions[-history:] if history > 0 else decisions,
         "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
     }

@@ -267,7 +267,43 @@ def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
         emit(config.name, events.DRIFT_DETECTED, verdict.event_payload())
     if verdict.performance_degraded:
         emit(config.name, events.PERFORMANCE_DEGRADED, verdict.degradation_payload())
-    return verdict.to_dict()
+    result = verdict.to_dict()
+    _emit_estimation_events(config.name, result, verdict.event_payload())
+    return result
+
+
+def _emit_estimation_events(project: str, result: dict[str, Any], payload: dict[str, Any]) -> None:
+    """Estimated degradation (when no labels judged the batch) and stream alarms (when the
+    batch's own verdict did not fire already)."""
+    estimated = result.get("estimated_performance") or {}
+    if estimated.get("degraded") and not result.get("performance"):
+        metric = estimated["metric"]
+        emit(
+            project,
+            events.PERFORMANCE_DEGRADED,
+            {
+                **payload,
+                "estimated": True,
+                "method": estimated.get("method"),
+                "metric": metric,
+                "drop": estimated["drop"],
+                "confident_drop": estimated["confident_drop"],
+                "current": (estimated["estimates"].get(metric) or {}).get("value"),
+            },
+        )
+    stream = result.get("stream") or {}
+    if stream.get("alarm") and not result["drift_detected"]:
+        emit(
+            project,
+            events.DRIFT_DETECTED,
+            {**payload, "stream": True, "streams": stream["alarmed_streams"]},
+        )
+
+
+def _estimation_markdown(result: dict[str, Any]) -> str:
+    from loopml.estimation_view import estimation_lines
+
+    return "".join(f"- {line}\n" for line in estimation_lines(result))
 
 
 def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
@@ -299,6 +335,7 @@ def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
         f"(share {verdict.drift['drift_share']:.2f})\n"
         f"- prediction drift: {verdict.prediction_drift.get('drifted')}\n"
         f"- performance: {perf_text}\n"
+        f"{_estimation_markdown(verdict.estimated_performance)}"
         f"- report: [{report.name}]({report.as_uri()})\n\n"
         f"{markdown_table(rows)}\n"
     )

@@ -215,6 +215,7 @@ def monitor(
     json_output: JsonFlag = False,
 ) -> None:
     """Evidently drift (and performance when labels exist) of a batch; emits events."""
+    from loopml.estimation_view import estimation_lines
 
     def action() -> dict[str, Any]:
         settings = process_settings()
@@ -228,7 +229,11 @@ def monitor(
             reference=resolve_path(reference),
             project_dir=str(project_dir.resolve()),
         )
-        return {key: result[key] for key in MONITOR_KEYS if key in result}
+        return {
+            key: value
+            for key, value in result.items()
+            if key in MONITOR_KEYS or key.startswith("estimated") or key == "stream"
+        }
 
     def render(result: dict[str, Any]) -> None:
         verdict = "DRIFT DETECTED" if result["drift_detected"] else f"no drift ({result['status']})"
@@ -245,6 +250,8 @@ def monitor(
         performance = result.get("performance")
         if performance:
             typer.echo("  performance: " + performance_line(performance))
+        for line in estimation_lines(result):
+            typer.echo("  " + line)
         typer.echo(f"  report: {result['report_path']}")
 
     run(action, json_output, render)

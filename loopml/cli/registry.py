@@ -66,6 +66,7 @@ def status(
     json_output: JsonFlag = False,
 ) -> None:
     """Champion, challenger, last monitoring verdict and promotion history."""
+    from loopml.estimation_view import estimation_status_lines
     from loopml.project import project_status
 
     def action() -> dict[str, Any]:
@@ -90,6 +91,8 @@ def status(
             )
         else:
             typer.echo("last monitoring: none")
+        for line in estimation_status_lines(result):
+            typer.echo(line)
         typer.echo("history:")
         for entry in result["history"]:
             typer.echo("  " + history_line(entry))
