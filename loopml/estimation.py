@@ -77,15 +77,15 @@ class ModelOutputs:
 
 
 def model_outputs(model: Any, features: pd.DataFrame, config: ProjectConfig) -> ModelOutputs:
-    """The one place the estimator asks a model for its outputs (labels via loopml's scoring)."""
-    from loopml.scoring import predict
+    """The one place the estimator asks a model for its outputs: one ``predict_proba`` pass,
+    labels read off it by loopml's scoring rule (the threshold inside the model applies)."""
+    from loopml.scoring import labels_from_probabilities
 
-    labels, _ = predict(model, features, config)
     if config.task == "regression":
-        return ModelOutputs(np.asarray(labels, dtype=float), None, [])
-    return ModelOutputs(
-        np.asarray(labels), np.asarray(model.predict_proba(features)), list(model.classes_)
-    )
+        return ModelOutputs(np.asarray(model.predict(features), dtype=float), None, [])
+    probabilities = np.asarray(model.predict_proba(features), dtype=float)
+    labels = labels_from_probabilities(model, probabilities)
+    return ModelOutputs(np.asarray(labels), probabilities, list(model.classes_))
 
 
 # --------------------------------------------------------------------------- calibration
