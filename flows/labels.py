@@ -9,6 +9,7 @@ from prefect import flow
 from loopml.runtime import open_runtime
 from tasks.ingest import load_table
 from tasks.labels import attach_labels, judge_labelled_performance
+from tasks.retraining import rollback_on_new_labels
 
 
 @flow(name="label", log_prints=False)
@@ -18,4 +19,11 @@ def label_flow(project: str, data: str, project_dir: str = ".") -> dict[str, Any
     frame, labels_id = load_table(data)
     stored = attach_labels(runtime, frame)
     performance = judge_labelled_performance(runtime, stored, labels_id)
-    return {"project": project, "labels_id": labels_id, "labels": len(stored), **performance}
+    rolled_back = rollback_on_new_labels(runtime, stored, labels_id)
+    return {
+        "project": project,
+        "labels_id": labels_id,
+        "labels": len(stored),
+        **performance,
+        "rolled_back": rolled_back,
+    }

@@ -1,4 +1,4 @@
-"""The retraining flow: reference + recent labelled data -> challenger -> two-sided gate."""
+"""The retraining flow: data policies backtested -> challenger -> gate that follows the traffic."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tasks.documentation import document_candidate
 from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
 from tasks.retraining import (
+    choose_training_data,
     claim_trigger,
     compare_retrained,
     gather_data,
@@ -50,13 +51,9 @@ def retrain_flow(
         "flow_run_id": flow_run.get_id(),
     }
     with retraining_lock(runtime):
-        if not claim_trigger(runtime, trigger):
-            return {
-                "project": project,
-                "skipped": True,
-                "batch_id": batch_id,
-                "reason": f"batch {batch_id} already caused a retraining",
-            }
+        skipped = claim_trigger(runtime, trigger)
+        if skipped:
+            return {"project": project, "skipped": True, "batch_id": batch_id, "reason": skipped}
         data = gather_data(runtime, as_of)
         validate_batch(
             runtime,
@@ -70,33 +67,41 @@ def retrain_flow(
         search = search_candidates(
             runtime, data.train, study_name=study_name, trials=trials, timeout=timeout
         )
-        candidate = fit_candidate(runtime, data.train, search)
+        choice, chosen = choose_training_data(runtime, data, search)
+        candidate = fit_candidate(runtime, chosen.frame, search, chosen.weights)
         metrics, figures, importances = evaluate_candidate(runtime, candidate, data.frozen_test)
         decision, _, recent_metrics = compare_retrained(runtime, candidate, data)
         registered = register_candidate(
             runtime,
             candidate,
-            train=data.train,
+            train=chosen.frame,
             test=data.frozen_test,
             test_metrics=metrics,
             figures=figures,
             importances=importances,
-            data_hash=frame_hash(data.train),
+            data_hash=frame_hash(chosen.frame),
             suite_hash=suite_hash(load_suite(runtime.suite_path)),
             trigger=trigger,
+            data_policy=choice.to_dict(),
         )
         decision = document_candidate(
             runtime,
             registered,
             candidate,
-            train=data.train,
+            train=chosen.frame,
             test=data.frozen_test,
             test_metrics=metrics,
             figures=figures,
             importances=importances,
             decision=decision,
         )
-        apply_gate(runtime, registered, decision, trigger=trigger)
+        apply_gate(
+            runtime,
+            registered,
+            decision,
+            trigger=trigger,
+            details={"data_policy": choice.to_dict()},
+        )
     return {
         "project": project,
         "skipped": False,
@@ -107,9 +112,11 @@ def retrain_flow(
         "comparisons": decision.comparisons,
         "test_metrics": metrics,
         "recent_metrics": recent_metrics,
-        "training_rows": len(data.train),
+        "data_policy": choice.to_dict(),
+        "training_rows": len(chosen.frame),
+        "reference_rows": len(data.reference),
         "recent_window_rows": data.window_rows,
-        "recent_training_rows": data.window_train_rows,
+        "recent_training_rows": len(data.window_train),
         "recent_evaluation_rows": len(data.recent_evaluation),
         "champion_before": data.champion_version,
         "batch_id": batch_id,
