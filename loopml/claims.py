@@ -152,9 +152,22 @@ def new_evidence(
     """
     if not batch_id:
         return False
-    if event == "loopml.performance.degraded":
+    if event in {"loopml.performance.degraded", "loopml.retraining.evidence"}:
         return True
     return any(v.get("batch_id") == batch_id and v.get("performance_degraded") for v in verdicts)
+
+
+def evidence_inside_cooldown(
+    entries: list[dict[str, Any]], now: datetime, cooldown_seconds: float, batch_id: str
+) -> bool:
+    """Whether a degraded labelled batch arrives inside the cooldown and has not retrained yet.
+
+    Then the automation's window would drop its events, so the caller announces the new
+    evidence on its own event; the retraining still claims the batch (never twice).
+    """
+    return cooldown_left(entries, now, cooldown_seconds) > 0 and not claimed_by(
+        entries, batch_id, lambda _: True
+    )
 
 
 def promotion_to_check(entries: list[dict[str, Any]], champion: str) -> dict[str, Any] | None:

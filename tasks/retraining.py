@@ -367,6 +367,20 @@ def rollback_on_new_labels(
     return rollback_if_worse.fn(runtime, rows.reset_index(drop=True), labels_id)
 
 
+def announce_new_evidence(runtime: Runtime, batch_id: str) -> bool:
+    """Emit ``loopml.retraining.evidence`` for a degraded labelled batch inside the cooldown,
+    so recovery keeps going (its own automation starts the retraining). True when emitted."""
+    from loopml import events
+    from tasks.events import emit
+
+    entries = ledger.read_entries(runtime.settings.ledger_dir, runtime.name)
+    cooldown = runtime.config.retraining.cooldown_seconds
+    if not claims.evidence_inside_cooldown(entries, datetime.now(UTC), cooldown, batch_id):
+        return False
+    emit(runtime.name, events.RETRAIN_EVIDENCE, {"batch_id": batch_id})
+    return True
+
+
 def _flow_run_id() -> str | None:
     from prefect.runtime import flow_run
 
