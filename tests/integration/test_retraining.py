@@ -3,9 +3,11 @@ retraining flow trains a challenger on reference + recent data and the two-sided
 
 The batch is a market shift: customers drawn with a bias towards month-to-month contracts,
 mailed-check payments and short tenures (covariate drift, the true relation intact), and
-mailed-check payers now churn 80 % of the time (a relation the champion never saw). A
-challenger that learns it beats the champion on the recent window and holds up on the frozen
-held-out set, so it is promoted; with an impossible margin the next one is refused.
+mailed-check payers now churn 80 % of the time (a relation the champion never saw). The
+retraining backtests its data policies, and the challenger is better with confidence on the
+newest labelled rows; the batch's degraded verdict confirms the change, so the frozen held-out set
+only guards against a catastrophic loss, and the challenger is promoted; with an impossible
+margin the next one is refused.
 """
 
 from __future__ import annotations
