@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -260,6 +261,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # SIGTERM runs the finally below, so the Prefect server started here stops with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="loop-benchmark-") as scratch:
         work = Path(scratch)
         server = None
@@ -280,8 +283,6 @@ def main() -> None:
                 sys.stdout.flush()
         finally:
             if server is not None:
-                import signal
-
                 os.killpg(server.pid, signal.SIGTERM)
                 server.wait(timeout=30)
 

@@ -263,10 +263,12 @@ class RetrainingConfig(_Strict):
     )
     min_recent_rows: int = Field(200, ge=1)  # recent_only needs at least this many rows
     recency_half_life_rows: int = Field(250, ge=1)  # weight halves every this many newer rows
-    evaluation_share: float = Field(0.3, gt=0.0, lt=0.9)  # newest share of the window: the gate
-    min_evaluation_rows: int = Field(30, ge=1)
-    backtest_share: float = Field(0.3, gt=0.0, lt=0.9)  # newest share of the rest: the backtest
-    min_backtest_rows: int = Field(30, ge=1)
+    # The newest evaluation_share of the window is split, row by row alternately, between the
+    # policy backtest (backtest_share of it) and the gate; neither ever trains what it judges.
+    evaluation_share: float = Field(0.3, gt=0.0, lt=0.9)
+    min_evaluation_rows: int = Field(30, ge=1)  # gate rows needed to judge on recent rows
+    backtest_share: float = Field(0.5, gt=0.0, lt=1.0)
+    min_backtest_rows: int = Field(30, ge=1)  # fewer: no backtest, the first policy is used
 
 
 class ScheduleConfig(_Strict):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from loopml.evaluation import metric_direction
-from loopml.labels import drop_copies, split_recent_window
+from loopml.labels import drop_copies
 
 
 @dataclass
@@ -97,26 +97,33 @@ def recency_weights(reference_rows: int, recent_rows: int, half_life_rows: int) 
     return weights / weights.mean() if weights.size else weights
 
 
-def backtest_split(
-    reference: pd.DataFrame,
-    recent: pd.DataFrame,
+def split_newest(
+    newest: pd.DataFrame,
     columns: list[str],
     *,
-    share: float,
-    min_rows: int,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Older rows to fit on and the newest recent rows to score on, no row on both sides.
+    backtest_share: float,
+    min_backtest_rows: int,
+    min_gate_rows: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The newest labelled rows, split between the policy backtest and the gate.
+
+    Rows alternate (every k-th row goes to the backtest), so both parts are equally new: the
+    newest traffic is what both must be judged on. Backtest rows that copy a gate row are
+    dropped (the final challenger trains on the backtest rows). Too few rows for both: all go
+    to the gate and there is no backtest.
 
     Returns:
-        ``(reference, older_recent, newest)``; ``newest`` is empty when the window is too small.
+        ``(backtest, gate)``.
     """
-    older, newest, _ = split_recent_window(
-        recent, columns, evaluation_share=share, min_evaluation_rows=min_rows
-    )
-    if newest.empty:
-        return reference, older, newest
-    kept_reference, _ = drop_copies(reference, [newest], columns)
-    return kept_reference, older, newest
+    rows = len(newest)
+    wanted = int(round(rows * backtest_share))
+    if wanted < min_backtest_rows or rows - wanted < min_gate_rows:
+        return newest.iloc[:0], newest
+    picked = np.zeros(rows, dtype=bool)
+    picked[np.linspace(0, rows - 1, wanted).round().astype(int)] = True
+    gate = newest[~picked]
+    backtest, _ = drop_copies(newest[picked], [gate], columns)
+    return backtest, gate
 
 
 def choose_policy(
@@ -135,48 +142,51 @@ def choose_policy(
 def run_backtest(
     policies: list[str],
     reference: pd.DataFrame,
-    recent: pd.DataFrame,
+    older: pd.DataFrame,
+    newest: pd.DataFrame,
     columns: list[str],
     *,
     metric: str,
-    share: float,
-    min_rows: int,
     half_life_rows: int,
     min_recent_rows: int,
     fit_and_score: Callable[[PolicyData, pd.DataFrame], float],
 ) -> PolicyChoice:
-    """Fit each applicable policy on the older rows, score it on the newest, pick the best.
+    """Fit each applicable policy on the reference and ``older`` recent rows (time order),
+    score it on the ``newest`` rows, pick the best.
 
-    ``fit_and_score(data, newest)`` fits one configuration on ``data`` and returns ``metric``
-    on ``newest``: the search budget is spent once, outside, and shared by every policy.
+    No row, nor a copy of it, is on both sides. ``fit_and_score(data, newest)`` fits one
+    configuration on ``data`` and returns ``metric`` on ``newest``: the search budget is spent
+    once, outside, and shared by every policy.
     """
-    fit_reference, older, newest = backtest_split(
-        reference, recent, columns, share=share, min_rows=min_rows
-    )
     if newest.empty:
         fallback = next(
-            p
-            for p in [*policies, "all_history"]
-            if policy_data(
-                p,
-                reference,
-                recent,
-                half_life_rows=half_life_rows,
-                min_recent_rows=min_recent_rows,
-            )
-            is not None
+            (
+                p
+                for p in policies
+                if policy_data(
+                    p,
+                    reference,
+                    older,
+                    half_life_rows=half_life_rows,
+                    min_recent_rows=min_recent_rows,
+                )
+                is not None
+            ),
+            "all_history",
         )
         return PolicyChoice(
             policy=fallback,
             metric=metric,
-            note=f"too few recent labelled rows to backtest ({len(recent)})",
+            note=f"too few recent labelled rows to backtest ({len(older)} older, none newest)",
         )
+    fit_reference, _ = drop_copies(reference, [newest], columns)
+    fit_older, _ = drop_copies(older, [newest], columns)
     choice = PolicyChoice(policy=policies[0], metric=metric, backtest_rows=len(newest))
     for policy in policies:
         data = policy_data(
             policy,
             fit_reference,
-            older,
+            fit_older,
             half_life_rows=half_life_rows,
             min_recent_rows=min_recent_rows,
         )

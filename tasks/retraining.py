@@ -16,7 +16,13 @@ from prefect.logging import get_run_logger
 from loopml import claims, ledger, modeling, monitoring
 from loopml.claims import RetrainingBusy
 from loopml.comparison import Scorer, compare_models, load_scorer, score_model, score_rows
-from loopml.data_policies import PolicyChoice, PolicyData, policy_data, run_backtest
+from loopml.data_policies import (
+    PolicyChoice,
+    PolicyData,
+    policy_data,
+    run_backtest,
+    split_newest,
+)
 from loopml.features import align_dtypes, prepare_features, prepare_target
 from loopml.gate import GateDecision, decide_retrain_promotion
 from loopml.gate_stats import drift_confirmed
@@ -112,17 +118,25 @@ def release_claim(flow: Any, flow_run: Any, state: Any) -> None:
 class RetrainingData:
     """Rows a retraining learns from and is judged on.
 
-    ``reference`` is the champion's training data and ``window_train`` the recent labelled rows
-    it may learn from (time order, oldest first); ``recent_evaluation`` are the newest labelled
-    rows, held back to judge challenger and champion; ``frozen_test`` the first held-out set.
+    ``reference`` is the champion's training data; ``older`` the recent labelled rows before the
+    newest block and ``backtest`` the newest rows the data-policy backtest scores on (both in
+    time order, both learnt from by the final challenger); ``recent_evaluation`` the newest rows
+    held back to judge challenger and champion (never learnt from); ``frozen_test`` the first
+    champion's held-out set.
     """
 
     reference: pd.DataFrame
-    window_train: pd.DataFrame
+    older: pd.DataFrame
+    backtest: pd.DataFrame
     frozen_test: pd.DataFrame
     recent_evaluation: pd.DataFrame
     window_rows: int
     champion_version: str
+
+    @property
+    def window_train(self) -> pd.DataFrame:
+        """The recent rows the challenger may learn from, oldest first."""
+        return pd.concat([self.older, self.backtest], ignore_index=True)
 
     @property
     def train(self) -> pd.DataFrame:
@@ -157,28 +171,38 @@ def gather_data(runtime: Runtime, as_of: datetime | None) -> RetrainingData:
         recent_window(joined, store.labelled_batches(), config, now=as_of), reference
     )
     keep = [*config.columns.features, config.target]
-    window_train, recent_evaluation, duplicates = split_recent_window(
+    older, newest, duplicates = split_recent_window(
         window,
         keep,
         evaluation_share=policy.evaluation_share,
         min_evaluation_rows=policy.min_evaluation_rows,
         held_out=frozen_test,
     )
+    backtest, recent_evaluation = split_newest(
+        newest,
+        keep,
+        backtest_share=policy.backtest_share,
+        min_backtest_rows=policy.min_backtest_rows,
+        min_gate_rows=policy.min_evaluation_rows,
+    )
     # Reference rows identical to a judged recent row would let the challenger learn them.
     reference, reference_copies = drop_copies(
         reference[[c for c in keep if c in reference.columns]], [recent_evaluation], keep
     )
     get_run_logger().info(
-        "retraining data: %d reference rows + %d recent labelled rows (%d held back to judge; "
-        "%d left out as copies of rows it is judged on)",
+        "retraining data: %d reference rows + %d recent labelled rows (%d of them newest, for "
+        "the data-policy backtest); %d newest rows held back to judge; %d left out as copies "
+        "of rows it is judged on",
         len(reference),
-        len(window_train),
+        len(older) + len(backtest),
+        len(backtest),
         len(recent_evaluation),
-        duplicates + reference_copies,
+        duplicates + reference_copies + len(newest) - len(backtest) - len(recent_evaluation),
     )
     return RetrainingData(
         reference=reference.reset_index(drop=True),
-        window_train=window_train[keep].reset_index(drop=True),
+        older=older[keep].reset_index(drop=True),
+        backtest=backtest[keep].reset_index(drop=True),
         frozen_test=frozen_test,
         recent_evaluation=recent_evaluation.reset_index(drop=True),
         window_rows=len(window),
@@ -192,9 +216,9 @@ def choose_training_data(
 ) -> tuple[PolicyChoice, PolicyData]:
     """The data policy that best predicts the newest labelled rows, and its training rows.
 
-    The search's best configuration is refitted once per policy on older rows and scored on
-    the newest ones (time order; no row, nor a copy of it, on both sides): the search budget is
-    shared, not multiplied.
+    The search's best configuration is refitted once per policy on the reference and older
+    recent rows and scored on the newest backtest rows (no row, nor a copy of it, on both
+    sides): the search budget is shared, not multiplied.
     """
     config = runtime.config
     policy = config.retraining
@@ -215,11 +239,10 @@ def choose_training_data(
     choice = run_backtest(
         list(policy.policies),
         data.reference,
-        data.window_train,
+        data.older,
+        data.backtest,
         [*config.columns.features, config.target],
         metric=metric,
-        share=policy.backtest_share,
-        min_rows=policy.min_backtest_rows,
         half_life_rows=policy.recency_half_life_rows,
         min_recent_rows=policy.min_recent_rows,
         fit_and_score=fit_and_score,

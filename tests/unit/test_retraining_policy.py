@@ -15,6 +15,7 @@ from loopml.data_policies import (
     policy_data,
     recency_weights,
     run_backtest,
+    split_newest,
 )
 
 COLUMNS = ["x", "y"]
@@ -63,21 +64,20 @@ def test_the_best_backtest_score_wins(scores, metric, chosen):
 
 def test_the_backtest_fits_on_older_rows_and_scores_on_the_newest_without_copies():
     reference = pd.concat([_frame(0, 50), _frame(190, 5)], ignore_index=True)  # 5 copies
-    recent = _frame(100, 100)  # rows 100..199, oldest first
+    older, newest = _frame(100, 70), _frame(170, 30)  # rows 100..169, then 170..199
     seen: dict[str, tuple[set, set]] = {}
 
-    def fit_and_score(data: PolicyData, newest: pd.DataFrame) -> float:
-        seen[data.policy] = (set(data.frame["x"]), set(newest["x"]))
+    def fit_and_score(data: PolicyData, scored: pd.DataFrame) -> float:
+        seen[data.policy] = (set(data.frame["x"]), set(scored["x"]))
         return {"all_history": 0.6, "recency_weighted": 0.65, "recent_only": 0.8}[data.policy]
 
     choice = run_backtest(
         ["all_history", "recency_weighted", "recent_only"],
         reference,
-        recent,
+        older,
+        newest,
         COLUMNS,
         metric="roc_auc",
-        share=0.3,
-        min_rows=10,
         half_life_rows=20,
         min_recent_rows=50,
         fit_and_score=fit_and_score,
@@ -92,15 +92,32 @@ def test_the_backtest_fits_on_older_rows_and_scores_on_the_newest_without_copies
     assert "recent_only (backtest roc_auc" in choice.text()
 
 
+def test_the_newest_rows_alternate_between_backtest_and_gate():
+    newest = _frame(0, 100)
+    newest.loc[99, "x"] = 50.0  # a copy of a row that may land on the other side
+
+    backtest, gate = split_newest(
+        newest, COLUMNS, backtest_share=0.5, min_backtest_rows=30, min_gate_rows=30
+    )
+
+    assert 45 <= len(backtest) <= 50 and len(gate) == 50
+    assert not set(backtest["x"]) & set(gate["x"])
+    # Both halves span the whole newest block: neither is older than the other.
+    assert backtest["x"].min() < 5 and gate["x"].max() >= 98
+    none, everything = split_newest(
+        newest, COLUMNS, backtest_share=0.5, min_backtest_rows=60, min_gate_rows=30
+    )
+    assert none.empty and len(everything) == 100
+
+
 def test_too_few_recent_rows_fall_back_to_the_first_policy_that_applies():
     choice = run_backtest(
         ["recent_only", "all_history"],
         _frame(0, 50),
         _frame(100, 20),
+        _frame(0, 0),
         COLUMNS,
         metric="roc_auc",
-        share=0.3,
-        min_rows=10,
         half_life_rows=20,
         min_recent_rows=50,
         fit_and_score=lambda data, newest: pytest.fail("nothing to backtest on"),
