@@ -177,6 +177,6 @@ def promotion_to_check(entries: list[dict[str, Any]], champion: str) -> dict[str
         if entry.get("action") not in {"promoted", "rolled_back"}:
             continue
         if entry.get("action") == "promoted" and str(entry.get("version")) == str(champion):
-            return entry if entry.get("previous_champion") and entry.get("decision") else None
+            return entry if entry.get("previous_champion") and "decision" in entry else None
         return None
     return None

@@ -186,3 +186,15 @@ def test_new_labelled_evidence_of_degradation_passes_the_cooldown():
     assert claims.new_evidence("b9", "loopml.performance.degraded", verdicts)
     assert not claims.new_evidence("b3", "loopml.drift.detected", verdicts)
     assert not claims.new_evidence(None, "loopml.performance.degraded", verdicts)
+
+
+def test_only_the_gate_promotion_behind_the_current_champion_may_be_rolled_back():
+    gate = {"action": "promoted", "version": "3", "previous_champion": "2", "decision": {}}
+    by_hand = {"action": "promoted", "version": "3", "previous_champion": "2", "reason": "x"}
+    back = {"action": "rolled_back", "version": "2", "previous_champion": "3"}
+
+    assert claims.promotion_to_check([gate], "3") == gate
+    assert claims.promotion_to_check([gate, {"action": "refused"}], "3") == gate
+    assert claims.promotion_to_check([by_hand], "3") is None  # a person decided
+    assert claims.promotion_to_check([gate, back], "2") is None  # already rolled back
+    assert claims.promotion_to_check([{**gate, "previous_champion": None}], "3") is None
