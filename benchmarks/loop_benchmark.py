@@ -80,7 +80,11 @@ def telco_stream(kind: str, batches: int, rows: int, seed: int) -> dict:
         "reference": reference,
         "batches": clean + drifted,
         "drift_start": 2 if kind != "clean" else None,
-        "fresh": changed(fresh_pool, FRESH_ROWS),
+        # Drawn like the batches (same batch size from a pool of similar size), so the fresh
+        # rows have the batches' mix: one big draw without replacement would dilute the shift.
+        "fresh": pd.concat(
+            [changed(fresh_pool, rows) for _ in range(FRESH_ROWS // rows)], ignore_index=True
+        ),
         "target": "churn",
         "init": {"positive_label": "Yes"},
     }

@@ -22,6 +22,7 @@ from tasks.retraining import (
     gather_data,
     release_claim,
     retraining_lock,
+    search_budget,
 )
 from tasks.training import evaluate_candidate, fit_candidate
 from tasks.validation import validate_batch
@@ -64,11 +65,25 @@ def retrain_flow(
             require_id=False,
         )
         study_name = f"{project}-retrain-{flow_run.get_id()}"
-        search = search_candidates(
-            runtime, data.train, study_name=study_name, trials=trials, timeout=timeout
-        )
-        choice, chosen = choose_training_data(runtime, data, search)
-        candidate = fit_candidate(runtime, chosen.frame, search, chosen.weights)
+
+        def search(frame: Any, name: str, budget: int, seconds: float | None) -> Any:
+            return search_candidates(
+                runtime, frame, study_name=name, trials=budget, timeout=seconds
+            )
+
+        # One budget, shared: with enough recent rows for recent_only, half the trials search
+        # on the recent rows (their own best configuration), half on all history.
+        budget = search_budget(runtime.config, data, trials, timeout)
+        searches = {"all_history": search(data.train, study_name, *budget["all_history"])}
+        if "recent_only" in budget:
+            searches["recent_only"] = search(
+                data.window_train, f"{study_name}-recent", *budget["recent_only"]
+            )
+        choice, chosen = choose_training_data(runtime, data, searches)
+        candidate = fit_candidate(
+            runtime, chosen.frame, searches.get(chosen.policy, searches["all_history"]),
+            chosen.weights,
+        )  # fmt: skip
         metrics, figures, importances = evaluate_candidate(runtime, candidate, data.frozen_test)
         decision, _, recent_metrics = compare_retrained(runtime, candidate, data)
         registered = register_candidate(

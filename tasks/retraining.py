@@ -210,15 +210,33 @@ def gather_data(runtime: Runtime, as_of: datetime | None) -> RetrainingData:
     )
 
 
+def search_budget(
+    config: Any, data: RetrainingData, trials: int | None, timeout: float | None
+) -> dict[str, tuple[int, float | None]]:
+    """Trials and seconds per search: all of them on all history, or, when ``recent_only`` may
+    apply, split in two (the recent rows get their own search). Never more than one budget."""
+    total = trials or config.search.trials
+    seconds = timeout or config.search.timeout_seconds
+    policy = config.retraining
+    if (
+        "recent_only" not in policy.policies
+        or len(data.window_train) < policy.min_recent_rows
+        or total < 2
+    ):
+        return {"all_history": (total, seconds)}
+    half = None if seconds is None else seconds / 2
+    return {"all_history": (total - total // 2, half), "recent_only": (total // 2, half)}
+
+
 @task(name="choose-training-data", cache_policy=NO_CACHE)
 def choose_training_data(
-    runtime: Runtime, data: RetrainingData, search: Any
+    runtime: Runtime, data: RetrainingData, searches: dict[str, Any]
 ) -> tuple[PolicyChoice, PolicyData]:
     """The data policy that best predicts the newest labelled rows, and its training rows.
 
-    The search's best configuration is refitted once per policy on the reference and older
-    recent rows and scored on the newest backtest rows (no row, nor a copy of it, on both
-    sides): the search budget is shared, not multiplied.
+    Each policy's configuration (``searches[policy]``, else the all-history search's) is
+    refitted on the reference and older recent rows and scored on the newest backtest rows (no
+    row, nor a copy of it, on both sides): the search budget is shared, not multiplied.
     """
     config = runtime.config
     policy = config.retraining
@@ -229,7 +247,7 @@ def choose_training_data(
         model = modeling.fit_best(
             prepare_features(candidate.frame, config),
             prepare_target(candidate.frame, config),
-            search,
+            searches.get(candidate.policy, searches["all_history"]),
             config,
             max_threads=threads,
             sample_weight=candidate.weights,

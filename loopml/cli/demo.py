@@ -208,7 +208,12 @@ def measure_recovery(project_dir: Path, pool: Any, drifted: list[Any], seed: int
         return {}
     runtime = open_runtime(PROJECT, project_dir)
     config = runtime.config
-    fresh = stream_data.drifting_batch(pool, 1000, np.random.default_rng(seed + 1), 1.0)
+    rng = np.random.default_rng(seed + 1)
+    # Drawn like the batches, so the fresh rows have their mix.
+    fresh = pd.concat(
+        [stream_data.drifting_batch(pool, len(drifted[0]), rng, 1.0) for _ in range(3)],
+        ignore_index=True,
+    )
     champion = str(version_by_alias(runtime.mlflow, PROJECT, CHAMPION).version)
     history = pd.read_csv(project_dir / "data" / "history.csv")
     figures = {

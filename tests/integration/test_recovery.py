@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 NAME = "recovery_telco"
 ROWS = 300
 DRIFTED_BATCHES = 4
-FRESH_ROWS = 800
+FRESH_ROWS = 900
 TRIALS = 3
 
 
@@ -73,7 +73,11 @@ def stream(project) -> dict:
         "champion_after_clean": champion_after_clean,
         "drifted": drifted,
         "results": results,
-        "fresh": demo.drifting_batch(fresh_pool, FRESH_ROWS, rng, 1.0),
+        # Drawn like the batches, so the fresh rows have their mix.
+        "fresh": pd.concat(
+            [demo.drifting_batch(fresh_pool, ROWS, rng, 1.0) for _ in range(FRESH_ROWS // ROWS)],
+            ignore_index=True,
+        ),
     }
 
 
