@@ -205,7 +205,8 @@ def run_stream(key: str, stream: dict, work: Path, trials: int) -> dict:
 
     def version_error(version: str) -> float:
         if version not in error_of:
-            error_of[version] = scorer_error(load_scorer(client, name, version), fresh, config)
+            scorer = load_scorer(client, name, version, config)
+            error_of[version] = scorer_error(scorer, fresh, config)
         return error_of[version]
 
     stale = version_error(stale_version)
@@ -225,8 +226,8 @@ def run_stream(key: str, stream: dict, work: Path, trials: int) -> dict:
         if not following:
             continue
         paired = compare_models(
-            load_scorer(client, name, version),
-            load_scorer(client, name, replaced),
+            load_scorer(client, name, version, config),
+            load_scorer(client, name, replaced, config),
             pd.concat(following, ignore_index=True),
             config,
             metric=config.gate_metric,

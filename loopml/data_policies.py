@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loopml.evaluation import metric_direction
 from loopml.labels import drop_copies
+from loopml.metrics import metric_direction
 
 
 @dataclass

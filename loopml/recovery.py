@@ -14,8 +14,8 @@ import pandas as pd
 
 from loopml.comparison import Scorer, score_rows
 from loopml.config import ProjectConfig
-from loopml.evaluation import metric_direction
 from loopml.features import prepare_features, prepare_target
+from loopml.metrics import metric_direction
 from loopml.modeling import build_pipeline
 
 

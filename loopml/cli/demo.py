@@ -218,8 +218,8 @@ def measure_recovery(project_dir: Path, pool: Any, drifted: list[Any], seed: int
     history = pd.read_csv(project_dir / "data" / "history.csv")
     figures = {
         "champion": champion,
-        "stale": scorer_error(load_scorer(runtime.mlflow, PROJECT, "1"), fresh, config),
-        "loop": scorer_error(load_scorer(runtime.mlflow, PROJECT, champion), fresh, config),
+        "stale": scorer_error(load_scorer(runtime.mlflow, PROJECT, "1", config), fresh, config),
+        "loop": scorer_error(load_scorer(runtime.mlflow, PROJECT, champion, config), fresh, config),
         "oracle": oracle_error(config, pd.concat(drifted, ignore_index=True), history, fresh),
         "metric": config.gate_metric,
         "rows": len(fresh),

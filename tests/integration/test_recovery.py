@@ -101,8 +101,8 @@ def test_a_concept_drift_stream_recovers(project, stream):
     runtime = project.runtime()
     config = runtime.config
     final = str(project.champion().version)
-    stale = scorer_error(load_scorer(runtime.mlflow, NAME, "1"), stream["fresh"], config)
-    loop = scorer_error(load_scorer(runtime.mlflow, NAME, final), stream["fresh"], config)
+    stale = scorer_error(load_scorer(runtime.mlflow, NAME, "1", config), stream["fresh"], config)
+    loop = scorer_error(load_scorer(runtime.mlflow, NAME, final, config), stream["fresh"], config)
     oracle = oracle_error(
         config,
         pd.concat(stream["drifted"], ignore_index=True),

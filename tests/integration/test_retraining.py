@@ -313,8 +313,9 @@ def test_a_promotion_that_hurts_on_new_labelled_rows_is_rolled_back(project, fir
     assert promotion is not None and promotion["action"] == "promoted"
     previous = str(promotion["previous_champion"])
     batch = project.batch(400, seed=97, with_target=True)
-    said = model_outputs(load_scorer(runtime.mlflow, NAME, previous), batch, runtime.config)
-    batch["churn"] = said.predictions
+    config = runtime.config
+    said = model_outputs(load_scorer(runtime.mlflow, NAME, previous, config), batch, config)
+    batch["churn"] = np.where(said.predicted, config.positive_label, "No")
     source = project.write(batch, "previous-was-right.csv")
 
     result = monitor_flow(project=NAME, data=str(source), project_dir=str(project.project_dir))
