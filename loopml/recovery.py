@@ -49,6 +49,7 @@ def oracle_error(
             "hist_gradient_boosting",
             numeric_columns=config.columns.numeric,
             categorical_columns=config.columns.categorical,
+            datetime_columns=config.columns.datetime,
             task=config.task,
             random_state=config.split.random_state,
         ).fit(prepare_features(rows, config), prepare_target(rows, config))
