@@ -1,9 +1,9 @@
 """Every deployment, schedule and trigger of a project, defined once.
 
 ``loopml up`` / ``loopml serve`` serve :func:`build_deployments`; their automations step creates
-:func:`retrain_trigger` on the server by name. ``deployments/prefect.yaml`` (``prefect deploy``
-for a server with workers) spells the same definitions in Prefect's YAML and is tested equal
-to them (tests/unit/test_deployments.py).
+:func:`retrain_trigger` and :func:`evidence_trigger` on the server by name.
+``deployments/prefect.yaml`` (``prefect deploy`` for a server with workers) spells the same
+definitions in Prefect's YAML and is tested equal to them (tests/unit/test_deployments.py).
 
 Prefect and the flows are imported inside the functions: the stack names deployments with
 :func:`deployment_name` before it has applied the settings Prefect reads at import.
@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loopml.events import RETRAIN_TRIGGERS, project_resource_id
+from loopml.events import RETRAIN_EVIDENCE, RETRAIN_TRIGGERS, project_resource_id
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -64,6 +64,36 @@ def retrain_trigger(config: ProjectConfig, project_dir: Path) -> DeploymentEvent
             "batch_id": "{{ event.payload.get('batch_id') }}",
             "event": "{{ event.event }}",
         },
+    )
+
+
+def evidence_trigger(config: ProjectConfig, project_dir: Path) -> DeploymentEventTrigger:
+    """New labelled evidence of degradation inside the cooldown -> the retrain deployment.
+
+    The drift trigger's window drops every event until it closes; recovery must keep going
+    while the champion is degraded, so the monitoring and label flows emit
+    ``loopml.retraining.evidence`` for a degraded labelled batch inside the cooldown that no
+    retraining has claimed yet, and this trigger (no window) runs a retraining for it. The flow
+    still claims the batch (never two retrainings for one batch), one at a time per project.
+    """
+    from prefect.events import DeploymentEventTrigger
+    from prefect.events.schemas.automations import Posture
+
+    name = config.name
+    return DeploymentEventTrigger(
+        name=f"loopml {name}: retrain on new labelled evidence",
+        description=(
+            f"Runs retrain-{name} when {RETRAIN_EVIDENCE} is emitted for "
+            f"{project_resource_id(name)}: a new degraded labelled batch inside the cooldown."
+        ),
+        enabled=True,
+        posture=Posture.Reactive,
+        match={"prefect.resource.id": project_resource_id(name)},
+        expect={RETRAIN_EVIDENCE},
+        for_each={"prefect.resource.id"},
+        threshold=1,
+        within=timedelta(seconds=0),
+        parameters=retrain_trigger(config, project_dir).parameters,
     )
 
 

@@ -10,6 +10,7 @@ from loopml.runtime import open_runtime
 from tasks.estimation import record_realised
 from tasks.ingest import load_table
 from tasks.labels import attach_labels, judge_labelled_performance
+from tasks.retraining import rollback_on_new_labels
 
 
 @flow(name="label", log_prints=False)
@@ -20,4 +21,11 @@ def label_flow(project: str, data: str, project_dir: str = ".") -> dict[str, Any
     stored = attach_labels(runtime, frame)
     performance = judge_labelled_performance(runtime, stored, labels_id)
     record_realised(runtime)
-    return {"project": project, "labels_id": labels_id, "labels": len(stored), **performance}
+    rolled_back = rollback_on_new_labels(runtime, stored, labels_id)
+    return {
+        "project": project,
+        "labels_id": labels_id,
+        "labels": len(stored),
+        **performance,
+        "rolled_back": rolled_back,
+    }

@@ -13,6 +13,7 @@ from loopml.data import file_hash
 from loopml.runtime import open_runtime
 from tasks.estimation import estimate_performance, estimation_fields, watch_stream
 from tasks.monitoring import (
+    TARGET,
     check_drift,
     check_performance,
     check_predictions,
@@ -21,6 +22,7 @@ from tasks.monitoring import (
     load_reference,
     publish_verdict,
 )
+from tasks.retraining import rollback_if_worse
 from tasks.scoring import load_champion
 
 
@@ -72,6 +74,11 @@ def monitor_flow(
         checked_at.strftime("%Y%m%dT%H%M%S"),
     )
     labelled_rows = keep_labelled_batch(runtime, current_sample, batch_id)
+    rolled_back = None
+    if labelled_rows:
+        rolled_back = rollback_if_worse(
+            runtime, current_sample.rename(columns={TARGET: runtime.config.target}), batch_id
+        )
     return publish_verdict(
         runtime,
         batch_id=batch_id,
@@ -86,4 +93,5 @@ def monitor_flow(
         report_path=report_path,
         evidently_run=workspace_run,
         estimation=estimation_fields(estimated, stream),
+        rolled_back=rolled_back,
     )

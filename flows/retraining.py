@@ -1,4 +1,4 @@
-"""The retraining flow: reference + recent labelled data -> challenger -> two-sided gate."""
+"""The retraining flow: data policies backtested -> challenger -> gate that follows the traffic."""
 
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from tasks.estimation import record_estimator
 from tasks.parallel import search_candidates
 from tasks.registry import apply_gate, register_candidate
 from tasks.retraining import (
+    choose_training_data,
     claim_trigger,
     compare_retrained,
     gather_data,
     release_claim,
     retraining_lock,
+    search_budget,
 )
 from tasks.training import evaluate_candidate, fit_candidate
 from tasks.validation import validate_batch
@@ -51,13 +53,9 @@ def retrain_flow(
         "flow_run_id": flow_run.get_id(),
     }
     with retraining_lock(runtime):
-        if not claim_trigger(runtime, trigger):
-            return {
-                "project": project,
-                "skipped": True,
-                "batch_id": batch_id,
-                "reason": f"batch {batch_id} already caused a retraining",
-            }
+        skipped = claim_trigger(runtime, trigger)
+        if skipped:
+            return {"project": project, "skipped": True, "batch_id": batch_id, "reason": skipped}
         data = gather_data(runtime, as_of)
         validate_batch(
             runtime,
@@ -68,29 +66,45 @@ def retrain_flow(
             require_id=False,
         )
         study_name = f"{project}-retrain-{flow_run.get_id()}"
-        search = search_candidates(
-            runtime, data.train, study_name=study_name, trials=trials, timeout=timeout
-        )
-        candidate = fit_candidate(runtime, data.train, search)
+
+        def search(frame: Any, name: str, budget: int, seconds: float | None) -> Any:
+            return search_candidates(
+                runtime, frame, study_name=name, trials=budget, timeout=seconds
+            )
+
+        # One budget, shared: with enough recent rows for recent_only, half the trials search
+        # on the recent rows (their own best configuration), half on all history.
+        budget = search_budget(runtime.config, data, trials, timeout)
+        searches = {"all_history": search(data.train, study_name, *budget["all_history"])}
+        if "recent_only" in budget:
+            searches["recent_only"] = search(
+                data.window_train, f"{study_name}-recent", *budget["recent_only"]
+            )
+        choice, chosen = choose_training_data(runtime, data, searches)
+        candidate = fit_candidate(
+            runtime, chosen.frame, searches.get(chosen.policy, searches["all_history"]),
+            chosen.weights,
+        )  # fmt: skip
         metrics, figures, importances = evaluate_candidate(runtime, candidate, data.frozen_test)
         decision, _, recent_metrics = compare_retrained(runtime, candidate, data)
         registered = register_candidate(
             runtime,
             candidate,
-            train=data.train,
+            train=chosen.frame,
             test=data.frozen_test,
             test_metrics=metrics,
             figures=figures,
             importances=importances,
-            data_hash=frame_hash(data.train),
+            data_hash=frame_hash(chosen.frame),
             suite_hash=suite_hash(load_suite(runtime.suite_path)),
             trigger=trigger,
+            data_policy=choice.to_dict(),
         )
         decision = document_candidate(
             runtime,
             registered,
             candidate,
-            train=data.train,
+            train=chosen.frame,
             test=data.frozen_test,
             test_metrics=metrics,
             figures=figures,
@@ -98,7 +112,13 @@ def retrain_flow(
             decision=decision,
         )
         record_estimator(runtime, registered, candidate.model, data.frozen_test, metrics)
-        apply_gate(runtime, registered, decision, trigger=trigger)
+        apply_gate(
+            runtime,
+            registered,
+            decision,
+            trigger=trigger,
+            details={"data_policy": choice.to_dict()},
+        )
     return {
         "project": project,
         "skipped": False,
@@ -109,9 +129,11 @@ def retrain_flow(
         "comparisons": decision.comparisons,
         "test_metrics": metrics,
         "recent_metrics": recent_metrics,
-        "training_rows": len(data.train),
+        "data_policy": choice.to_dict(),
+        "training_rows": len(chosen.frame),
+        "reference_rows": len(data.reference),
         "recent_window_rows": data.window_rows,
-        "recent_training_rows": data.window_train_rows,
+        "recent_training_rows": len(data.window_train),
         "recent_evaluation_rows": len(data.recent_evaluation),
         "champion_before": data.champion_version,
         "batch_id": batch_id,

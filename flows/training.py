@@ -54,7 +54,7 @@ def train_flow(
     )
     candidate = fit_candidate(runtime, train, search)
     metrics, figures, importances = evaluate_candidate(runtime, candidate, test)
-    decision = compare_with_champion(runtime, metrics, test)
+    decision = compare_with_champion(runtime, candidate, metrics, test)
     trigger = {"kind": "manual", "batch_id": batch_id, **(trigger or {})}
     registered = register_candidate(
         runtime,

@@ -206,6 +206,16 @@ class GateConfig(_Strict):
         0.02, ge=0.0
     )  # retraining: allowed loss on the frozen test set
     fairness: FairnessGateConfig | None = None  # None: no fairness gate (the audit still runs)
+    # One-sided level: the challenger must be better with this confidence (paired bootstrap
+    # on the same rows); a difference inside its own interval never promotes.
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    bootstrap_resamples: int = Field(1000, ge=100)
+    # After a confirmed drift the frozen pre-drift set only blocks a loss beyond this.
+    catastrophic_loss: float = Field(0.5, ge=0.0)
+    # Drift is confirmed when drift or degradation was seen on drift_confirmations of the last
+    # drift_batches monitored batches.
+    drift_batches: int = Field(3, ge=1)
+    drift_confirmations: int = Field(2, ge=1)
 
 
 # Drop of the performance metric that counts as degraded, when the config names none. An RMSE
@@ -250,12 +260,28 @@ class MonitoringConfig(_Strict):
     stream: StreamConfig = Field(default_factory=StreamConfig)
 
 
+DataPolicy = Literal["all_history", "recency_weighted", "recent_only"]
+
+
 class RetrainingConfig(_Strict):
-    """What a retraining learns from."""
+    """What a retraining learns from (see docs/retraining.md)."""
 
     window_rows: int = Field(5_000, ge=1)  # most recent labelled rows added to the reference
     max_age_days: float | None = Field(90, gt=0)  # labelled rows older than this age out
     cooldown_seconds: int = Field(300, ge=0)  # a burst of drift events within this gives one run
+    # Training-data policies a retraining tries; a time-ordered backtest on the newest labelled
+    # rows picks one. The first is the fallback when there are too few rows to backtest.
+    policies: list[DataPolicy] = Field(
+        default_factory=lambda: ["all_history", "recency_weighted", "recent_only"], min_length=1
+    )
+    min_recent_rows: int = Field(200, ge=1)  # recent_only needs at least this many rows
+    recency_half_life_rows: int = Field(250, ge=1)  # weight halves every this many newer rows
+    # The newest evaluation_share of the window is split, row by row alternately, between the
+    # policy backtest (backtest_share of it) and the gate; neither ever trains what it judges.
+    evaluation_share: float = Field(0.3, gt=0.0, lt=0.9)
+    min_evaluation_rows: int = Field(30, ge=1)  # gate rows needed to judge on recent rows
+    backtest_share: float = Field(0.5, gt=0.0, lt=1.0)
+    min_backtest_rows: int = Field(30, ge=1)  # fewer: no backtest, the first policy is used
 
 
 class ScheduleConfig(_Strict):

@@ -9,6 +9,8 @@ PERFORMANCE_DEGRADED = "loopml.performance.degraded"
 MODEL_REGISTERED = "loopml.model.registered"
 MODEL_PROMOTED = "loopml.model.promoted"
 MODEL_ROLLED_BACK = "loopml.model.rolled_back"
+# New labelled evidence that the champion is degraded, inside the retraining cooldown.
+RETRAIN_EVIDENCE = "loopml.retraining.evidence"
 
 RETRAIN_TRIGGERS = (DRIFT_DETECTED, PERFORMANCE_DEGRADED)
 

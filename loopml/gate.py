@@ -5,32 +5,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from loopml.metrics import is_bounded, metric_direction
+from loopml.gate_stats import (
+    PairedDifference,
+    improvement,
+    relative_bounds,
+    scaled_improvement,
+)
+from loopml.metrics import metric_direction
 
-
-def improvement(candidate: float, champion: float, metric: str) -> float:
-    """How much better the candidate is (positive = better), in the metric's own units."""
-    if metric_direction(metric) == "minimize":
-        return champion - candidate
-    return candidate - champion
-
-
-def relative_bounds(metric: str) -> bool:
-    """Whether margins and tolerances on ``metric`` are fractions of the champion's value.
-
-    Error metrics (RMSE, MAE, log-loss ...) are in the target's own units, so an absolute bound
-    such as 0.02 means nothing on a price in dollars; metrics on a fixed scale (ROC-AUC, F1,
-    accuracy, Brier, R²) keep absolute bounds (:func:`loopml.metrics.is_bounded`).
-    """
-    return not is_bounded(metric)
-
-
-def scaled_improvement(candidate: float, champion: float, metric: str) -> float:
-    """The improvement in the units margins are stated in (see :func:`relative_bounds`)."""
-    gain = improvement(candidate, champion, metric)
-    if relative_bounds(metric):
-        return gain / max(abs(champion), 1e-12)
-    return gain
+__all__ = [
+    "GateDecision",
+    "PairedDifference",
+    "bound_text",
+    "decide_promotion",
+    "decide_retrain_promotion",
+    "improvement",
+    "metric_direction",
+    "relative_bounds",
+    "scaled_improvement",
+]
 
 
 def bound_text(bound: float, metric: str) -> str:
@@ -66,10 +59,13 @@ def decide_promotion(
     *,
     metric: str,
     min_improvement: float,
+    paired: PairedDifference | None = None,
 ) -> GateDecision:
     """Promote when there is no champion, or the candidate beats it by ``min_improvement``.
 
-    Both scores must come from the same held-out rows.
+    Both scores must come from the same held-out rows. With ``paired`` (the bootstrap of the
+    difference on those rows) the candidate must be better with confidence: a difference inside
+    its own interval is noise and never promotes.
     """
     if champion_score is None:
         return GateDecision(
@@ -77,6 +73,21 @@ def decide_promotion(
             reason="no champion yet: the first version that passes validation becomes champion",
             metric=metric,
             comparisons={"held_out": _comparison(candidate_score, None, metric, min_improvement)},
+        )
+    comparisons = {
+        "held_out": _comparison(candidate_score, champion_score, metric, min_improvement, paired)
+    }
+    if paired is not None:
+        promote = paired.better_by(min_improvement)
+        verb = "is better than" if promote else "is not better with confidence than"
+        return GateDecision(
+            promote=promote,
+            reason=(
+                f"candidate {verb} the champion on the same held-out rows: {paired.text()} "
+                f"(margin {bound_text(min_improvement, metric)})"
+            ),
+            metric=metric,
+            comparisons=comparisons,
         )
     gain = scaled_improvement(candidate_score, champion_score, metric)
     promote = gain > min_improvement if min_improvement > 0 else gain > 0
@@ -88,74 +99,83 @@ def decide_promotion(
             f"on the same held-out data (margin {bound_text(min_improvement, metric)})"
         ),
         metric=metric,
-        comparisons={
-            "held_out": _comparison(candidate_score, champion_score, metric, min_improvement)
-        },
+        comparisons=comparisons,
     )
 
 
 def decide_retrain_promotion(
     *,
-    candidate_old: float,
-    champion_old: float,
-    candidate_recent: float | None,
-    champion_recent: float | None,
-    metric: str,
-    old_data_tolerance: float,
+    frozen: PairedDifference,
+    recent: PairedDifference | None,
+    drift_confirmed: bool,
+    drift_note: str = "",
     min_improvement: float,
+    old_data_tolerance: float,
+    catastrophic_loss: float,
 ) -> GateDecision:
-    """Retraining gate: no worse than ``old_data_tolerance`` on the frozen held-out set AND
-    better than the champion on the most recent labelled window.
+    """The retraining gate: follow the traffic, keep the frozen set as a guard.
 
-    Without a recent window (no labels yet) the frozen held-out set decides alone.
+    The challenger is promoted when it is better than the champion *with confidence* on the
+    most recent labelled rows it did not learn from (``recent``). The frozen pre-drift held-out
+    set (``frozen``) vetoes a loss beyond ``old_data_tolerance`` only while the traffic still
+    looks like it; once a drift is confirmed (``drift_confirmed``) that distribution no longer
+    arrives, and the frozen set only blocks a catastrophic loss (beyond ``catastrophic_loss``).
+    Without recent rows the frozen set decides alone, with the same confidence rule.
+
+    Every reason states both comparisons with their intervals.
     """
+    metric = frozen.metric
+    limit = catastrophic_loss if drift_confirmed else old_data_tolerance
+    guard = "catastrophic-loss guard" if drift_confirmed else "veto"
     comparisons = {
-        "frozen_held_out": _comparison(candidate_old, champion_old, metric, -old_data_tolerance),
+        "frozen_held_out": _comparison(frozen.candidate, frozen.champion, metric, -limit, frozen)
     }
-    old_gain = scaled_improvement(candidate_old, champion_old, metric)
-    if old_gain < -old_data_tolerance:
-        lost = improvement(candidate_old, champion_old, metric)
-        return GateDecision(
-            promote=False,
-            reason=(
-                f"challenger loses {-lost:.4f} {metric} on the frozen held-out set "
-                f"({candidate_old:.4f} vs {champion_old:.4f}; "
-                f"tolerance {bound_text(old_data_tolerance, metric)})"
-            ),
-            metric=metric,
-            comparisons=comparisons,
-        )
-    if candidate_recent is None or champion_recent is None:
-        decision = decide_promotion(
-            candidate_old, champion_old, metric=metric, min_improvement=min_improvement
-        )
-        decision.comparisons = comparisons
-        decision.reason = "no recent labelled window; " + decision.reason
-        return decision
-    comparisons["recent_window"] = _comparison(
-        candidate_recent, champion_recent, metric, min_improvement
+    context = (
+        f"frozen held-out set: {frozen.text()}, {guard} at a loss of {bound_text(limit, metric)}"
+        + (f" ({drift_note})" if drift_note else "")
     )
-    recent_gain = scaled_improvement(candidate_recent, champion_recent, metric)
-    promote = recent_gain > min_improvement if min_improvement > 0 else recent_gain > 0
-    if promote:
-        reason = (
-            f"challenger beats champion on the recent window ({metric} {candidate_recent:.4f} vs "
-            f"{champion_recent:.4f}) and holds up on the frozen held-out set "
-            f"({candidate_old:.4f} vs {champion_old:.4f})"
+    if recent is not None:
+        comparisons["recent_window"] = _comparison(
+            recent.candidate, recent.champion, metric, min_improvement, recent
         )
+        context = f"recent rows: {recent.text()}; {context}"
+    if frozen.gain < -limit:
+        what = "a catastrophic loss" if drift_confirmed else "a loss beyond the tolerance"
+        reason = f"refused: {what} on the frozen held-out set; {context}"
+        return GateDecision(promote=False, reason=reason, metric=metric, comparisons=comparisons)
+    judged, where = (
+        (recent, "the recent rows")
+        if recent is not None
+        else (frozen, "the frozen held-out set (no recent labelled rows)")
+    )
+    promote = judged.better_by(min_improvement)
+    if promote:
+        reason = f"promoted: the challenger is better with confidence on {where}; {context}"
     else:
         reason = (
-            f"challenger does not beat champion on the recent window ({metric} "
-            f"{candidate_recent:.4f} vs {champion_recent:.4f}, "
-            f"margin {bound_text(min_improvement, metric)})"
+            f"refused: the challenger is not better with confidence on {where} "
+            f"(margin {bound_text(min_improvement, metric)}); {context}"
         )
     return GateDecision(promote=promote, reason=reason, metric=metric, comparisons=comparisons)
 
 
 def _comparison(
-    candidate: float, champion: float | None, metric: str, bound: float
+    candidate: float,
+    champion: float | None,
+    metric: str,
+    bound: float,
+    paired: PairedDifference | None = None,
 ) -> dict[str, float | None]:
+    interval = {}
+    if paired is not None:
+        interval = {
+            "interval_low": paired.low,
+            "interval_high": paired.high,
+            "alpha": paired.alpha,
+            "rows": paired.rows,
+        }
     return {
+        **interval,
         "candidate": float(candidate),
         "champion": None if champion is None else float(champion),
         "improvement": None if champion is None else improvement(candidate, champion, metric),

@@ -187,11 +187,28 @@ def split_recent_window(
     if older.empty:
         return older, evaluation, 0
     judged = [evaluation]
-    if held_out is not None and not held_out.empty and set(columns) <= set(held_out.columns):
+    if held_out is not None:
         judged.append(held_out)
-    seen = pd.Index(pd.concat([_row_keys(frame, columns) for frame in judged]))
-    keep = ~_row_keys(older, columns).isin(seen).to_numpy()
-    return older[keep], evaluation, int((~keep).sum())
+    train, dropped = drop_copies(older, judged, columns)
+    return train, evaluation, dropped
+
+
+def drop_copies(
+    frame: pd.DataFrame, judged: list[pd.DataFrame], columns: list[str]
+) -> tuple[pd.DataFrame, int]:
+    """``frame`` without the rows identical (on ``columns``) to a row of any ``judged`` frame.
+
+    Rows a model is judged on must never be rows it learned from, copies included.
+
+    Returns:
+        ``(kept, dropped)``.
+    """
+    usable = [f for f in judged if not f.empty and set(columns) <= set(f.columns)]
+    if frame.empty or not usable:
+        return frame, 0
+    seen = pd.Index(pd.concat([_row_keys(f, columns) for f in usable]))
+    keep = ~_row_keys(frame, columns).isin(seen).to_numpy()
+    return frame[keep], int((~keep).sum())
 
 
 def _row_keys(frame: pd.DataFrame, columns: list[str]) -> pd.Series:

@@ -19,6 +19,7 @@ Dates become parts and elapsed days; categorical columns with many levels are ta
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import time
@@ -1138,11 +1139,13 @@ def _improves(new: float, old: float, metric: str) -> bool:
     return new > old if metric_direction(metric) == "maximize" else new < old
 
 
-def _fit_quietly(pipeline: Pipeline, features: pd.DataFrame, target: pd.Series) -> Pipeline:
+def _fit_quietly(
+    pipeline: Pipeline, features: pd.DataFrame, target: pd.Series, **fit_params: Any
+) -> Pipeline:
     with warnings.catch_warnings():
         # A short lbfgs run on a bad C is scored like any other trial; the warning adds noise.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return pipeline.fit(features, target)
+        return pipeline.fit(features, target, **fit_params)
 
 
 def _finished_count(study: optuna.Study) -> int:
@@ -1312,14 +1315,24 @@ def fit_best(
     config: ProjectConfig,
     *,
     max_threads: int | None = None,
+    sample_weight: np.ndarray | None = None,
 ) -> Pipeline | BaseEstimator:
     """Fit the search's champion (pipeline or blend) on every training row (no subsampling).
 
-    ``max_threads`` caps native threads as in :func:`run_search`.
+    ``max_threads`` caps native threads as in :func:`run_search`. ``sample_weight`` (one per
+    row, e.g. a recency-weighted retraining) goes to the pipeline's estimator as
+    ``model__sample_weight``, or to a blend's ``fit`` when it takes ``sample_weight``.
     """
     features, target = _checked_training_data(features, target, config)
+    model = best_pipeline(result, config)
+    fit_params: dict[str, Any] = {}
+    if sample_weight is not None:
+        if isinstance(model, Pipeline) and "model" in model.named_steps:
+            fit_params = {"model__sample_weight": sample_weight}
+        elif "sample_weight" in inspect.signature(model.fit).parameters:
+            fit_params = {"sample_weight": sample_weight}
     with threadpool_limits(limits=max_threads):
-        return _fit_quietly(best_pipeline(result, config), features, target)
+        return _fit_quietly(model, features, target, **fit_params)
 
 
 def out_of_fold_scores(

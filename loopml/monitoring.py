@@ -212,6 +212,8 @@ class MonitoringVerdict:
     # Estimated performance without labels (issue 17, CBPE / DLE) goes here: keys such as
     # "estimated_roc_auc" with their interval, merged into to_dict() when present.
     estimated_performance: dict[str, Any] = field(default_factory=dict)
+    # The ledger entry when these labelled rows rolled the champion back (issue 12).
+    rolled_back: dict[str, Any] | None = None
 
     @property
     def drift_detected(self) -> bool:
@@ -249,6 +251,7 @@ class MonitoringVerdict:
             "labelled_rows_kept": self.labelled_rows_kept,
             "report_path": self.report_path,
             "evidently_run": self.evidently_run,
+            "rolled_back": self.rolled_back,
             **self.estimated_performance,
         }
 
@@ -292,6 +295,7 @@ def verdict_record(
     report_path: Path,
     evidently_run: Any,
     estimation: dict[str, Any] | None = None,
+    rolled_back: dict[str, Any] | None = None,
 ) -> MonitoringVerdict:
     """One batch's monitoring verdict from the checks' results (the one place it is built).
 
@@ -312,6 +316,7 @@ def verdict_record(
         report_path=str(report_path),
         evidently_run=evidently_run,
         estimated_performance=estimation or {},
+        rolled_back=rolled_back,
     )
 
 
@@ -327,3 +332,17 @@ def record_result(monitoring_dir: Path, verdict: MonitoringVerdict) -> Path:
     tmp.write_text(text)
     tmp.replace(latest)
     return latest
+
+
+def read_history(monitoring_dir: Path, project: str) -> list[dict[str, Any]]:
+    """Every recorded verdict, oldest first (a torn last line is skipped, not fatal)."""
+    path = monitoring_dir / project / "history.jsonl"
+    if not path.is_file():
+        return []
+    verdicts = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            verdicts.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return verdicts

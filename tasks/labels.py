@@ -84,6 +84,9 @@ def judge_labelled_performance(
                         "current": current.get(verdict["metric"]),
                     },
                 )
+                from tasks.retraining import announce_new_evidence
+
+                announce_new_evidence(runtime, labels_id)
     return {"performance_by_version": by_version, "champion_verdict": verdict}
 
 

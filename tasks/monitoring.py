@@ -267,6 +267,10 @@ def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
         emit(config.name, events.DRIFT_DETECTED, verdict.event_payload())
     if verdict.performance_degraded:
         emit(config.name, events.PERFORMANCE_DEGRADED, verdict.degradation_payload())
+        if verdict.labelled_rows_kept:
+            from tasks.retraining import announce_new_evidence
+
+            announce_new_evidence(runtime, verdict.batch_id)
     result = verdict.to_dict()
     _emit_estimation_events(config.name, result, verdict.event_payload())
     return result

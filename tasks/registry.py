@@ -48,9 +48,15 @@ def register_candidate(
     data_hash: str,
     suite_hash: str,
     trigger: dict[str, Any],
+    data_policy: dict[str, Any] | None = None,
 ) -> RegisteredVersion:
-    """Log the run and register a new version tagged with its lineage; alias it ``challenger``."""
+    """Log the run and register a new version tagged with its lineage; alias it ``challenger``.
+
+    ``data_policy`` (a retraining's chosen training-data policy and its backtest) goes on the
+    run as params/metrics, on the version as a tag and into the ledger.
+    """
     config = runtime.config
+    policy_params, policy_metrics = _policy_record(data_policy)
     champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
     features = prepare_features(train, config)
     # The signature describes the table as users send it (integer columns stay integers), not
@@ -80,6 +86,8 @@ def register_candidate(
         }
         if candidate.threshold is not None:
             version_tags[f"{TAG_PREFIX}threshold"] = f"{candidate.threshold:.6g}"
+        if data_policy:
+            version_tags[f"{TAG_PREFIX}data_policy"] = str(data_policy["policy"])
         registered = log_and_register(
             client=runtime.mlflow,
             experiment_id=runtime.experiment_id,
@@ -91,8 +99,10 @@ def register_candidate(
                 "family": candidate.family,
                 **candidate.params,
                 **({} if candidate.threshold is None else {"threshold": candidate.threshold}),
+                **policy_params,
             },
             metrics={
+                **policy_metrics,
                 **{f"test_{k}": v for k, v in test_metrics.items()},
                 **candidate.cv_metrics,
                 "search_trials": candidate.search.n_trials,
@@ -115,6 +125,7 @@ def register_candidate(
             "family": candidate.family,
             "test_metrics": test_metrics,
             "trigger": trigger,
+            **({"data_policy": data_policy} if data_policy else {}),
         },
     )
     emit(
@@ -139,8 +150,12 @@ def apply_gate(
     decision: GateDecision,
     *,
     trigger: dict[str, Any],
+    details: dict[str, Any] | None = None,
 ) -> GateDecision:
-    """Move ``champion`` to the candidate when the gate says so; record the decision either way."""
+    """Move ``champion`` to the candidate when the gate says so; record the decision either way.
+
+    ``details`` (e.g. the retraining's data policy) join the ledger entry.
+    """
     config = runtime.config
     previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
     set_version_tags(
@@ -156,6 +171,7 @@ def apply_gate(
         "reason": decision.reason,
         "decision": decision.to_dict(),
         "trigger": trigger,
+        **(details or {}),
     }
     if decision.promote:
         set_alias(runtime.mlflow, config.name, CHAMPION, registered.version)
@@ -214,6 +230,20 @@ def promote_version(
         },
     )
     return entry
+
+
+def _policy_record(data_policy: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, float]]:
+    """MLflow params and metrics of a retraining's data-policy choice."""
+    if not data_policy:
+        return {}, {}
+    params = {"data_policy": data_policy["policy"]}
+    metrics: dict[str, float] = {"backtest_rows": float(data_policy.get("backtest_rows") or 0)}
+    metric = data_policy.get("metric")
+    for policy, score in (data_policy.get("scores") or {}).items():
+        metrics[f"backtest_{policy}_{metric}"] = float(score)
+    for policy, rows in (data_policy.get("training_rows") or {}).items():
+        metrics[f"backtest_{policy}_rows"] = float(rows)
+    return params, metrics
 
 
 def _decision_markdown(project: str, version: str, decision: GateDecision) -> str:

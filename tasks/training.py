@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from loopml import evaluation, modeling
+from loopml.comparison import Scorer, compare_models
 from loopml.config import ProjectConfig
 from loopml.features import prepare_features, prepare_target, split_holdout
 from loopml.gate import GateDecision, decide_promotion
@@ -128,13 +129,20 @@ def publish_search(config: ProjectConfig, result: Any, logger: Any) -> None:
 
 
 @task(name="fit", cache_policy=NO_CACHE)
-def fit_candidate(runtime: Runtime, train: pd.DataFrame, search: Any) -> TrainedModel:
-    """Fit the best pipeline on all training rows; choose the decision threshold out of fold."""
+def fit_candidate(
+    runtime: Runtime, train: pd.DataFrame, search: Any, sample_weight: Any = None
+) -> TrainedModel:
+    """Fit the best pipeline on all training rows; choose the decision threshold out of fold.
+
+    ``sample_weight`` (one per row) weights the fit, e.g. by recency after a drift.
+    """
     config = runtime.config
     features = prepare_features(train, config)
     target = prepare_target(train, config)
     threads = runtime.settings.max_threads
-    model = modeling.fit_best(features, target, search, config, max_threads=threads)
+    model = modeling.fit_best(
+        features, target, search, config, max_threads=threads, sample_weight=sample_weight
+    )
     threshold = None
     if config.is_binary:
         scores = modeling.out_of_fold_scores(search, features, target, config, max_threads=threads)
@@ -177,24 +185,39 @@ def evaluate_candidate(
 
 @task(name="compare-with-champion", cache_policy=NO_CACHE)
 def compare_with_champion(
-    runtime: Runtime, candidate_metrics: dict[str, float], test: pd.DataFrame
+    runtime: Runtime,
+    candidate: TrainedModel,
+    candidate_metrics: dict[str, float],
+    test: pd.DataFrame,
 ) -> GateDecision:
-    """Score the current champion on the candidate's held-out rows and decide promotion."""
+    """Score the current champion on the candidate's held-out rows and decide promotion.
+
+    The difference is bootstrapped on those same rows: a candidate is promoted over a champion
+    only when it is better with confidence (``gate.alpha``).
+    """
     config = runtime.config
     metric = config.gate_metric
     champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
-    champion_score = None
-    if champion is not None:
-        champion_metrics = evaluation.evaluate(
-            load_version_model(champion, config.positive_label),
-            prepare_features(test, config),
-            prepare_target(test, config),
-            config,
+    if champion is None:
+        return decide_promotion(
+            candidate_metrics[metric],
+            None,
+            metric=metric,
+            min_improvement=config.gate.min_improvement,
         )
-        champion_score = champion_metrics[metric]
+    paired = compare_models(
+        Scorer(candidate.model),
+        Scorer(load_version_model(champion, config.positive_label), str(champion.version)),
+        test,
+        config,
+        metric=metric,
+        alpha=config.gate.alpha,
+        resamples=config.gate.bootstrap_resamples,
+    )
     return decide_promotion(
-        candidate_metrics[metric],
-        champion_score,
+        paired.candidate,
+        paired.champion,
         metric=metric,
         min_improvement=config.gate.min_improvement,
+        paired=paired,
     )

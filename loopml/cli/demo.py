@@ -146,6 +146,7 @@ def run_loop(
     history_file = settings.monitoring_dir / PROJECT / "history.jsonl"
     summary: list[dict[str, Any]] = []
     retrainings: list[dict[str, Any]] = []
+    drifted: list[Any] = []
     for number, (kind, batch) in enumerate(
         stream_data.stream(pool, clean=clean, drifting=drifting, rows=rows, seed=seed), start=1
     ):
@@ -154,6 +155,8 @@ def run_loop(
         batch.to_csv(staging, index=False)
         staging.rename(inbox / name)
         progress(f"[demo] dropped {name} ({len(batch)} rows) into the inbox")
+        if kind == "drifting":
+            drifted.append(batch)
         verdict = wait_for_verdict(history_file, len(summary), WAIT_FOR_BATCH_SECONDS)
         row = {
             "batch": name,
@@ -187,7 +190,42 @@ def run_loop(
         "champion_v1": trained,
         "batches": summary,
         "retrainings": retrainings,
+        "recovery": measure_recovery(project_dir, pool, drifted, seed),
     }
+
+
+def measure_recovery(project_dir: Path, pool: Any, drifted: list[Any], seed: int) -> dict:
+    """Stale (v1), final champion and oracle error on fresh rows of the drifted traffic."""
+    import numpy as np
+    import pandas as pd
+
+    from loopml.comparison import load_scorer
+    from loopml.recovery import oracle_error, recovery, scorer_error
+    from loopml.registry import CHAMPION, version_by_alias
+    from loopml.runtime import open_runtime
+
+    if not drifted:
+        return {}
+    runtime = open_runtime(PROJECT, project_dir)
+    config = runtime.config
+    rng = np.random.default_rng(seed + 1)
+    # Drawn like the batches, so the fresh rows have their mix.
+    fresh = pd.concat(
+        [stream_data.drifting_batch(pool, len(drifted[0]), rng, 1.0) for _ in range(3)],
+        ignore_index=True,
+    )
+    champion = str(version_by_alias(runtime.mlflow, PROJECT, CHAMPION).version)
+    history = pd.read_csv(project_dir / "data" / "history.csv")
+    figures = {
+        "champion": champion,
+        "stale": scorer_error(load_scorer(runtime.mlflow, PROJECT, "1", config), fresh, config),
+        "loop": scorer_error(load_scorer(runtime.mlflow, PROJECT, champion, config), fresh, config),
+        "oracle": oracle_error(config, pd.concat(drifted, ignore_index=True), history, fresh),
+        "metric": config.gate_metric,
+        "rows": len(fresh),
+    }
+    figures["recovery"] = recovery(figures["stale"], figures["loop"], figures["oracle"])
+    return figures
 
 
 def wait_for_verdict(history_file: Path, seen: int, timeout: float) -> dict[str, Any]:
@@ -237,6 +275,14 @@ def print_summary(result: dict[str, Any], echo: Any) -> None:
         lines.append(
             f"retraining -> v{decision.get('version')}: {decision.get('action')}: "
             f"{decision.get('reason')}"
+        )
+    measured = result.get("recovery") or {}
+    if measured:
+        lines.append(
+            f"recovery against the oracle: {measured['recovery']:.2f} (error = 1 - "
+            f"{measured['metric']} on {measured['rows']} fresh drifted rows: stale v1 "
+            f"{measured['stale']:.3f}, champion v{measured['champion']} {measured['loop']:.3f}, "
+            f"oracle {measured['oracle']:.3f})"
         )
     lines.append(f"done in {result['seconds']} s")
     for label, url in result["urls"].items():

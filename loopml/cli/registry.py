@@ -112,4 +112,13 @@ def history_line(entry: dict[str, Any]) -> str:
         parts.append(f"[{cause}, batch {batch_id}]" if batch_id else f"[{cause}]")
     if entry.get("reason"):
         parts.append(str(entry["reason"]))
+    policy = entry.get("data_policy") if entry.get("action") != "registered" else None
+    if policy:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in (policy.get("scores") or {}).items())
+        rows = policy.get("backtest_rows")
+        parts.append(
+            f"[data: {policy['policy']}"
+            + (f"; backtest {policy.get('metric')} on {rows} rows: {scores}" if scores else "")
+            + "]"
+        )
     return " ".join(parts)

@@ -3,9 +3,11 @@ retraining flow trains a challenger on reference + recent data and the two-sided
 
 The batch is a market shift: customers drawn with a bias towards month-to-month contracts,
 mailed-check payments and short tenures (covariate drift, the true relation intact), and
-mailed-check payers now churn 80 % of the time (a relation the champion never saw). A
-challenger that learns it beats the champion on the recent window and holds up on the frozen
-held-out set, so it is promoted; with an impossible margin the next one is refused.
+mailed-check payers now churn 80 % of the time (a relation the champion never saw). The
+retraining backtests its data policies, and the challenger is better with confidence on the
+newest labelled rows; the batch's degraded verdict confirms the change, so the frozen held-out set
+only guards against a catastrophic loss, and the challenger is promoted; with an impossible
+margin the next one is refused.
 """
 
 from __future__ import annotations
@@ -108,11 +110,24 @@ def test_retraining_registers_a_new_version_for_the_trigger_batch(
     assert result["recent_window_rows"] == SHIFT_ROWS
     # Reference (the champion's 1,600 training rows) + the recent rows not held back to judge,
     # less the few that are exact copies (features and target) of judged rows: Telco has some.
-    assert result["recent_evaluation_rows"] == int(SHIFT_ROWS * 0.3)
-    older = SHIFT_ROWS - result["recent_evaluation_rows"]
-    assert older - 10 <= result["recent_training_rows"] <= older
-    assert result["training_rows"] == 1_600 + result["recent_training_rows"]
+    # The newest 30 % of the window: half judges (the gate), half backtests the data policies
+    # and then trains, like the older rows.
+    newest = int(SHIFT_ROWS * 0.3)
+    assert result["recent_evaluation_rows"] == newest - newest // 2
+    learnable = SHIFT_ROWS - result["recent_evaluation_rows"]
+    assert learnable - 12 <= result["recent_training_rows"] <= learnable
+    # The reference loses the few rows that copy a judged recent row.
+    assert 1_590 <= result["reference_rows"] <= 1_600
+    policy = result["data_policy"]
+    assert policy["policy"] in policy["scores"] and policy["backtest_rows"] > 0
+    expected_rows = {
+        "all_history": result["reference_rows"] + result["recent_training_rows"],
+        "recency_weighted": result["reference_rows"] + result["recent_training_rows"],
+        "recent_only": result["recent_training_rows"],
+    }
+    assert result["training_rows"] == expected_rows[policy["policy"]]
     tags = project.version_tags("2")
+    assert tags["loopml.data_policy"] == policy["policy"]
     assert tags["loopml.batch_id"] == batch_id
     assert tags["loopml.parent_version"] == "1"
     assert tags["loopml.trigger"] == "event"
@@ -132,13 +147,18 @@ def test_ledger_records_both_comparisons_and_the_trigger_batch(shifted, first_re
     assert decided["previous_champion"] == "1"
     comparisons = decided["decision"]["comparisons"]
     assert set(comparisons) == {"frozen_held_out", "recent_window"}
+    assert registered["data_policy"] == decided["data_policy"]
+    assert decided["data_policy"]["policy"] == first_retraining["result"]["data_policy"]["policy"]
     for comparison in comparisons.values():
-        assert {"candidate", "champion", "improvement"} <= set(comparison)
+        assert {"candidate", "champion", "improvement", "interval_low"} <= set(comparison)
         assert comparison["improvement"] == pytest.approx(
             comparison["candidate"] - comparison["champion"]
         )
-    assert comparisons["recent_window"]["improvement"] > 0
-    assert comparisons["frozen_held_out"]["improvement"] >= -0.02
+    assert comparisons["recent_window"]["interval_low"] > 0  # better with confidence
+    # The batch's degraded verdict confirmed the change: the frozen set only guards against
+    # a catastrophic loss now.
+    assert "drift confirmed" in decided["reason"]
+    assert comparisons["frozen_held_out"]["improvement"] >= -0.5
     assert first_retraining["result"]["comparisons"] == comparisons
 
 
@@ -276,3 +296,37 @@ def test_a_price_shift_drift_leads_to_a_retrained_version(project):
 
     assert result["skipped"] is False
     assert project.versions() == [*versions, result["version"]]
+
+
+@pytest.mark.slow
+def test_a_promotion_that_hurts_on_new_labelled_rows_is_rolled_back(project, first_retraining):
+    """Keep last: it moves the champion alias. New labelled rows on which the version the
+    champion replaced is right by construction (their labels are its own decisions): the
+    champion is worse with confidence there, so monitoring them rolls it back by itself."""
+    from flows.monitoring import monitor_flow
+    from loopml.claims import promotion_to_check
+    from loopml.comparison import load_scorer, model_outputs
+
+    runtime = project.runtime()
+    champion = str(project.champion().version)
+    promotion = promotion_to_check(project.ledger(), champion)
+    assert promotion is not None and promotion["action"] == "promoted"
+    previous = str(promotion["previous_champion"])
+    batch = project.batch(400, seed=97, with_target=True)
+    config = runtime.config
+    said = model_outputs(load_scorer(runtime.mlflow, NAME, previous, config), batch, config)
+    batch["churn"] = np.where(said.predicted, config.positive_label, "No")
+    source = project.write(batch, "previous-was-right.csv")
+
+    result = monitor_flow(project=NAME, data=str(source), project_dir=str(project.project_dir))
+
+    rolled = result["rolled_back"]
+    assert rolled is not None and rolled["action"] == "rolled_back"
+    assert (rolled["version"], rolled["previous_champion"]) == (previous, champion)
+    assert "worse with confidence" in rolled["reason"]
+    assert str(project.champion().version) == previous
+    assert project.ledger()[-1]["action"] == "rolled_back"
+    event = project.wait_for_event(
+        events.MODEL_ROLLED_BACK, where=lambda e: e["payload"].get("version") == previous
+    )
+    assert event["payload"]["previous_champion"] == champion

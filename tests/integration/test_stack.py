@@ -143,6 +143,7 @@ def test_automations_are_idempotent_and_a_burst_runs_one_retraining(
     sink = NotificationSink(tmp_path / "notifications.jsonl").start()
     names = [
         "loopml stormy: retrain on drift or degradation",
+        "loopml stormy: retrain on new labelled evidence",
         "loopml: notify on failed flow runs",
         "loopml: notify on model promotion",
     ]
@@ -150,7 +151,7 @@ def test_automations_are_idempotent_and_a_burst_runs_one_retraining(
         first = apply_project_automations(project_dir, [config], webhook_url=sink.url)
         again = apply_project_automations(project_dir, [config], webhook_url=sink.url)
         assert sorted(a["name"] for a in first["automations"]) == sorted(names)
-        assert [a["action"] for a in again["automations"]] == ["updated"] * 3
+        assert [a["action"] for a in again["automations"]] == ["updated"] * 4
         assert {a["id"] for a in first["automations"]} == {a["id"] for a in again["automations"]}
 
         with get_client(sync_client=True) as client:
@@ -171,7 +172,11 @@ def test_automations_are_idempotent_and_a_burst_runs_one_retraining(
             "batch_id": "{{ event.payload.get('batch_id') }}",
             "event": "{{ event.event }}",
         }
-        failed = Automation.read(name=names[1])
+        evidence = Automation.read(name=names[1])
+        assert evidence.trigger.expect == {"loopml.retraining.evidence"}
+        assert evidence.trigger.within.total_seconds() == 0  # every new labelled batch
+        assert evidence.actions[0].parameters == action.parameters
+        failed = Automation.read(name=names[2])
         assert failed.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
         assert failed.actions[0].type == "send-notification"
         assert str(failed.actions[0].block_document_id) == first["notification_block_id"]

@@ -370,7 +370,8 @@ def test_second_training_is_gated_then_promoted_and_rolled_back(trained):
         "1",
     )
     assert refusal["reason"] == second["reason"]
-    assert "does not beat" in refusal["reason"] and "margin 0.5" in refusal["reason"]
+    assert "not better with confidence" in refusal["reason"]
+    assert "margin 0.5" in refusal["reason"]
     # Champion and challenger were scored on the same held-out rows: the champion's score
     # there is exactly the one recorded when it was trained on this same table.
     held_out = refusal["decision"]["comparisons"]["held_out"]

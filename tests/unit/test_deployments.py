@@ -22,7 +22,7 @@ PROJECT = "churn"
 @pytest.fixture(scope="module")
 def defined(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The served deployments and the retrain trigger of a default project, by name."""
-    from flows.deployments import project_deployments, retrain_trigger
+    from flows.deployments import evidence_trigger, project_deployments, retrain_trigger
 
     project_dir = tmp_path_factory.mktemp("project")
     config = ProjectConfig(
@@ -37,6 +37,7 @@ def defined(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "project_dir": project_dir,
         "deployments": {d.name: d for d in project_deployments(config, project_dir)},
         "trigger": retrain_trigger(config, project_dir),
+        "evidence": evidence_trigger(config, project_dir),
     }
 
 
@@ -85,8 +86,12 @@ def test_the_retrain_trigger_agrees(defined) -> None:
     entries = written(defined["project_dir"])
     triggers = {name: entry.get("triggers") or [] for name, entry in entries.items()}
     assert {name for name, listed in triggers.items() if listed} == {f"retrain-{PROJECT}"}
-    (entry,) = triggers[f"retrain-{PROJECT}"]
-    trigger = defined["trigger"]
+    entry, evidence = triggers[f"retrain-{PROJECT}"]
+    for written_trigger, trigger in ((entry, defined["trigger"]), (evidence, defined["evidence"])):
+        _agrees(written_trigger, trigger)
+
+
+def _agrees(entry: dict[str, Any], trigger: Any) -> None:
     assert entry["posture"] == trigger.posture.value
     assert entry["match"] == trigger.match.model_dump()
     assert set(entry["expect"]) == trigger.expect

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 
 from loopml.gate import (
@@ -13,6 +15,7 @@ from loopml.gate import (
     improvement,
     metric_direction,
 )
+from loopml.gate_stats import PairedDifference, drift_confirmed, paired_bootstrap
 
 # Scores below are binary fractions (0.5, 0.625, 0.125, ...) where a test sits on a boundary,
 # so float rounding cannot decide the outcome.
@@ -102,15 +105,30 @@ def test_decision_round_trips_through_json_for_the_ledger():
     assert GateDecision(**restored) == decision
 
 
+def _pair(candidate: float, champion: float, low: float, high: float, metric="roc_auc"):
+    """A paired comparison as the bootstrap would report it (interval in gate units)."""
+    from loopml.gate_stats import scaled_improvement
+
+    return PairedDifference(
+        metric=metric,
+        rows=200,
+        candidate=candidate,
+        champion=champion,
+        gain=scaled_improvement(candidate, champion, metric),
+        low=low,
+        high=high,
+        alpha=0.05,
+    )
+
+
 def _retrain(**overrides) -> GateDecision:
     arguments = {
-        "candidate_old": 0.75,
-        "champion_old": 0.75,
-        "candidate_recent": 0.875,
-        "champion_recent": 0.75,
-        "metric": "roc_auc",
-        "old_data_tolerance": 0.125,
+        "frozen": _pair(0.75, 0.75, -0.03, 0.03),
+        "recent": _pair(0.875, 0.75, 0.0625, 0.1875),
+        "drift_confirmed": False,
         "min_improvement": 0.0,
+        "old_data_tolerance": 0.125,
+        "catastrophic_loss": 0.25,
     }
     arguments.update(overrides)
     return decide_retrain_promotion(**arguments)
@@ -119,31 +137,30 @@ def _retrain(**overrides) -> GateDecision:
 @pytest.mark.parametrize(
     ("overrides", "promote", "reason_part"),
     [
-        pytest.param({}, True, "beats champion on the recent window", id="better-recent-same-old"),
+        pytest.param({}, True, "better with confidence on the recent rows", id="better-recent"),
         pytest.param(
-            {"candidate_old": 0.625}, True, "holds up on the frozen", id="old-loss-at-tolerance"
+            {"frozen": _pair(0.625, 0.75, -0.2, -0.05)}, True, "promoted", id="old-loss-at-limit"
         ),
         pytest.param(
-            {"candidate_old": 0.5}, False, "frozen held-out set", id="old-loss-beyond-tolerance"
-        ),
-        pytest.param(
-            {"candidate_old": 0.5, "candidate_recent": 1.0},
+            {"frozen": _pair(0.5, 0.75, -0.3, -0.2)},
             False,
-            "frozen held-out set",
-            id="recent-gain-cannot-buy-old-loss",
+            "beyond the tolerance",
+            id="old-loss-beyond-tolerance-without-drift",
         ),
-        pytest.param({"candidate_recent": 0.625}, False, "does not beat", id="worse-recent-window"),
         pytest.param(
-            {"candidate_recent": 0.8125, "min_improvement": 0.125},
+            {"recent": _pair(0.8, 0.75, -0.01, 0.11)},
             False,
-            "does not beat",
-            id="recent-gain-within-margin",
+            "not better with confidence",
+            id="gain-inside-its-interval",
         ),
         pytest.param(
-            {"candidate_recent": 0.90625, "min_improvement": 0.125},
-            True,
-            "beats champion",
-            id="recent-gain-beyond-margin",
+            {"recent": _pair(0.8125, 0.75, 0.02, 0.11), "min_improvement": 0.125},
+            False,
+            "not better with confidence",
+            id="confident-gain-below-margin",
+        ),
+        pytest.param(
+            {"recent": _pair(0.625, 0.75, -0.2, -0.05)}, False, "not better", id="worse-recent"
         ),
     ],
 )
@@ -152,59 +169,130 @@ def test_retrain_gate(overrides, promote, reason_part):
 
     assert decision.promote is promote
     assert reason_part in decision.reason
-    frozen = decision.comparisons["frozen_held_out"]
-    assert frozen["required_improvement"] == -0.125
 
 
-def test_retrain_gate_records_both_comparisons():
-    decision = _retrain(candidate_old=0.625)
+def test_a_difference_inside_its_interval_never_promotes():
+    """However large the point gain, an interval reaching zero means noise: refused."""
+    for gain in (0.01, 0.05, 0.2):
+        decision = _retrain(recent=_pair(0.7 + gain, 0.7, -0.001, 2 * gain))
+        assert decision.promote is False
+    assert (
+        decide_promotion(
+            0.9, 0.7, metric="roc_auc", min_improvement=0.0, paired=_pair(0.9, 0.7, -0.01, 0.4)
+        ).promote
+        is False
+    )
 
+
+def test_a_confirmed_drift_lifts_the_frozen_set_veto():
+    frozen = _pair(0.5, 0.75, -0.3, -0.2)  # a loss of 0.25: beyond the 0.125 tolerance
+
+    vetoed = _retrain(frozen=frozen, drift_confirmed=False)
+    followed = _retrain(frozen=frozen, drift_confirmed=True, catastrophic_loss=0.3)
+
+    assert vetoed.promote is False
+    assert followed.promote is True
+    assert "catastrophic-loss guard" in followed.reason
+
+
+def test_a_catastrophic_loss_still_blocks_after_a_confirmed_drift():
+    decision = _retrain(
+        frozen=_pair(0.3, 0.8, -0.55, -0.45), drift_confirmed=True, catastrophic_loss=0.3
+    )
+
+    assert decision.promote is False
+    assert "catastrophic loss" in decision.reason
+
+
+def test_each_decision_states_both_comparisons_with_their_intervals():
+    decision = _retrain()
+
+    assert "recent rows: roc_auc 0.875 vs 0.75" in decision.reason
+    assert "frozen held-out set: roc_auc 0.75 vs 0.75" in decision.reason
+    assert decision.reason.count("90% interval") == 2
     assert set(decision.comparisons) == {"frozen_held_out", "recent_window"}
-    assert decision.comparisons["frozen_held_out"]["improvement"] == -0.125
-    assert decision.comparisons["recent_window"]["improvement"] == 0.125
+    assert decision.comparisons["recent_window"]["interval_low"] == 0.0625
 
 
 @pytest.mark.parametrize(
-    ("candidate_old", "promote"),
+    ("frozen", "promote"),
     [
-        pytest.param(0.875, True, id="better-on-frozen"),
-        pytest.param(0.75, False, id="tie-on-frozen"),
-        # Within the old-data tolerance, but without a recent window nothing shows it is better.
-        pytest.param(0.6875, False, id="slightly-worse-on-frozen"),
+        pytest.param(_pair(0.875, 0.75, 0.05, 0.2), True, id="better-on-frozen"),
+        pytest.param(_pair(0.78, 0.75, -0.02, 0.08), False, id="inside-interval-on-frozen"),
     ],
 )
-@pytest.mark.parametrize(
-    "missing", [{"candidate_recent": None, "champion_recent": None}, {"champion_recent": None}]
-)
-def test_retrain_gate_without_a_recent_window_uses_the_frozen_set(candidate_old, promote, missing):
-    decision = _retrain(candidate_old=candidate_old, **missing)
+def test_retrain_gate_without_recent_rows_uses_the_frozen_set(frozen, promote):
+    decision = _retrain(frozen=frozen, recent=None)
 
     assert decision.promote is promote
-    assert decision.reason.startswith("no recent labelled window")
+    assert "no recent labelled rows" in decision.reason
     assert set(decision.comparisons) == {"frozen_held_out"}
 
 
-@pytest.mark.parametrize(
-    ("candidate_old", "candidate_recent", "promote"),
-    [
-        pytest.param(10.25, 8.0, True, id="rmse-old-within-tolerance-recent-better"),
-        pytest.param(10.75, 8.0, False, id="rmse-old-beyond-tolerance"),
-        pytest.param(9.0, 9.5, False, id="rmse-recent-worse"),
-    ],
-)
-def test_retrain_gate_on_an_error_metric(candidate_old, candidate_recent, promote):
-    decision = decide_retrain_promotion(
-        candidate_old=candidate_old,
-        champion_old=10.0,
-        candidate_recent=candidate_recent,
-        champion_recent=9.0,
-        metric="rmse",
-        old_data_tolerance=0.05,  # 5% of the champion's frozen RMSE of 10
-        min_improvement=0.0,
+def test_retrain_gate_on_an_error_metric_uses_fractions_of_the_champion():
+    decision = _retrain(
+        frozen=_pair(10.75, 10.0, -0.1, -0.05, metric="rmse"),  # 7.5% worse: beyond 5%
+        recent=_pair(8.0, 9.0, 0.05, 0.2, metric="rmse"),
+        old_data_tolerance=0.05,
     )
 
-    assert decision.promote is promote
+    assert decision.promote is False
     assert decision.comparisons["frozen_held_out"]["bound_units"] == "fraction of champion"
+
+
+def _scores(candidate: np.ndarray, champion: np.ndarray):
+    return lambda at: (float(candidate[at].mean()), float(champion[at].mean()))
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise():
+    rng = np.random.default_rng(0)
+    champion = rng.random(300)
+    same = champion + rng.normal(0, 0.05, 300)  # no real difference
+    better = champion + 0.05 + rng.normal(0, 0.05, 300)
+
+    noise = paired_bootstrap(_scores(same, champion), 300, metric="accuracy", alpha=0.05)
+    gain = paired_bootstrap(_scores(better, champion), 300, metric="accuracy", alpha=0.05)
+
+    assert noise.low < 0 < noise.high and not noise.better_by(0.0)
+    assert gain.better_by(0.0) and gain.low < 0.05 < gain.high
+    # The same rows give the same interval.
+    assert paired_bootstrap(_scores(better, champion), 300, metric="accuracy", alpha=0.05) == gain
+
+
+def test_paired_bootstrap_on_an_error_metric_is_positive_when_the_candidate_errs_less():
+    rng = np.random.default_rng(1)
+    champion = 10 + rng.random(200)
+    result = paired_bootstrap(_scores(champion * 0.8, champion), 200, metric="rmse", alpha=0.05)
+
+    assert result.gain == pytest.approx(0.2) and result.better_by(0.1)
+
+
+def test_an_undefined_metric_is_never_better_with_confidence():
+    result = paired_bootstrap(lambda at: (math.nan, 0.5), 50, metric="roc_auc", alpha=0.05)
+
+    assert math.isnan(result.low) and not result.better_by(0.0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "confirmed"),
+    [
+        ([False, False, False], False),
+        ([True, False, False], False),  # one odd batch is not a confirmed drift
+        ([True, False, True], True),
+        ([True, True, False, False, False], False),  # it was, but the traffic settled
+        ([False, True, True], True),
+    ],
+)
+def test_drift_is_confirmed_on_two_of_the_last_three_batches(flags, confirmed):
+    history = [{"drift_detected": flag, "performance_degraded": False} for flag in flags]
+
+    assert drift_confirmed(history, batches=3, confirmations=2)[0] is confirmed
+
+
+def test_a_degraded_verdict_confirms_the_change():
+    history = [{"drift_detected": False, "performance_degraded": True}]
+
+    assert drift_confirmed(history, batches=3, confirmations=2)[0] is True
 
 
 @pytest.mark.parametrize("scale", [0.01, 1.0, 50_000.0])

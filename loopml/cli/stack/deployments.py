@@ -16,7 +16,12 @@ from typing import Any
 
 import yaml
 
-from flows.deployments import build_deployments, deployment_name, retrain_trigger
+from flows.deployments import (
+    build_deployments,
+    deployment_name,
+    evidence_trigger,
+    retrain_trigger,
+)
 from loopml.cli.stack.notifications import existing_notification_block, save_notification_block
 from loopml.cli.stack.processes import ChildProcess, last_line
 from loopml.config import ProjectConfig, load_config
@@ -261,10 +266,13 @@ def render_automations(
 
     definitions: list[dict[str, Any]] = []
     for config in configs:
-        trigger = retrain_trigger(config, project_dir)
-        trigger.set_deployment_id(UUID(retrain_deployment_ids[config.name]))
-        automation = trigger.as_automation()
-        definitions.append(automation.model_dump(mode="json", exclude={"owner_resource"}))
+        for trigger in (
+            retrain_trigger(config, project_dir),
+            evidence_trigger(config, project_dir),
+        ):
+            trigger.set_deployment_id(UUID(retrain_deployment_ids[config.name]))
+            automation = trigger.as_automation()
+            definitions.append(automation.model_dump(mode="json", exclude={"owner_resource"}))
     return definitions + notification_automations(folder, notification_block_id)
 
 
