@@ -12,6 +12,7 @@ JSON_KEYS = {
     "drift_detected", "drift_share", "weighted_drift_share", "drifted_columns",
     "drifted_columns_detail", "drifted_column_scores", "columns", "prediction_drift",
     "performance", "performance_degraded", "labelled_rows_kept", "report_path", "evidently_run",
+    "rolled_back",  # issue 12: an automatic rollback this batch caused, else null
 }  # fmt: skip
 
 
