@@ -418,8 +418,10 @@ def partial_dependence_figure(
     options: dict[str, Any] = {}
     if config.task == "classification" and not config.is_binary:
         options["target"] = model.classes_[0]
+    # The probability, not the thresholded label: sklearn checks the wrapper for fitted
+    # attributes the threshold wrapper does not have when it wraps a fitted pipeline.
     PartialDependenceDisplay.from_estimator(
-        model,
+        inner_pipeline(model),
         sample,
         columns,
         categorical_features=[c for c in columns if c in config.columns.categorical] or None,
