@@ -83,6 +83,32 @@ def start_prefect_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Po
     raise TimeoutError("prefect server did not answer within 300 s")
 
 
+def benchmark_environment(home: Path) -> dict[str, str]:
+    """This process's environment with loopml's state in ``home`` and telemetry off."""
+    env = {
+        **os.environ,
+        "LOOPML_HOME": str(home),
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LOOPML_OPTUNA_STORAGE"):
+        env.pop(variable, None)  # everything in the benchmark's own LOOPML_HOME
+    return env
+
+
+def prefect_api(workdir: Path, env: dict[str, str]) -> subprocess.Popen | None:
+    """Use ``PREFECT_API_URL`` when set, else start a server (not counted) and set it in
+    ``env``; returns the started server, to be stopped by the caller."""
+    if env.get("PREFECT_API_URL"):
+        print(f"Prefect API: {env['PREFECT_API_URL']} (PREFECT_API_URL)")
+        return None
+    server, api_url, startup = start_prefect_server(workdir / "prefect-server", env)
+    env["PREFECT_API_URL"] = api_url
+    print(f"Prefect server started in {startup:.1f} s at {api_url} (not counted)")
+    return server
+
+
 def stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -147,26 +173,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="loopml-train-benchmark-"))
     data = Path(arguments.data).resolve()
-    env = {
-        **os.environ,
-        "LOOPML_HOME": str(workdir / "home"),
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LOOPML_OPTUNA_STORAGE"):
-        env.pop(variable, None)  # everything in the benchmark's own LOOPML_HOME
+    env = benchmark_environment(workdir / "home")
     if arguments.threads:
         env["OMP_NUM_THREADS"] = str(arguments.threads)
-
-    server = None
-    if env.get("PREFECT_API_URL"):
-        api_url = env["PREFECT_API_URL"]
-        print(f"Prefect API: {api_url} (PREFECT_API_URL)")
-    else:
-        server, api_url, startup = start_prefect_server(workdir / "prefect-server", env)
-        env["PREFECT_API_URL"] = api_url
-        print(f"Prefect server started in {startup:.1f} s at {api_url} (not counted)")
+    server = prefect_api(workdir, env)
+    api_url = env["PREFECT_API_URL"]
     try:
         project_dir = workdir / "project"
         project_dir.mkdir()
