@@ -2,7 +2,8 @@
 
 Times ``loopml train NAME --trials N`` against ``python benchmarks/bare_train.py --trials N``
 (the same split, families, ranges, folds and pruner in plain pandas + scikit-learn + Optuna) on
-the same table, and prints both wall times and their ratio (target: loopml <= 1.15 x bare).
+the same table, and prints both wall times and their ratio (targets: <= 1.5 x bare at 12 trials,
+<= 1.15 x at 60).
 
 What is and is not counted:
 
@@ -45,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT = "bench"
 TARGET_RATIO = 1.15
+# Issue 15's targets per trial budget (a small search carries the fixed cost over few trials).
+BUDGET_TARGETS = {12: 1.5, 60: 1.15}
 
 
 def free_port() -> int:
@@ -202,10 +205,11 @@ def main() -> None:
     print(f"{'trials':>6}  {'loopml (median)':>15}  {'bare (median)':>13}  ratio")
     for trials, (loopml_median, bare_median) in results.items():
         ratio = loopml_median / bare_median
-        verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
+        target = BUDGET_TARGETS.get(trials, TARGET_RATIO)
+        verdict = "within" if ratio <= target else "ABOVE"
         print(
             f"{trials:>6}  {loopml_median:>13.1f} s  {bare_median:>11.1f} s  {ratio:.2f} "
-            f"({verdict} the {TARGET_RATIO} target)"
+            f"({verdict} the {target} target)"
         )
     if len(results) >= 2:
         print_marginal_cost(results)

@@ -50,9 +50,10 @@ def test_train_prints_only_loopml_lines_and_the_library_lines_go_to_the_run_log(
 ):
     init_project(telco_sample, "churn", project_name, project_dir)
 
-    completed = run_cli(
-        "train", project_name, "--trials", "1", cwd=project_dir, env={"LOOPML_PROGRESS": "0"}
-    )
+    # As a script runs it (no terminal: no progress lines), with the user's default run log
+    # level (the test session lowers Prefect's to WARNING).
+    quiet_script = {"LOOPML_PROGRESS": "0", "PREFECT_LOGGING_LEVEL": "INFO"}
+    completed = run_cli("train", project_name, "--trials", "1", cwd=project_dir, env=quiet_script)
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stderr == ""
