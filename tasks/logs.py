@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 
 from prefect.logging import get_run_logger
@@ -36,11 +37,19 @@ class _LogLines(io.TextIOBase):
 @contextlib.contextmanager
 def library_output_to_log() -> Iterator[None]:
     """Send what libraries print on stdout/stderr inside the block (MLflow's "Successfully
-    registered model" and "Created version" lines go straight to ``sys.stderr``) to the run
-    log: the Prefect UI keeps them, the console shows them only as progress to a terminal."""
-    stream = _LogLines(get_run_logger())
-    with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+    registered model" and "Created version" lines go straight to ``sys.stderr``), and the
+    warnings they raise, to the run log: the Prefect UI keeps them, the console shows them only
+    as progress to a terminal."""
+    logger = get_run_logger()
+    stream = _LogLines(logger)
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        contextlib.redirect_stdout(stream),
+        contextlib.redirect_stderr(stream),
+    ):
         try:
             yield
         finally:
             stream.flush()
+            for warning in caught:  # e.g. MLflow's hint on integer columns in the signature
+                logger.info("%s: %s", warning.category.__name__, warning.message)
