@@ -2,7 +2,8 @@
 
 Times ``loopml train NAME --trials N`` against ``python benchmarks/bare_train.py --trials N``
 (the same split, families, ranges, folds and pruner in plain pandas + scikit-learn + Optuna) on
-the same table, and prints both wall times and their ratio (target: loopml <= 1.15 x bare).
+the same table, and prints both wall times and their ratio (targets: <= 1.5 x bare at 12 trials,
+<= 1.15 x at 60).
 
 What is and is not counted:
 
@@ -45,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROJECT = "bench"
 TARGET_RATIO = 1.15
+# Issue 15's targets per trial budget (a small search carries the fixed cost over few trials).
+BUDGET_TARGETS = {12: 1.5, 60: 1.15}
 
 
 def free_port() -> int:
@@ -81,6 +84,32 @@ def start_prefect_server(home: Path, env: dict[str, str]) -> tuple[subprocess.Po
             time.sleep(0.5)
     stop(process)
     raise TimeoutError("prefect server did not answer within 300 s")
+
+
+def benchmark_environment(home: Path) -> dict[str, str]:
+    """This process's environment with loopml's state in ``home`` and telemetry off."""
+    env = {
+        **os.environ,
+        "LOOPML_HOME": str(home),
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LOOPML_OPTUNA_STORAGE"):
+        env.pop(variable, None)  # everything in the benchmark's own LOOPML_HOME
+    return env
+
+
+def prefect_api(workdir: Path, env: dict[str, str]) -> subprocess.Popen | None:
+    """Use ``PREFECT_API_URL`` when set, else start a server (not counted) and set it in
+    ``env``; returns the started server, to be stopped by the caller."""
+    if env.get("PREFECT_API_URL"):
+        print(f"Prefect API: {env['PREFECT_API_URL']} (PREFECT_API_URL)")
+        return None
+    server, api_url, startup = start_prefect_server(workdir / "prefect-server", env)
+    env["PREFECT_API_URL"] = api_url
+    print(f"Prefect server started in {startup:.1f} s at {api_url} (not counted)")
+    return server
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -147,26 +176,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="loopml-train-benchmark-"))
     data = Path(arguments.data).resolve()
-    env = {
-        **os.environ,
-        "LOOPML_HOME": str(workdir / "home"),
-        "DO_NOT_TRACK": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "LOOPML_OPTUNA_STORAGE"):
-        env.pop(variable, None)  # everything in the benchmark's own LOOPML_HOME
+    env = benchmark_environment(workdir / "home")
     if arguments.threads:
         env["OMP_NUM_THREADS"] = str(arguments.threads)
-
-    server = None
-    if env.get("PREFECT_API_URL"):
-        api_url = env["PREFECT_API_URL"]
-        print(f"Prefect API: {api_url} (PREFECT_API_URL)")
-    else:
-        server, api_url, startup = start_prefect_server(workdir / "prefect-server", env)
-        env["PREFECT_API_URL"] = api_url
-        print(f"Prefect server started in {startup:.1f} s at {api_url} (not counted)")
+    server = prefect_api(workdir, env)
+    api_url = env["PREFECT_API_URL"]
     try:
         project_dir = workdir / "project"
         project_dir.mkdir()
@@ -191,10 +205,11 @@ def main() -> None:
     print(f"{'trials':>6}  {'loopml (median)':>15}  {'bare (median)':>13}  ratio")
     for trials, (loopml_median, bare_median) in results.items():
         ratio = loopml_median / bare_median
-        verdict = "within" if ratio <= TARGET_RATIO else "ABOVE"
+        target = BUDGET_TARGETS.get(trials, TARGET_RATIO)
+        verdict = "within" if ratio <= target else "ABOVE"
         print(
             f"{trials:>6}  {loopml_median:>13.1f} s  {bare_median:>11.1f} s  {ratio:.2f} "
-            f"({verdict} the {TARGET_RATIO} target)"
+            f"({verdict} the {target} target)"
         )
     if len(results) >= 2:
         print_marginal_cost(results)

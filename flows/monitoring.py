@@ -21,6 +21,7 @@ from tasks.monitoring import (
     keep_labelled_batch,
     load_reference,
     publish_verdict,
+    report_location,
 )
 from tasks.retraining import rollback_if_worse
 from tasks.scoring import load_champion
@@ -64,22 +65,14 @@ def monitor_flow(
     stream = watch_stream(
         runtime, drift, estimated, batch_id, serving.version, baseline.profile.n_rows
     )
-    report_path, workspace_run = evidently_report(
-        runtime,
-        baseline,
-        current_sample,
-        reference_predictions,
-        current_predictions,
-        batch_id,
-        checked_at.strftime("%Y%m%dT%H%M%S"),
-    )
     labelled_rows = keep_labelled_batch(runtime, current_sample, batch_id)
     rolled_back = None
     if labelled_rows:
         rolled_back = rollback_if_worse(
             runtime, current_sample.rename(columns={TARGET: runtime.config.target}), batch_id
         )
-    return publish_verdict(
+    report_path = report_location(runtime, batch_id, checked_at.strftime("%Y%m%dT%H%M%S"))
+    result = publish_verdict(
         runtime,
         batch_id=batch_id,
         checked_at=checked_at,
@@ -91,7 +84,18 @@ def monitor_flow(
         performance=performance,
         labelled_rows=labelled_rows,
         report_path=report_path,
-        evidently_run=workspace_run,
+        evidently_run=None,
         estimation=estimation_fields(estimated, stream),
         rolled_back=rolled_back,
     )
+    # The verdict and its events are out; the report (seconds, on a sample) follows.
+    evidently_run = evidently_report(
+        runtime,
+        baseline,
+        current_sample,
+        reference_predictions,
+        current_predictions,
+        batch_id,
+        report_path,
+    )
+    return {**result, "evidently_run": evidently_run}

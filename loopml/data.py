@@ -61,14 +61,21 @@ def csv_separator(path: Path) -> str:
     return separator if header.count(separator) > 0 else ","
 
 
-def read_table(path: str | Path, *, sql_url: str | None = None) -> pd.DataFrame:
+def read_table(
+    path: str | Path, *, sql_url: str | None = None, columns: list[str] | None = None
+) -> pd.DataFrame:
     """Read a whole table from a CSV or Parquet file, or a SQL query when ``sql_url`` is given.
+
+    ``columns`` reads only those of them the file has, with text as pandas categories: a
+    1M-row reference then costs its numbers and a few small codes, not a Python string per cell.
 
     Raises:
         DataError: missing, empty, unreadable or of an unsupported type.
     """
     if sql_url:
         return read_sql(str(path), sql_url)
+    if columns is not None:
+        return _read_columns(Path(path), columns)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -87,6 +94,23 @@ def read_table(path: str | Path, *, sql_url: str | None = None) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path}: the table has no rows")
     frame.columns = [str(column) for column in frame.columns]
+    return frame
+
+
+def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
+    if _table_kind(path) != "parquet" or not path.is_file():
+        frame = read_table(path)
+        kept = frame[[column for column in columns if column in frame.columns]]
+        return kept.astype({c: "category" for c in kept.columns if kept[c].dtype == object})
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
+        raise DataError(f"{path}: cannot be read as PARQUET: {_first_line(exc)}") from exc
+    wanted = [name for name in columns if name in schema.names]
+    text = [name for name in wanted if pa.types.is_string(schema.field(name).type)]
+    frame = pd.read_parquet(path, columns=wanted, read_dictionary=text)
+    if frame.empty:
+        raise DataError(f"{path}: the table has no rows")
     return frame
 
 

@@ -13,12 +13,16 @@ def missing_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
     return [column for column in columns if column not in frame.columns]
 
 
-def prepare_features(frame: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame:
+def prepare_features(
+    frame: pd.DataFrame, config: ProjectConfig, *, compact: bool = False
+) -> pd.DataFrame:
     """The model's input columns with stable dtypes: numeric as float64, categorical as strings,
     datetime as naive UTC ``datetime64`` (unparseable values become NaT).
 
     CSV re-reads, Parquet and SQL give the same column different dtypes (an int flag becomes
     float once a null appears); fixing them here keeps training and scoring in agreement.
+    ``compact`` (a large reference to profile) keeps the same values but holds each categorical
+    column as a pandas category of text: codes, not a Python string per row.
 
     Raises:
         DataError: a feature column is missing.
@@ -31,6 +35,12 @@ def prepare_features(frame: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame
         prepared[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
     for column in config.columns.categorical:
         values = frame[column]
+        if compact:
+            codes = values.astype("category")
+            as_text = codes.cat.categories.astype(str)
+            if as_text.is_unique:  # else 1 and "1" are both there: one category as text
+                prepared[column] = codes.cat.rename_categories(as_text)
+                continue
         prepared[column] = values.where(values.isna(), values.astype(str)).astype(object)
     for column in config.columns.datetime:
         prepared[column] = as_datetime(frame[column])

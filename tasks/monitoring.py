@@ -52,6 +52,36 @@ def load_reference(
     runtime: Runtime, serving: ServingModel, reference_path: str | None
 ) -> Reference:
     """The champion's reference (stored with its version), or a user-given reference table."""
+    key = (runtime.settings.mlflow_registry_uri, runtime.name)
+    identity = (
+        serving.version,
+        runtime.config.monitoring.sample_rows,
+        reference_path and _file_identity(Path(reference_path)),
+    )
+    cached = _REFERENCES.get(key)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
+    reference = _load_reference(runtime, serving, reference_path)
+    _REFERENCES[key] = (identity, reference)
+    return reference
+
+
+# A process that monitors many batches (the inbox runner) profiles each reference once: one
+# entry per project and registry, keyed by the champion's version, the sample size and the
+# reference file.
+_REFERENCES: dict[tuple[str, str], tuple[Any, Reference]] = {}
+
+
+def _file_identity(path: Path) -> tuple[str, int, int] | None:
+    if not path.is_file():
+        return None  # read_table says so in one sentence
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def _load_reference(
+    runtime: Runtime, serving: ServingModel, reference_path: str | None
+) -> Reference:
     config = runtime.config
     champion = runtime.mlflow.get_model_version(runtime.name, serving.version)
     cache = runtime.settings.references_dir / runtime.name
@@ -64,8 +94,9 @@ def load_reference(
         for column, value in json.loads(importances_file.read_text()).items()
     }
     if reference_path:
-        frame = read_table(reference_path)
-        features = prepare_features(frame, config)
+        # Only the columns compared (and the target), text as categories: memory stays low.
+        frame = read_table(reference_path, columns=[*config.columns.features, config.target])
+        features = prepare_features(frame, config, compact=True)
         profile = build_reference_profile(
             features, config.columns.numeric, config.columns.categorical
         )
@@ -179,6 +210,11 @@ def check_performance(
     )
 
 
+def report_location(runtime: Runtime, batch_id: str, stamp: str) -> Path:
+    """Where a batch's Evidently report goes: known before it is built, so the verdict names it."""
+    return runtime.settings.reports_dir / runtime.name / f"{stamp}-{batch_id}.html"
+
+
 @task(name="evidently-report", cache_policy=NO_CACHE)
 def evidently_report(
     runtime: Runtime,
@@ -187,9 +223,11 @@ def evidently_report(
     reference_predictions: pd.DataFrame,
     current_predictions: pd.DataFrame,
     batch_id: str,
-    stamp: str,
-) -> tuple[Path, str | None]:
-    """Evidently's own report (drift, and performance when labels exist) on the samples."""
+    path: Path,
+) -> str | None:
+    """Evidently's own report (drift, and performance when labels exist) on the config's
+    ``monitoring.report_rows`` rows of each sample, written to ``path`` and linked. It runs after
+    the verdict is published (which does not wait for it); returns the workspace run id or None."""
     config = runtime.config
     reference_frame = prepare_features(reference.sample, config)
     current_frame = current_sample[config.columns.features].copy()
@@ -217,19 +255,22 @@ def evidently_report(
         probability=PROBABILITY if config.is_binary else None,
         task=config.task,
         positive_label=config.positive_label if config.is_binary else None,
-        sample_rows=config.monitoring.sample_rows,
+        sample_rows=config.monitoring.report_rows,
         drift_policy=config.monitoring.drift,
     )
-    path = runtime.settings.reports_dir / runtime.name / f"{stamp}-{batch_id}.html"
     reports.save_report_html(snapshot, path)
+    create_link_artifact(
+        key=artifact_key(config.name, "monitoring-report"),
+        link=path.as_uri(),
+        link_text=f"Evidently report for batch {batch_id}",
+        description="Evidently HTML report (data drift, prediction drift, performance)",
+    )
     try:
-        run_id = reports.add_to_workspace(
-            runtime.settings.evidently_workspace, runtime.name, snapshot
-        )
+        workspace = runtime.settings.evidently_workspace
+        return reports.add_to_workspace(workspace, runtime.name, snapshot)
     except Exception as exc:  # the HTML report stands on its own; the dashboard is a bonus
         get_run_logger().warning("could not add the report to the Evidently workspace: %s", exc)
-        run_id = None
-    return path, run_id
+        return None
 
 
 @task(name="keep-labelled-batch", cache_policy=NO_CACHE)
@@ -251,13 +292,6 @@ def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
     config = runtime.config
     verdict = monitoring.verdict_record(project=runtime.name, **parts)
     monitoring.record_result(runtime.settings.monitoring_dir, verdict)
-    report_path = Path(verdict.report_path)
-    create_link_artifact(
-        key=artifact_key(config.name, "monitoring-report"),
-        link=report_path.as_uri(),
-        link_text=f"Evidently report for batch {verdict.batch_id}",
-        description="Evidently HTML report (data drift, prediction drift, performance)",
-    )
     create_markdown_artifact(
         key=artifact_key(config.name, "monitoring"),
         markdown=_verdict_markdown(verdict),

@@ -32,6 +32,7 @@ from loopml.registry import (
 from loopml.runtime import Runtime
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
+from tasks.logs import library_output_to_log
 from tasks.training import TrainedModel
 
 
@@ -62,7 +63,7 @@ def register_candidate(
     # The signature describes the table as users send it (integer columns stay integers), not
     # the float-cast frame the pipeline sees: mlflow.pyfunc refuses int64 for a double column.
     raw_features = train[config.columns.features]
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, library_output_to_log():
         folder = Path(scratch)
         reference_files = {
             "train": _write(train, folder / "train.parquet"),

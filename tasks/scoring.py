@@ -19,6 +19,9 @@ from tasks.artifacts import artifact_key
 from tasks.ingest import transient
 
 CHUNK_ROWS = 100_000
+# A registered version never changes: a process that serves many batches (the inbox runner)
+# loads each version once; one version (the champion in use) is kept per project and registry.
+_MODELS: dict[tuple[str, str], tuple[str, Any]] = {}
 
 
 @dataclass
@@ -39,7 +42,10 @@ class ServingModel:
 def load_champion(runtime: Runtime) -> ServingModel:
     """``models:/NAME@champion`` resolved to its version, so every row names the version used."""
     champion = require_champion(runtime.mlflow, runtime.name)
-    model = load_version_model(champion, runtime.config.positive_label)
+    key, version = (runtime.settings.mlflow_registry_uri, runtime.name), str(champion.version)
+    if _MODELS.get(key, (None,))[0] != version:
+        _MODELS[key] = (version, load_version_model(champion, runtime.config.positive_label))
+    model = _MODELS[key][1]
     get_run_logger().info("scoring with %s v%s", runtime.name, champion.version)
     return ServingModel(model, str(champion.version))
 

@@ -104,10 +104,13 @@ def resolve_path(path: Path | None) -> str | None:
 class _NoRunErrors:
     """A console log filter: a failed run's ERROR records (with tracebacks) stay in the Prefect
     UI; on the console the user gets loopml's own one-line reason instead. Prefect's notice
-    that its event queue is still draining at exit is dropped too (the events are sent)."""
+    that its event queue is still draining at exit is dropped too (the events are sent), and
+    libraries' Python warnings (``LOOPML_DEBUG`` shows them all)."""
 
     def filter(self, record: Any) -> bool:
         if record.levelno >= 40:  # ERROR and above
+            return False
+        if record.name == "py.warnings":  # a library's warning: not a loopml line
             return False
         return not str(record.msg).startswith("Still processing items")
 

@@ -126,3 +126,46 @@ def test_init_warns_about_a_password_spelled_out_in_the_url(url, literal):
     from loopml.project import _has_literal_password
 
     assert _has_literal_password(url) is literal
+
+
+@pytest.mark.parametrize("file_name", ["reference.parquet", "reference.csv"])
+def test_a_reference_read_lean_profiles_exactly_as_read_whole(tmp_path, file_name):
+    """Only the compared columns, text as categories: the same drift profile as the whole
+    table prepared as usual (an int flag and a text column with a null included)."""
+    from loopml.config import ProjectConfig
+    from loopml.drift import build_reference_profile
+    from loopml.features import prepare_features
+
+    frame = pd.DataFrame(
+        {
+            "amount": [1.5, 2.25, None, 4.75, 1.5, 9.0],
+            "flag": [0, 1, 1, 0, 1, 1],
+            "plan": ["basic", "plus", None, "pro", "basic", "plus"],
+            "unused": ["x"] * 6,
+            "churn": ["Yes", "No", "No", "Yes", "No", "No"],
+        }
+    )
+    path = tmp_path / file_name
+    frame.to_parquet(path) if file_name.endswith(".parquet") else frame.to_csv(path, index=False)
+    config = ProjectConfig(
+        name="lean",
+        data="memory",
+        target="churn",
+        task="classification",
+        positive_label="Yes",
+        columns={"numeric": ["amount"], "categorical": ["flag", "plan"]},
+    )
+    numeric, categorical = config.columns.numeric, config.columns.categorical
+
+    lean = read_table(path, columns=[*config.columns.features, config.target])
+    prepared_whole = prepare_features(read_table(path), config)
+    whole = build_reference_profile(prepared_whole, numeric, categorical)
+
+    assert "unused" not in lean.columns and lean["plan"].dtype == "category"
+    compact = prepare_features(lean, config, compact=True)
+    assert compact["flag"].dtype == "category"
+    profile = build_reference_profile(compact, numeric, categorical)
+    assert profile.to_dict()["numeric"] == whole.to_dict()["numeric"]
+    for column in categorical:
+        assert profile.categorical[column].counts == whole.categorical[column].counts
+        assert profile.categorical[column].n_null == whole.categorical[column].n_null

@@ -126,7 +126,7 @@ def wait_for_deployments(
             if time.monotonic() > deadline:
                 missing = sorted(set(names) - set(found))
                 raise StackError(f"deployments not registered within {timeout:.0f} s: {missing}")
-            time.sleep(1)
+            time.sleep(0.25)
 
 
 def _in_flight_filter() -> Any:

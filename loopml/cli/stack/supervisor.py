@@ -63,7 +63,8 @@ from loopml.config import ProjectConfig
 from loopml.errors import StackError
 from loopml.settings import Settings
 
-RUNNER_POLL_SECONDS = 2
+RUNNER_POLL_SECONDS = 1  # how soon a triggered or scheduled run starts
+WAIT_POLL_SECONDS = 0.25
 STARTUP_TIMEOUTS = {"prefect": 120.0, "mlflow": 90.0, "evidently": 60.0, "runner": 120.0}
 
 
@@ -300,7 +301,7 @@ class Stack:
                 running = in_flight_runs(names)
                 if not running or time.monotonic() > deadline:
                     return len(running)
-                time.sleep(1)
+                time.sleep(WAIT_POLL_SECONDS)
 
     def failed_child(self) -> ChildProcess | None:
         """A child that exited while the stack was meant to be running."""
