@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from loopml.cli.stack.processes import HOST
+from loopml.credentials import Credentials
 from loopml.settings import Settings, prefect_environment
 
 
@@ -28,6 +29,33 @@ def child_environment(settings: Settings, prefect_api_url: str | None) -> dict[s
         env["PREFECT_API_URL"] = prefect_api_url
     else:
         env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def prefect_server_environment(
+    settings: Settings, port: int, credentials: Credentials
+) -> dict[str, str]:
+    """The local Prefect server's environment: locked to its own UI, on 127.0.0.1.
+
+    The API answers only callers that send the auth string (the UI asks for it as its
+    password); cross-origin requests are allowed from the UI's own origin only. Prefect has no
+    Host-header check: a DNS-rebinding page would still lack the auth string.
+    """
+    origin = f"http://{HOST}:{port}"
+    env = child_environment(settings, None)
+    env.pop("PREFECT_API_AUTH_STRING", None)
+    env.update(
+        {
+            "PREFECT_SERVER_UI_ENABLED": "true",
+            # The UI asks the browser to call this URL; without it, it says port 4200
+            # whatever --port was given.
+            "PREFECT_UI_API_URL": f"{origin}/api",
+            "PREFECT_SERVER_API_HOST": HOST,
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_API_AUTH_STRING": credentials.prefect_auth_string,
+            "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": origin,
+        }
+    )
     return env
 
 
