@@ -330,6 +330,7 @@ def apply_project_automations(
     configs: list[ProjectConfig],
     *,
     webhook_url: str | None = None,
+    webhook_token: str | None = None,
     retrain_deployment_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Create or update, by name, every project's retrain trigger and the notifications.
@@ -339,13 +340,16 @@ def apply_project_automations(
         configs: the projects.
         webhook_url: point the notification block here first; without it the existing block
             is used, and without one the notification automations are skipped.
+        webhook_token: the bearer token the block sends (the local sink's).
         retrain_deployment_ids: project -> deployment id; default: read ``retrain/retrain-NAME``.
 
     Raises:
         StackError: a project has no retrain deployment on the server.
     """
     block_id = (
-        save_notification_block(webhook_url) if webhook_url else existing_notification_block()
+        save_notification_block(webhook_url, webhook_token)
+        if webhook_url
+        else existing_notification_block()
     )
     if retrain_deployment_ids is None:
         names = [f"retrain/{deployment_name('retrain', config.name)}" for config in configs]

@@ -58,7 +58,9 @@ from loopml.cli.stack.servers import (
     child_environment,
     embedded_mlflow,
     evidently_ui_command,
+    evidently_ui_environment,
     mlflow_server_command,
+    mlflow_server_environment,
     runner_command,
 )
 from loopml.config import ProjectConfig
@@ -160,14 +162,14 @@ class Stack:
                 "mlflow",
                 "MLflow UI",
                 mlflow_server_command(self.settings, self.ports.mlflow),
-                child_environment(self.settings, None),
+                mlflow_server_environment(self.settings, credentials),
             )
             mlflow_url = mlflow.url = f"http://{HOST}:{self.ports.mlflow}"
         evidently = self._launch(
             "evidently",
             "Evidently UI",
             evidently_ui_command(self.settings, self.ports.evidently),
-            child_environment(self.settings, None),
+            evidently_ui_environment(self.settings, credentials),
         )
         evidently.url = f"http://{HOST}:{self.ports.evidently}"
         # The runner imports the flows (slow) while the server starts; it serves on our signal.
@@ -178,7 +180,9 @@ class Stack:
             runner_command(self.project_dir, [config.name for config in self.configs]),
             self._runner_environment(),
         )
-        self.sink = NotificationSink(self.settings.home / "notifications.jsonl").start()
+        self.sink = NotificationSink(
+            self.settings.home / "notifications.jsonl", token=credentials.sink_token
+        ).start()
 
         expected_url = self.prefect_api_url
         self.server = ensure_local_server(
@@ -227,6 +231,7 @@ class Stack:
                 self.project_dir,
                 self.configs,
                 webhook_url=self.sink.url,
+                webhook_token=self.sink.token,
                 retrain_deployment_ids=retrain_ids,
             )["automations"]
             self.progress(f"  automations: {len(automations)} applied")
