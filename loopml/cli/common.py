@@ -150,10 +150,14 @@ def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
 
     connected = connect_prefect(settings)
     _console_without_tracebacks()
-    if not connected.prefect_api_url:
-        return with_runner(flow, connected)(**parameters)
-    with prefect_api(connected.prefect_api_url, connected.prefect_auth_string):
-        return with_runner(flow, connected)(**parameters)
+    try:
+        with prefect_api(connected.prefect_api_url, connected.prefect_auth_string):
+            return with_runner(flow, connected)(**parameters)
+    finally:
+        if not connected.prefect_api_from_user:  # the idle time counts from the last use
+            from loopml.cli.stack.local_server import used_file
+
+            used_file(connected).touch()
 
 
 def resolve_path(path: Path | None) -> str | None:

@@ -78,17 +78,25 @@ def idle_seconds(environ: dict[str, str] | None = None) -> float:
 
 
 def _choose_port(requested: int | None) -> int:
-    """``requested``, else ``LOOPML_SERVER_PORT``, else 4200 when free, else any free port."""
-    configured = requested or os.environ.get(PORT_VARIABLE)
-    if configured:
-        port = int(configured)
+    """``requested``, else ``LOOPML_SERVER_PORT``, else 4200 when free, else any free port
+    (``0`` asks for any free port).
+
+    Raises:
+        StackError: the requested or configured port is taken, or not a number.
+    """
+    configured = requested if requested is not None else os.environ.get(PORT_VARIABLE, "")
+    try:
+        port = int(configured) if str(configured).strip() else None
+    except ValueError:
+        raise StackError(f"{PORT_VARIABLE} must be a port number, not {configured!r}") from None
+    if port is not None and port != 0:
         if not port_is_free(port):
             raise StackError(
                 f"port {port} (prefect) already in use on {HOST}; stop what holds it or pick "
                 f"another port with --prefect-port or {PORT_VARIABLE}"
             )
         return port
-    if port_is_free(DEFAULT_PORT):
+    if port is None and port_is_free(DEFAULT_PORT):
         return DEFAULT_PORT
     import socket
 

@@ -245,6 +245,7 @@ class Stack:
             "prefect_ui_url": self.server.ui_url,
             "prefect_auth_string_file": str(self.settings.home / CREDENTIALS_FILE),
             "prefect_server_started_here": self.server.started,
+            "prefect_server_supervisor_pid": self.server.record["pid"],
             "prefect_api_url": self.prefect_api_url,
             "mlflow_url": mlflow_url,
             "evidently_url": evidently.url,
