@@ -16,13 +16,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BIN, SAMPLE, init_project
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(900)  # a loaded 2-core machine: 5 min seen
 
 SERVER_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "LOOPML_SERVER_IDLE_MINUTES")
 
@@ -120,10 +121,17 @@ def test_reads_and_input_errors_answer_without_starting_a_server(tmp_path, proje
     assert not (home / "logs" / "prefect-server.log").exists()  # no server was ever started
 
 
-@pytest.mark.slow
-def test_commands_share_one_server_that_down_and_idleness_stop(tmp_path, project) -> None:
-    project_dir, batch = project
+@pytest.fixture
+def home(tmp_path) -> Iterator[Path]:
+    """A fresh LOOPML_HOME whose local server (if a failed test left one) is stopped after."""
     home = tmp_path / "home"
+    yield home
+    subprocess.run([str(BIN / "loopml"), "down"], env=_environment(home), capture_output=True)
+
+
+@pytest.mark.slow
+def test_commands_share_one_server_that_down_and_idleness_stop(home, project) -> None:
+    project_dir, batch = project
     env = _environment(home)
 
     # The MLflow store is created first: two commands creating it at once is another matter.

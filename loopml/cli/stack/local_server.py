@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from loopml.cli.stack.processes import HOST, last_line, port_is_free
-from loopml.cli.stack.server_watchdog import WATCHDOG_VARIABLE
+from loopml.cli.stack.server_watchdog import WATCHDOG_VARIABLE, process_alive
 from loopml.cli.stack.servers import prefect_server_command, prefect_server_environment
 from loopml.credentials import file_lock, load_or_create_credentials
 from loopml.errors import StackError
@@ -225,22 +225,11 @@ def stop_local_server(settings: Settings, timeout: float = 40.0) -> dict[str, An
     except ProcessLookupError:
         return record
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and process_alive(pid):
         with contextlib.suppress(ChildProcessError):  # reap it if we started it (no zombie)
             os.waitpid(pid, os.WNOHANG)
         time.sleep(0.2)
-    if _alive(pid):
+    if process_alive(pid):
         os.kill(pid, signal.SIGKILL)
     settings.server_file.unlink(missing_ok=True)
     return record
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return True

@@ -6,8 +6,9 @@ hours and needs only the standard library. Its settings come in the ``LOOPML_WAT
 environment variable (JSON), written by ``loopml.cli.stack.local_server``; secrets stay out of
 the command line (``ps`` shows it to every user).
 
-Idle means: nothing touched the last-used file for ``idle_seconds``, no flow run is pending,
-running or cancelling on the server, and no ``loopml up`` of this home is alive.
+Idle means: nothing touched the last-used file for ``idle_seconds``, no flow run that started
+in the last 6 hours is running or cancelling on the server, and no ``loopml up`` of this home is
+alive. It also stops when its ``server.json`` is gone (the home was deleted).
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ import sys
 import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 WATCHDOG_VARIABLE = "LOOPML_WATCHDOG"
 IN_FLIGHT = ["PENDING", "RUNNING", "CANCELLING"]
+BUSY_RUN_HOURS = 6
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not count)."""
     try:
         os.kill(pid, 0)
     except (OSError, ValueError):
@@ -61,7 +64,15 @@ def _healthy(api_url: str) -> bool:
 
 
 def _runs_in_flight(api_url: str, auth_string: str) -> int:
-    body = {"flow_runs": {"state": {"type": {"any_": IN_FLIGHT}}}}
+    """Runs in flight that started in the last ``BUSY_RUN_HOURS``: a run its killed process
+    left "Running" must not keep the server up for ever."""
+    since = datetime.now(UTC) - timedelta(hours=BUSY_RUN_HOURS)
+    body = {
+        "flow_runs": {
+            "state": {"type": {"any_": IN_FLIGHT}},
+            "start_time": {"after_": since.isoformat()},
+        }
+    }
     try:
         return int(_request(f"{api_url}/flow_runs/count", auth_string, body))
     except (OSError, ValueError, TypeError):
@@ -70,7 +81,7 @@ def _runs_in_flight(api_url: str, auth_string: str) -> int:
 
 def _up_alive(stack_file: Path) -> bool:
     try:
-        return _alive(int(json.loads(stack_file.read_text())["pid"]))
+        return process_alive(int(json.loads(stack_file.read_text())["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -97,6 +108,13 @@ def _stop_group(server: subprocess.Popen) -> None:
     _signal_group(server.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         server.wait(5)
+
+
+def _still_ours(server_file: Path) -> bool:
+    try:
+        return json.loads(server_file.read_text()).get("pid") == os.getpid()
+    except (OSError, ValueError):
+        return False
 
 
 def idle(config: dict[str, Any], now: float) -> bool:
@@ -151,6 +169,9 @@ def supervise(config: dict[str, Any]) -> int:
             if server.poll() is not None:
                 print(f"loopml: the Prefect server exited with code {server.returncode}")
                 code = 1
+                break
+            if not _still_ours(server_file):
+                reason.append("its record was removed (home deleted?)")
                 break
             if idle(config, time.time()):
                 reason.append(f"idle for {config['idle_seconds'] / 60:g} min")
