@@ -357,7 +357,7 @@ def test_up_refuses_a_port_in_use_with_one_clear_line(tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -> None:
     project_dir = make_project(tmp_path / "project", "upped")
     home = tmp_path / "home"
@@ -372,7 +372,7 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
         command, cwd=project_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        stack = _wait_for_stack(home / "stack.json", process, timeout=200)
+        stack = _wait_for_stack(home / "stack.json", process, timeout=400)
         assert stack["pid"] == process.pid
         assert stack["projects"] == ["upped"]
         assert stack["prefect_api_url"] == f"http://127.0.0.1:{ports['prefect']}/api"
