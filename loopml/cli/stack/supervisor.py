@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.deployments import FLOW_NAMES, deployment_name
+from loopml.claims import release_dead_claims
 from loopml.cli.stack.deployments import (
     AUTOMATIONS_DIR_VARIABLE,
     RUNNER_START_SIGNAL_VARIABLE,
@@ -207,6 +208,12 @@ class Stack:
             self.progress(
                 f"  recovered {recovered['crashed']} run(s) left in flight by the last stop"
             )
+        for config in self.configs:  # claims of retrainings killed with their runs (issue 12)
+            released = release_dead_claims(
+                self.settings.ledger_dir, self.settings.home / "locks", config.name
+            )
+            if released:
+                self.progress(f"  {config.name}: released {len(released)} dead retraining claim(s)")
         runner_launched = datetime.now(UTC)
         self.runner_start_signal.touch()
         if mlflow is not None:
