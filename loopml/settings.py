@@ -11,6 +11,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from loopml.credentials import read_credentials
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -20,8 +22,9 @@ class Settings:
         home: ``LOOPML_HOME``; embedded state lives below it.
         mlflow_tracking_uri: ``MLFLOW_TRACKING_URI`` or SQLite under ``home``.
         mlflow_registry_uri: ``MLFLOW_REGISTRY_URI`` or the tracking URI.
-        prefect_api_url: ``PREFECT_API_URL``, else the server recorded by ``loopml up`` in
-            ``stack.json``, else ``None`` (Prefect then starts an embedded server).
+        prefect_api_url: ``PREFECT_API_URL``, else the local server of this home recorded in
+            ``server.json`` while it runs, else ``None`` (the first command that needs the
+            API starts the local server: ``loopml.cli.stack.local_server``).
         optuna_storage: ``LOOPML_OPTUNA_STORAGE`` or SQLite under ``home``.
         dask_address: ``LOOPML_DASK_ADDRESS``: a Dask scheduler to run tasks on; ``"local"``
             starts a local cluster; empty runs tasks in threads.
@@ -29,6 +32,10 @@ class Settings:
         max_threads: native (OpenMP/BLAS) threads per process (``LOOPML_MAX_THREADS``, default
             1). HistGradientBoosting's OpenMP threads slow down many-fold when the cores are
             shared with the servers and runners loopml starts; 1 keeps runs predictable.
+        prefect_auth_string: ``PREFECT_API_AUTH_STRING``, else the local server's (from
+            ``credentials.json``).
+        prefect_api_from_user: ``PREFECT_API_URL`` was set by the user: loopml then starts
+            no local server.
     """
 
     home: Path
@@ -39,6 +46,8 @@ class Settings:
     dask_address: str
     dask_workers: int
     max_threads: int = 1
+    prefect_auth_string: str | None = None
+    prefect_api_from_user: bool = False
 
     @property
     def prefect_home(self) -> Path:
@@ -92,20 +101,20 @@ class Settings:
     def stack_file(self) -> Path:
         return self.home / "stack.json"
 
+    @property
+    def server_file(self) -> Path:
+        """The local Prefect server's record (URL, pids) while it runs (0600)."""
+        return self.home / "server.json"
 
-def _stack_prefect_url(stack_file: Path) -> str | None:
-    """The Prefect API URL written by a running ``loopml up``, if any."""
+
+def read_server_record(server_file: Path) -> dict | None:
+    """The record of this home's local Prefect server, or ``None`` when it is not running."""
     try:
-        stack = json.loads(stack_file.read_text())
-    except (OSError, ValueError):
+        record = json.loads(server_file.read_text())
+        os.kill(int(record["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    pid = stack.get("pid")
-    if pid is not None:
-        try:
-            os.kill(int(pid), 0)
-        except (OSError, ValueError):
-            return None
-    return stack.get("prefect_api_url")
+    return record
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
@@ -114,7 +123,15 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     home = Path(env.get("LOOPML_HOME") or ".loopml").expanduser().resolve()
     tracking = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     registry = env.get("MLFLOW_REGISTRY_URI") or tracking
-    prefect_url = env.get("PREFECT_API_URL") or _stack_prefect_url(home / "stack.json")
+    prefect_url = env.get("PREFECT_API_URL") or None
+    prefect_auth = env.get("PREFECT_API_AUTH_STRING") or None
+    from_user = prefect_url is not None
+    if not from_user:
+        record = read_server_record(home / "server.json")
+        if record is not None:
+            prefect_url = record.get("api_url")
+            credentials = read_credentials(home)
+            prefect_auth = credentials.prefect_auth_string if credentials else None
     optuna = env.get("LOOPML_OPTUNA_STORAGE") or f"sqlite:///{home / 'optuna.db'}"
     return Settings(
         home=home,
@@ -125,6 +142,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         dask_address=env.get("LOOPML_DASK_ADDRESS", ""),
         dask_workers=int(env.get("LOOPML_DASK_WORKERS", "2")),
         max_threads=int(env.get("LOOPML_MAX_THREADS", "1")),
+        prefect_auth_string=prefect_auth,
+        prefect_api_from_user=from_user,
     )
 
 
@@ -155,4 +174,6 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
     }
     if settings.prefect_api_url:
         env["PREFECT_API_URL"] = settings.prefect_api_url
+    if settings.prefect_auth_string:
+        env["PREFECT_API_AUTH_STRING"] = settings.prefect_auth_string
     return env

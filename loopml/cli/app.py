@@ -38,6 +38,7 @@ for command in (
     explain.slices,
     # the embedded stack
     stack.up,
+    stack.down,
     stack.serve,
     stack.automations,
     demo.demo,

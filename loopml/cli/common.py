@@ -88,12 +88,76 @@ def process_settings() -> Settings:
     return settings
 
 
-def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
-    """Run ``flow`` in this process with the task runner ``settings`` ask for."""
-    from flows.runner import with_runner
+def check_inputs(
+    project: str, project_dir: Path, files: tuple[Path | None, ...] = (), version: str | None = None
+) -> None:
+    """Errors the CLI can see before a flow runs, raised before any server is started.
 
+    Why: a typo's one-line error must not wait for Prefect. The flow checks them again.
+
+    Raises:
+        ProjectNotFound, ConfigError: the project is unknown or its config invalid.
+        DataError: a named file does not exist.
+        RegistryError: ``version`` is not a version number.
+    """
+    from loopml.config import load_config
+    from loopml.errors import DataError, RegistryError
+
+    load_config(project, project_dir.resolve())
+    for path in files:
+        if path is not None and not path.expanduser().is_file():
+            raise DataError(f"{path.expanduser().resolve()}: no such file")
+    if version is not None and not (version.isdigit() and int(version) > 0):
+        raise RegistryError(f"version must be a positive number like 3, not {version!r}")
+
+
+def connect_prefect(settings: Settings) -> Settings:
+    """Settings pointing at a Prefect API: the user's ``PREFECT_API_URL``, else this home's
+    local server, started in the background if none runs (then reused by later commands).
+
+    Applied to ``os.environ`` too, so subprocesses and a later first import of Prefect see it.
+    """
+    import dataclasses
+
+    if settings.prefect_api_from_user:
+        return settings
+    from loopml.cli.stack.local_server import ensure_local_server
+    from loopml.credentials import load_or_create_credentials
+
+    server = ensure_local_server(settings, progress=_progress)
+    connected = dataclasses.replace(
+        settings,
+        prefect_api_url=server.api_url,
+        prefect_auth_string=load_or_create_credentials(settings.home).prefect_auth_string,
+    )
+    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ["PREFECT_API_AUTH_STRING"] = connected.prefect_auth_string or ""
+    return connected
+
+
+def _progress(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
+    """Run ``flow`` in this process with the task runner ``settings`` ask for, recorded in
+    the Prefect API of :func:`connect_prefect`.
+
+    Validate the command's inputs before calling it: a typo's error then needs no server.
+    """
+    from flows.runner import with_runner
+    from loopml.cli.stack.deployments import prefect_api
+
+    connected = connect_prefect(settings)
     _console_without_tracebacks()
-    return with_runner(flow, settings)(**parameters)
+    try:
+        with prefect_api(connected.prefect_api_url, connected.prefect_auth_string):
+            return with_runner(flow, connected)(**parameters)
+    finally:
+        if not connected.prefect_api_from_user:  # the idle time counts from the last use
+            from loopml.cli.stack.local_server import used_file
+
+            used_file(connected).touch()
 
 
 def resolve_path(path: Path | None) -> str | None:

@@ -15,6 +15,7 @@ from loopml.cli.common import (
     JsonFlag,
     ProjectDir,
     call_flow,
+    check_inputs,
     fail,
     process_settings,
     resolve_path,
@@ -103,6 +104,7 @@ def validate(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir, (data,))
         from flows.validation import validate_flow
 
         return call_flow(
@@ -144,6 +146,7 @@ def train(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir, (data,))
         from flows.training import train_flow
 
         return call_flow(
@@ -181,6 +184,7 @@ def score(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir, (data,))
         from flows.scoring import score_flow
 
         return call_flow(
@@ -219,6 +223,7 @@ def monitor(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir, (data, reference))
         from flows.monitoring import monitor_flow
 
         result = call_flow(
@@ -286,6 +291,7 @@ def label(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir, (data,))
         from flows.labels import label_flow
 
         return call_flow(
@@ -345,6 +351,7 @@ def retrain(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir)
         from flows.retraining import retrain_flow
 
         return call_flow(

@@ -7,7 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from loopml.cli.common import JsonFlag, ProjectDir, call_flow, process_settings, run
+from loopml.cli.common import (
+    JsonFlag,
+    ProjectDir,
+    call_flow,
+    check_inputs,
+    process_settings,
+    run,
+)
 
 
 def promote(
@@ -21,6 +28,7 @@ def promote(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir, version=version)
         from flows.registry import promote_flow
 
         return call_flow(
@@ -44,6 +52,7 @@ def rollback(
 
     def action() -> dict[str, Any]:
         settings = process_settings()
+        check_inputs(name, project_dir)
         from flows.registry import rollback_flow
 
         return call_flow(

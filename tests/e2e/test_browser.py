@@ -7,6 +7,7 @@ folder (their paths are printed); each test asserts on the page text a user woul
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,8 +46,19 @@ def browser() -> Iterator:
 
 
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+def page(browser, closed_loop):
+    """A page logged in as the user would: MLflow's basic-auth user, Prefect's auth string
+    (the Prefect UI keeps what its login page takes in localStorage ``prefect-password``)."""
+    credentials = closed_loop.credentials
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000},
+        http_credentials={
+            "username": credentials["mlflow_username"],
+            "password": credentials["mlflow_password"],
+        },
+    )
+    token = base64.b64encode(credentials["prefect_auth_string"].encode()).decode()
+    context.add_init_script(f"localStorage.setItem('prefect-password', '{token}')")
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     yield page
@@ -71,7 +83,7 @@ def test_prefect_ui_lists_the_loop_flows_and_the_triggered_retraining(
     for flow in ("inbox", "monitor", "retrain", "score", "train"):
         assert flow in flows_text.split(), flow
 
-    with _prefect(closed_loop.api_url):
+    with _prefect(closed_loop):
         (retraining,) = _triggered_runs()
     page.goto(f"{ui}/runs/flow-run/{retraining.id}", wait_until="domcontentloaded")
     page.get_by_text(retraining.name).first.wait_for()

@@ -65,6 +65,11 @@ class ClosedLoop:
     def api_url(self) -> str:
         return self.stack["prefect_api_url"]
 
+    @property
+    def credentials(self) -> dict[str, str]:
+        """The home's stack credentials (``loopml up`` generated them)."""
+        return json.loads((self.home / "credentials.json").read_text())
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -141,7 +146,7 @@ def start_closed_loop(request, tmp_path_factory) -> ClosedLoop:
         request.addfinalizer(loop.stop)
         _wait_for_inbox(inbox, 2, timeout=420)
         loop.timings["inbox_done"] = (datetime.now(UTC) - dropped_at).total_seconds()
-        with _prefect(loop.api_url):
+        with _prefect(loop):
             runs = _wait_for_triggered_runs(1, timeout=120)
             assert runs, "the automation started no retraining"
             _wait_for_terminal(runs[0].id, timeout=600)
@@ -202,12 +207,18 @@ def _inbox_entries(inbox: Path) -> list[dict[str, Any]]:
 
 
 class _prefect:
-    """Point this process's Prefect client at the stack (a context manager)."""
+    """Point this process's Prefect client at the stack, with its auth string (a context
+    manager)."""
 
-    def __init__(self, api_url: str) -> None:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+    def __init__(self, loop: ClosedLoop) -> None:
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        self._context = temporary_settings(updates={PREFECT_API_URL: api_url})
+        self._context = temporary_settings(
+            updates={
+                PREFECT_API_URL: loop.api_url,
+                PREFECT_API_AUTH_STRING: loop.credentials["prefect_auth_string"],
+            }
+        )
 
     def __enter__(self) -> None:
         self._context.__enter__()
@@ -329,7 +340,7 @@ def test_batches_are_scored_monitored_and_filed_without_losing_a_byte(closed_loo
 def test_the_monitor_run_emitted_the_drift_event(closed_loop) -> None:
     from prefect.client.orchestration import get_client
 
-    with _prefect(closed_loop.api_url):
+    with _prefect(closed_loop):
         events = [
             event
             for event in _events("loopml.drift.detected", closed_loop.dropped_at)
@@ -353,7 +364,7 @@ def test_the_monitor_run_emitted_the_drift_event(closed_loop) -> None:
 
 
 def test_the_automation_started_exactly_one_retraining_for_the_batch(closed_loop) -> None:
-    with _prefect(closed_loop.api_url):
+    with _prefect(closed_loop):
         runs = _triggered_runs()
         drift = _events("loopml.drift.detected", closed_loop.dropped_at)
         degraded = _events("loopml.performance.degraded", closed_loop.dropped_at)
@@ -404,7 +415,7 @@ def test_the_champion_moved_or_the_refusal_is_in_the_ledger(closed_loop) -> None
 def test_an_event_storm_inside_the_cooldown_starts_no_second_retraining(closed_loop) -> None:
     batch_ids = [closed_loop.drifted_batch_id] + [f"bstorm{index}" for index in range(9)]
     resource = {"prefect.resource.id": f"loopml.project.{PROJECT}", "loopml.project": PROJECT}
-    with _prefect(closed_loop.api_url):
+    with _prefect(closed_loop):
         started = datetime.now(UTC)
         _emit_events(
             closed_loop.api_url,
@@ -450,7 +461,7 @@ def test_the_same_batch_never_retrains_twice(closed_loop) -> None:
     from prefect.deployments import run_deployment
 
     versions_before = _registered_versions(closed_loop)
-    with _prefect(closed_loop.api_url):
+    with _prefect(closed_loop):
         run = run_deployment(
             f"retrain/retrain-{PROJECT}",
             parameters={

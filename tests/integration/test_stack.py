@@ -7,13 +7,16 @@ as a user starts and stops it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -354,6 +357,7 @@ def test_up_refuses_a_port_in_use_with_one_clear_line(tmp_path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -> None:
     project_dir = make_project(tmp_path / "project", "upped")
     home = tmp_path / "home"
@@ -368,7 +372,7 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
         command, cwd=project_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        stack = _wait_for_stack(home / "stack.json", process, timeout=200)
+        stack = _wait_for_stack(home / "stack.json", process, timeout=400)
         assert stack["pid"] == process.pid
         assert stack["projects"] == ["upped"]
         assert stack["prefect_api_url"] == f"http://127.0.0.1:{ports['prefect']}/api"
@@ -388,11 +392,25 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
         assert (home / "logs" / "runner.log").is_file()
         assert (home / "inbox" / "upped").is_dir()
 
-        # Later CLI calls find the running server through stack.json.
+        # Later CLI calls find the running server (server.json) and its auth string.
         from loopml.settings import load_settings
 
         clean_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
         assert load_settings(clean_env).prefect_api_url == stack["prefect_api_url"]
+        _assert_locked(stack, json.loads((home / "credentials.json").read_text()))
+        validated = subprocess.run(
+            [str(BIN / "loopml"), "validate", "upped", "--data", str(SAMPLE), "--json"],
+            cwd=project_dir,
+            env=clean_env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert validated.returncode == 0, validated.stderr  # loopml itself is not locked out
+        assert (
+            json.loads((home / "server.json").read_text())["pid"]
+            == (stack["prefect_server_supervisor_pid"])
+        )
 
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
@@ -402,6 +420,8 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
         if process.poll() is None:
             process.kill()
             process.communicate()
+            # up's background Prefect server outlives a SIGKILL of up by design: stop it.
+            subprocess.run([str(BIN / "loopml"), "down"], env=env, capture_output=True)
     print(f"\nloopml up: ready in {stack['startup_seconds']} s, stopped in {stop_seconds:.1f} s")
     assert process.returncode == 0, stderr[-2000:]
     assert last_json(stdout)["stopped"] is True
@@ -415,6 +435,61 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
     for port in ports.values():
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+
+
+def _status(
+    url: str, body: dict | None = None, headers: dict[str, str] | None = None, method: str = "POST"
+) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+def _basic(user_and_password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(user_and_password.encode()).decode()}
+
+
+def _assert_locked(stack: dict, credentials: dict) -> None:
+    """Anonymous and cross-origin writes to every server of the stack are refused; the same
+    calls with the home's credentials pass (issue 13's hostile-page findings)."""
+    api = stack["prefect_api_url"]
+    # Prefect: a page's create_flow_run without the auth string; a foreign origin's preflight.
+    assert _status(f"{api}/flow_runs/", {"flow_id": str(uuid.uuid4())})[0] == 401
+    assert _status(f"{api}/flows/filter", {})[0] == 401
+    assert _status(f"{api}/flows/filter", {}, _basic(credentials["prefect_auth_string"]))[0] == 200
+    _, preflight = _status(
+        f"{api}/flow_runs/",
+        None,
+        {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+        method="OPTIONS",
+    )
+    assert preflight.get("access-control-allow-origin") in (None, stack["prefect_ui_url"])
+    # MLflow: the anonymous alias move that made a refused version champion.
+    alias = f"{stack['mlflow_url']}/api/2.0/mlflow/registered-models/alias"
+    assert _status(alias, {"name": "upped", "alias": "champion", "version": "1"})[0] == 401
+    search = f"{stack['mlflow_url']}/api/2.0/mlflow/registered-models/search"
+    user = f"{credentials['mlflow_username']}:{credentials['mlflow_password']}"
+    assert _status(search, None, _basic(user), method="GET")[0] == 200
+    # Evidently: project creation needs the secret.
+    projects = f"{stack['evidently_url']}/api/projects"
+    assert _status(projects, {"name": "forged"})[0] in (401, 403)
+    secret = {"evidently-secret": credentials["evidently_secret"]}
+    assert _status(projects, {"name": "allowed"}, secret)[0] in (200, 201)
+    # The notification sink: a forged notification is not written.
+    sink = stack["notifications_url"]
+    assert _status(sink, {"subject": "forged"})[0] == 401
+    bearer = {"Authorization": f"Bearer {credentials['sink_token']}"}
+    assert _status(sink, {"subject": "from loopml"}, bearer)[0] == 204
+    written = Path(stack["notifications_file"]).read_text()
+    assert "from loopml" in written and "forged" not in written
 
 
 def _wait_for_stack(stack_file: Path, process: subprocess.Popen, timeout: float) -> dict:

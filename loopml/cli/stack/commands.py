@@ -55,6 +55,34 @@ def up(
     run(action, json_output, render)
 
 
+def down(json_output: JsonFlag = False) -> None:
+    """Stop what runs for this LOOPML_HOME: a 'loopml up' (as Ctrl-C would) and the local
+    Prefect server that commands start in the background."""
+    from loopml.cli.stack.local_server import stop_local_server
+    from loopml.cli.stack.processes import stop_stack
+    from loopml.settings import load_settings
+
+    def action() -> dict[str, Any]:
+        settings = load_settings()
+        up_pid = stop_stack(settings.stack_file)
+        record = stop_local_server(settings)
+        return {
+            "home": str(settings.home),
+            "up_stopped": up_pid,
+            "server_stopped": None if record is None else record.get("api_url"),
+        }
+
+    def render(result: dict[str, Any]) -> None:
+        if result["up_stopped"]:
+            typer.echo(f"stopped loopml up (pid {result['up_stopped']})")
+        if result["server_stopped"]:
+            typer.echo(f"stopped the local Prefect server ({result['server_stopped']})")
+        if not result["up_stopped"] and not result["server_stopped"]:
+            typer.echo(f"nothing running for {result['home']}")
+
+    run(action, json_output, render)
+
+
 def serve(
     project: Projects = None,
     project_dir: ProjectDir = Path("."),
@@ -144,4 +172,8 @@ def _announce(record: dict[str, Any], json_output: bool) -> None:
     ):
         typer.echo(f"  {label:<14} {record[key]}")
     typer.echo("  drop batches as inbox/NAME/FILE.csv (write elsewhere or as .part, then rename)")
-    typer.echo("Ctrl-C stops everything.")
+    typer.echo(
+        f"  the UIs ask for credentials: see {record['prefect_auth_string_file']} (Prefect UI "
+        "password: prefect_auth_string; MLflow UI: mlflow_username / mlflow_password)"
+    )
+    typer.echo("Ctrl-C stops everything (or 'loopml down' from another shell).")

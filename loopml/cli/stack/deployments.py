@@ -155,44 +155,61 @@ def in_flight_runs(deployment_names: list[str]) -> list[Any]:
         )
 
 
-def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str, int]:
-    """Crash runs a stopped runner left in flight and free their deployments' concurrency slots.
+def _crash(client: Any, runs: list[Any], reason: str, counts: dict[str, int]) -> None:
+    """Crashed for runs that started, Cancelled for runs claimed but never started."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Crashed
+
+    for run in runs:
+        if run.state_type == StateType.PENDING:
+            # Claimed but never started: nothing ran, so nothing crashed.
+            state, key = Cancelled(message=reason), "cancelled"
+        else:
+            state, key = Crashed(message=reason), "crashed"
+        client.set_flow_run_state(run.id, state, force=True)
+        counts[key] += 1
+
+
+def crash_runs(deployment_names: list[str] | None, reason: str) -> dict[str, int]:
+    """Crash runs left in flight (of these deployments, or every run with ``None``) and free
+    their deployments' concurrency slots.
 
     Why: the OSS server keeps deployment concurrency leases in memory. A run still in flight when
     the stack stops keeps its slot after a server restart (the lease that would have expired is
     gone), so every later inbox run is cancelled (CANCEL_NEW) and retrainings wait forever
-    (ENQUEUE). Only call this while no runner serves these deployments.
+    (ENQUEUE); a CLI run whose process died stays "Running" forever. Only call this while no
+    process can still be driving those runs (no runner serves the deployments; with ``None``:
+    the server has just started and nothing has used it yet).
 
     Returns:
-        ``{"crashed": runs marked Crashed, "released": slots freed}``.
+        ``{"crashed": runs marked Crashed, "cancelled": pending runs cancelled,
+        "released": slots freed}``.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
-    from prefect.states import Cancelled, Crashed
 
     in_flight = _in_flight_filter()
     counts = {"crashed": 0, "cancelled": 0, "released": 0}
     with get_client(sync_client=True) as client:
-        for name in deployment_names:
-            try:
-                deployment = client.read_deployment_by_name(name)
-            except ObjectNotFound:
-                continue
-            runs = client.read_flow_runs(
-                flow_run_filter=in_flight,
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-            )
-            for run in runs:
-                if run.state_type == StateType.PENDING:
-                    # Claimed but never started: nothing ran, so nothing crashed.
-                    state, key = Cancelled(message=reason), "cancelled"
-                else:
-                    state, key = Crashed(message=reason), "crashed"
-                client.set_flow_run_state(run.id, state, force=True)
-                counts[key] += 1
+        if deployment_names is None:
+            _crash(client, client.read_flow_runs(flow_run_filter=in_flight), reason, counts)
+            deployments = client.read_deployments()
+        else:
+            deployments = []
+            for name in deployment_names:
+                try:
+                    deployment = client.read_deployment_by_name(name)
+                except ObjectNotFound:
+                    continue
+                runs = client.read_flow_runs(
+                    flow_run_filter=in_flight,
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                )
+                _crash(client, runs, reason, counts)
+                deployments.append(deployment)
+        for deployment in deployments:
             limit = deployment.global_concurrency_limit
             if limit is not None and limit.active_slots:
                 client.update_global_concurrency_limit(
@@ -200,6 +217,11 @@ def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str,
                 )
                 counts["released"] += limit.active_slots
     return counts
+
+
+def release_orphaned_runs(deployment_names: list[str], reason: str) -> dict[str, int]:
+    """Crash the runs a stopped runner left in flight; free their slots (:func:`crash_runs`)."""
+    return crash_runs(deployment_names, reason)
 
 
 # --------------------------------------------------------------------------- Prefect: automations
@@ -308,6 +330,7 @@ def apply_project_automations(
     configs: list[ProjectConfig],
     *,
     webhook_url: str | None = None,
+    webhook_token: str | None = None,
     retrain_deployment_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Create or update, by name, every project's retrain trigger and the notifications.
@@ -317,13 +340,16 @@ def apply_project_automations(
         configs: the projects.
         webhook_url: point the notification block here first; without it the existing block
             is used, and without one the notification automations are skipped.
+        webhook_token: the bearer token the block sends (the local sink's).
         retrain_deployment_ids: project -> deployment id; default: read ``retrain/retrain-NAME``.
 
     Raises:
         StackError: a project has no retrain deployment on the server.
     """
     block_id = (
-        save_notification_block(webhook_url) if webhook_url else existing_notification_block()
+        save_notification_block(webhook_url, webhook_token)
+        if webhook_url
+        else existing_notification_block()
     )
     if retrain_deployment_ids is None:
         names = [f"retrain/{deployment_name('retrain', config.name)}" for config in configs]
@@ -342,9 +368,14 @@ def apply_project_automations(
 
 
 @contextlib.contextmanager
-def prefect_api(url: str):
-    """Point this process's Prefect client at ``url``, whenever Prefect was first imported."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def prefect_api(url: str, auth_string: str | None = None):
+    """Point this process's Prefect client at ``url`` (with ``auth_string``, else the one in
+    the environment), whenever Prefect was first imported."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    auth = auth_string or os.environ.get("PREFECT_API_AUTH_STRING")
+    updates: dict[Any, Any] = {PREFECT_API_URL: url}
+    if auth:
+        updates[PREFECT_API_AUTH_STRING] = auth
+    with temporary_settings(updates=updates):
         yield

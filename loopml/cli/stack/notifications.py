@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import threading
 from datetime import UTC, datetime
@@ -18,16 +19,28 @@ class NotificationSink:
     """A local HTTP receiver for Prefect notification blocks: one JSON line per notification.
 
     Prefect's server POSTs ``{"subject", "body"}`` (a Custom Webhook block) here; the line gets
-    the time it arrived. Works offline and needs nothing but the standard library.
+    the time it arrived. Works offline and needs nothing but the standard library. With a
+    ``token``, a POST without ``Authorization: Bearer TOKEN`` is refused (401): a forged
+    notification from another local process or a web page is not written.
     """
 
-    def __init__(self, path: Path, host: str = HOST, port: int = 0) -> None:
+    def __init__(
+        self, path: Path, host: str = HOST, port: int = 0, token: str | None = None
+    ) -> None:
         self.path = path
+        self.token = token
         self._lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                if sink.token is not None and not hmac.compare_digest(
+                    self.headers.get("Authorization") or "", f"Bearer {sink.token}"
+                ):
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 try:
@@ -92,8 +105,12 @@ def existing_notification_block() -> str | None:
     return str(document.id)
 
 
-def save_notification_block(url: str) -> str:
-    """The Custom Webhook block the notification automations send to; returns its id."""
+def save_notification_block(url: str, token: str | None = None) -> str:
+    """The Custom Webhook block the notification automations send to; returns its id.
+
+    ``token`` is kept in the block's secrets (a SecretDict: masked in the Prefect UI
+    and API) and sent as a bearer token.
+    """
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
     block = CustomWebhookNotificationBlock(
@@ -101,6 +118,8 @@ def save_notification_block(url: str) -> str:
         url=url,
         method="POST",
         json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        headers={"Authorization": "Bearer {{sink_token}}"} if token else None,
+        secrets={"sink_token": token} if token else {},
         timeout=5,
     )
     return str(block.save(NOTIFICATION_BLOCK, overwrite=True))

@@ -47,8 +47,8 @@ def port_is_free(port: int, host: str = HOST) -> bool:
     return True
 
 
-def check_ports(ports: StackPorts) -> None:
-    """Raise one clear error naming every requested port that is taken.
+def check_ports(ports: StackPorts, skip: tuple[str, ...] = ()) -> None:
+    """Raise one clear error naming every requested port that is taken (``skip``: not those).
 
     Raises:
         StackError: a port is in use (or listed twice).
@@ -56,7 +56,11 @@ def check_ports(ports: StackPorts) -> None:
     requested = ports.as_dict()
     if len(set(requested.values())) != len(requested):
         raise StackError(f"the ports must differ: {requested}")
-    busy = [f"{port} ({name})" for name, port in requested.items() if not port_is_free(port)]
+    busy = [
+        f"{port} ({name})"
+        for name, port in requested.items()
+        if name not in skip and not port_is_free(port)
+    ]
     if busy:
         options = " / ".join(f"--{name}-port" for name, _ in requested.items())
         raise StackError(
@@ -73,6 +77,29 @@ def read_stack_file(stack_file: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return stack
+
+
+def stop_stack(stack_file: Path, timeout: float = 180.0) -> int | None:
+    """SIGTERM a running ``loopml up`` (it stops its children in order) and wait for it.
+
+    Returns:
+        Its pid, or ``None`` when none was running.
+
+    Raises:
+        StackError: it did not stop within ``timeout``.
+    """
+    stack = read_stack_file(stack_file)
+    if stack is None:
+        return None
+    pid = int(stack["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while read_stack_file(stack_file) is not None:
+        if time.monotonic() > deadline:
+            raise StackError(f"loopml up (pid {pid}) did not stop within {timeout:.0f} s")
+        time.sleep(0.5)
+    return pid
 
 
 def write_stack_file(stack_file: Path, record: dict[str, Any]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from loopml.cli.stack.processes import HOST
+from loopml.credentials import Credentials, write_private
 from loopml.settings import Settings, prefect_environment
 
 
@@ -31,14 +33,84 @@ def child_environment(settings: Settings, prefect_api_url: str | None) -> dict[s
     return env
 
 
+def prefect_server_environment(
+    settings: Settings, port: int, credentials: Credentials
+) -> dict[str, str]:
+    """The local Prefect server's environment: locked to its own UI, on 127.0.0.1.
+
+    The API answers only callers that send the auth string (the UI asks for it as its
+    password); cross-origin requests are allowed from the UI's own origin only. Prefect has no
+    Host-header check: a DNS-rebinding page would still lack the auth string.
+    """
+    origin = f"http://{HOST}:{port}"
+    env = child_environment(settings, None)
+    env.pop("PREFECT_API_AUTH_STRING", None)
+    env.update(
+        {
+            "PREFECT_SERVER_UI_ENABLED": "true",
+            # The UI asks the browser to call this URL; without it, it says port 4200
+            # whatever --port was given.
+            "PREFECT_UI_API_URL": f"{origin}/api",
+            "PREFECT_SERVER_API_HOST": HOST,
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_SERVER_API_AUTH_STRING": credentials.prefect_auth_string,
+            "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": origin,
+        }
+    )
+    return env
+
+
 def prefect_server_command(port: int) -> list[str]:
     return [_console_script("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+
+
+def mlflow_server_environment(settings: Settings, credentials: Credentials) -> dict[str, str]:
+    """The MLflow UI's environment: MLflow's basic-auth app, its user store under the home.
+
+    Why: without it any local process or web page could move the ``champion`` alias with one
+    anonymous POST. The CLI and the flows use the store directly, not this server, so only
+    the browser (which asks for the user and password) and HTTP clients see the lock. MLflow
+    reads the user store's location only from the ini file named by
+    ``MLFLOW_AUTH_CONFIG_PATH``; the admin user is created on the first start.
+    """
+    auth_dir = settings.home / "mlflow-auth"
+    auth_dir.mkdir(parents=True, exist_ok=True)
+    auth_dir.chmod(0o700)
+    config = auth_dir / "basic_auth.ini"
+    write_private(
+        config,
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{auth_dir / 'users.db'}\n"
+        f"admin_username = {credentials.mlflow_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+    env = child_environment(settings, None)
+    env.update(
+        {
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": credentials.mlflow_password,
+            # The auth app's CSRF protection needs a key that is stable across restarts.
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": hashlib.sha256(
+                f"flask:{credentials.mlflow_password}".encode()
+            ).hexdigest(),
+        }
+    )
+    return env
+
+
+def evidently_ui_environment(settings: Settings, credentials: Credentials) -> dict[str, str]:
+    """The Evidently UI's environment: writes need its secret (``evidently-secret`` header);
+    set through the environment, not ``--secret``, which ``ps`` would show."""
+    return {**child_environment(settings, None), "EVIDENTLY_SECRET": credentials.evidently_secret}
 
 
 def mlflow_server_command(settings: Settings, port: int) -> list[str]:
     return [
         _console_script("mlflow"),
         "server",
+        "--app-name",
+        "basic-auth",
         "--host",
         HOST,
         "--port",

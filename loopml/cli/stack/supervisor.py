@@ -2,7 +2,8 @@
 
 One process (``loopml up``) owns everything and stops it in order on Ctrl-C or SIGTERM:
 
-    Prefect server   prefect server start (SQLite under $LOOPML_HOME/prefect)
+    Prefect server   this home's local server (``local_server``), reused if a command
+                     started it; stopped with the stack only if the stack started it
     MLflow UI        mlflow server on the same store as the CLI (sqlite:///$LOOPML_HOME/mlflow.db)
     Evidently UI     evidently ui --workspace $LOOPML_HOME/evidently
     notification sink  a tiny HTTP receiver appending to $LOOPML_HOME/notifications.jsonl
@@ -17,6 +18,7 @@ free of Prefect and of side effects.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.deployments import FLOW_NAMES, deployment_name
+from loopml.claims import release_dead_claims
 from loopml.cli.stack.deployments import (
     AUTOMATIONS_DIR_VARIABLE,
     RUNNER_START_SIGNAL_VARIABLE,
@@ -38,6 +41,7 @@ from loopml.cli.stack.deployments import (
     release_orphaned_runs,
     wait_for_deployments,
 )
+from loopml.cli.stack.local_server import LocalServer, ensure_local_server, stop_local_server
 from loopml.cli.stack.notifications import NotificationSink
 from loopml.cli.stack.processes import (
     HOST,
@@ -55,13 +59,15 @@ from loopml.cli.stack.servers import (
     child_environment,
     embedded_mlflow,
     evidently_ui_command,
+    evidently_ui_environment,
     mlflow_server_command,
-    prefect_server_command,
+    mlflow_server_environment,
     runner_command,
 )
 from loopml.config import ProjectConfig
+from loopml.credentials import CREDENTIALS_FILE, load_or_create_credentials
 from loopml.errors import StackError
-from loopml.settings import Settings
+from loopml.settings import Settings, read_server_record
 
 RUNNER_POLL_SECONDS = 1  # how soon a triggered or scheduled run starts
 WAIT_POLL_SECONDS = 0.25
@@ -83,6 +89,7 @@ class Stack:
     children: list[ChildProcess] = field(default_factory=list)
     sink: NotificationSink | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    server: LocalServer | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -90,6 +97,11 @@ class Stack:
 
     @property
     def prefect_api_url(self) -> str:
+        if self.server is not None:
+            return self.server.api_url
+        running = read_server_record(self.settings.server_file)
+        if running is not None:
+            return running["api_url"]
         return f"http://{HOST}:{self.ports.prefect}/api"
 
     @property
@@ -118,7 +130,10 @@ class Stack:
                 f"loopml up is already running for {self.settings.home} (pid {running['pid']}, "
                 f"Prefect UI {running.get('prefect_ui_url')})"
             )
-        check_ports(self.ports)
+        if read_server_record(self.settings.server_file) is None:
+            check_ports(self.ports)
+        else:  # the running local server is reused: its port is taken, by design
+            check_ports(self.ports, skip=("prefect",))
         # A stack.json whose pid is gone was left by a killed 'loopml up': it must not point
         # later commands (or anyone waiting for it) at servers that do not exist.
         self.settings.stack_file.unlink(missing_ok=True)
@@ -135,24 +150,12 @@ class Stack:
 
     def _start(self) -> dict[str, Any]:
         started = time.monotonic()
-        server_env = child_environment(self.settings, None)
-        server_env.update(
-            {
-                "PREFECT_SERVER_UI_ENABLED": "true",
-                # The UI asks the browser to call this URL; without it, it says port 4200
-                # whatever --port was given.
-                "PREFECT_UI_API_URL": self.prefect_api_url,
-                "PREFECT_SERVER_API_HOST": HOST,
-                "PREFECT_SERVER_API_PORT": str(self.ports.prefect),
-            }
+        credentials = load_or_create_credentials(self.settings.home)
+        self.settings = dataclasses.replace(
+            self.settings,
+            prefect_api_url=self.prefect_api_url,
+            prefect_auth_string=credentials.prefect_auth_string,
         )
-        prefect = self._launch(
-            "prefect-server",
-            "Prefect server",
-            prefect_server_command(self.ports.prefect),
-            server_env,
-        )
-        prefect.url = f"http://{HOST}:{self.ports.prefect}"
         mlflow_url = self.settings.mlflow_tracking_uri
         mlflow = None
         if embedded_mlflow(self.settings):
@@ -160,14 +163,14 @@ class Stack:
                 "mlflow",
                 "MLflow UI",
                 mlflow_server_command(self.settings, self.ports.mlflow),
-                child_environment(self.settings, None),
+                mlflow_server_environment(self.settings, credentials),
             )
             mlflow_url = mlflow.url = f"http://{HOST}:{self.ports.mlflow}"
         evidently = self._launch(
             "evidently",
             "Evidently UI",
             evidently_ui_command(self.settings, self.ports.evidently),
-            child_environment(self.settings, None),
+            evidently_ui_environment(self.settings, credentials),
         )
         evidently.url = f"http://{HOST}:{self.ports.evidently}"
         # The runner imports the flows (slow) while the server starts; it serves on our signal.
@@ -178,11 +181,25 @@ class Stack:
             runner_command(self.project_dir, [config.name for config in self.configs]),
             self._runner_environment(),
         )
-        self.sink = NotificationSink(self.settings.home / "notifications.jsonl").start()
+        self.sink = NotificationSink(
+            self.settings.home / "notifications.jsonl", token=credentials.sink_token
+        ).start()
 
-        self.progress("waiting for the Prefect server (15-20 s on a fresh home)...")
-        self._wait(prefect, f"{self.prefect_api_url}/health", STARTUP_TIMEOUTS["prefect"])
+        expected_url = self.prefect_api_url
+        self.server = ensure_local_server(
+            self.settings, port=self.ports.prefect, progress=self.progress
+        )
+        if self.server.started:
+            self.progress(f"  Prefect server: ready in {self.server.startup_seconds:.1f} s")
+        else:
+            self.progress(f"  Prefect server: reusing the running one at {self.server.ui_url}")
+        if self.server.api_url != expected_url:
+            raise StackError(
+                f"another command started the local Prefect server at {self.server.api_url} "
+                "while loopml up was starting; run 'loopml up' again"
+            )
         os.environ["PREFECT_API_URL"] = self.prefect_api_url
+        os.environ["PREFECT_API_AUTH_STRING"] = credentials.prefect_auth_string
         with prefect_api(self.prefect_api_url):
             recovered = release_orphaned_runs(
                 self.deployment_names, "the runner stopped while this run was in flight"
@@ -191,6 +208,12 @@ class Stack:
             self.progress(
                 f"  recovered {recovered['crashed']} run(s) left in flight by the last stop"
             )
+        for config in self.configs:  # claims of retrainings killed with their runs (issue 12)
+            released = release_dead_claims(
+                self.settings.ledger_dir, self.settings.home / "locks", config.name
+            )
+            if released:
+                self.progress(f"  {config.name}: released {len(released)} dead retraining claim(s)")
         runner_launched = datetime.now(UTC)
         self.runner_start_signal.touch()
         if mlflow is not None:
@@ -215,6 +238,7 @@ class Stack:
                 self.project_dir,
                 self.configs,
                 webhook_url=self.sink.url,
+                webhook_token=self.sink.token,
                 retrain_deployment_ids=retrain_ids,
             )["automations"]
             self.progress(f"  automations: {len(automations)} applied")
@@ -225,7 +249,10 @@ class Stack:
             "home": str(self.settings.home),
             "project_dir": str(self.project_dir),
             "projects": [config.name for config in self.configs],
-            "prefect_ui_url": prefect.url,
+            "prefect_ui_url": self.server.ui_url,
+            "prefect_auth_string_file": str(self.settings.home / CREDENTIALS_FILE),
+            "prefect_server_started_here": self.server.started,
+            "prefect_server_supervisor_pid": self.server.record["pid"],
             "prefect_api_url": self.prefect_api_url,
             "mlflow_url": mlflow_url,
             "evidently_url": evidently.url,
@@ -235,7 +262,10 @@ class Stack:
             "logs_dir": str(self.log_dir),
             "deployments": sorted(deployment_ids),
             "automations": [automation["name"] for automation in automations],
-            "children": {child.name: child.process.pid for child in self.children},
+            "children": {
+                "prefect-server": self.server.record["server_pid"],
+                **{child.name: child.process.pid for child in self.children},
+            },
             "startup_seconds": round(time.monotonic() - started, 1),
         }
         write_stack_file(self.settings.stack_file, self.record)
@@ -268,8 +298,7 @@ class Stack:
 
     def _release_after_runner(self) -> None:
         """With the runner gone and the server still up: no slot stays held by a dead run."""
-        server = next((c for c in self.children if c.name == "prefect-server"), None)
-        if server is None or not server.running():
+        if self.server is None or read_server_record(self.settings.server_file) is None:
             return
         try:
             with prefect_api(self.prefect_api_url):
@@ -310,13 +339,20 @@ class Stack:
     def stop(self) -> dict[str, int]:
         """Stop the runner first (it hangs if the server goes first), then the UIs, the server."""
         codes: dict[str, int] = {}
-        order = {"runner": 0, "evidently": 1, "mlflow": 2, "prefect-server": 3}
+        order = {"runner": 0, "evidently": 1, "mlflow": 2}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 0)):
             started = time.monotonic()
             codes[child.name] = stop_child(child, timeout=20)
             self.progress(f"  {child.label}: stopped in {time.monotonic() - started:.1f} s")
             if child.name == "runner":
                 self._release_after_runner()
+        if self.server is not None and self.server.started:
+            started = time.monotonic()
+            stop_local_server(self.settings)
+            self.progress(f"  Prefect server: stopped in {time.monotonic() - started:.1f} s")
+        elif self.server is not None:
+            self.progress("  Prefect server: left running for later commands ('loopml down')")
+        self.server = None
         if self.sink is not None:
             self.sink.stop()
             self.sink = None

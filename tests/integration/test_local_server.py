@@ -1,0 +1,204 @@
+"""One local Prefect server per LOOPML_HOME: started by the first command that runs a flow,
+reused by later ones, locked with the home's auth string, stopped by ``loopml down`` or when
+idle; commands that only read (or fail on their input) answer without it.
+
+Every command runs as a user runs it: a subprocess with a fresh LOOPML_HOME and no
+PREFECT_API_URL. What happened is read back from ``server.json``, the processes and the real
+Prefect API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, SAMPLE, init_project
+
+pytestmark = pytest.mark.timeout(900)  # a loaded 2-core machine: 5 min seen
+
+SERVER_VARIABLES = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "LOOPML_SERVER_IDLE_MINUTES")
+
+
+def _environment(home: Path, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in SERVER_VARIABLES}
+    env.update({"LOOPML_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"})
+    env["LOOPML_SERVER_PORT"] = "0"  # any free port: never the 4200 another session uses
+    return {**env, **extra}
+
+
+def _loopml(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(BIN / "loopml"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout, stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _api(url: str, auth: str | None, body: dict | None = None) -> tuple[int, object]:
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    request = urllib.request.Request(
+        url, data=json.dumps(body or {}).encode(), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+
+def _runs(api_url: str, auth: str) -> dict[str, tuple[str, str]]:
+    """Every flow run: id -> (flow id, state type)."""
+    status, runs = _api(f"{api_url}/flow_runs/filter", auth)
+    assert status == 200
+    return {run["id"]: (run["flow_id"], run["state_type"]) for run in runs}
+
+
+@pytest.fixture
+def project(tmp_path) -> tuple[Path, Path]:
+    project_dir = tmp_path / "project"
+    for name in ("local", "other"):
+        init_project(SAMPLE, "churn", name, project_dir, positive_label="Yes")
+    batch = tmp_path / "batch.csv"
+    batch.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:201]))
+    return project_dir, batch
+
+
+def test_reads_and_input_errors_answer_without_starting_a_server(tmp_path, project) -> None:
+    project_dir, _ = project
+    home = tmp_path / "home"
+    env = _environment(home)
+    commands = [
+        ("status", "local"),
+        ("status", "ghost"),
+        ("train", "ghost"),
+        ("score", "local", "--data", "missing.csv", "--out", "out.csv"),
+        ("promote", "local", "one"),
+    ]
+    processes = [_loopml(*command, cwd=project_dir, env=env) for command in commands]
+    results = [_finish(process) for process in processes]
+
+    assert results[0][0] == 0, results[0][2]
+    assert "champion: none" in results[0][1]
+    for (code, _, stderr), fragment in zip(
+        results[1:],
+        ["unknown project 'ghost'", "unknown project 'ghost'", "no such file", "version"],
+        strict=True,
+    ):
+        assert code == 1
+        assert stderr.strip().splitlines() == [stderr.strip()]  # one line
+        assert fragment in stderr
+    assert not (home / "server.json").exists()
+    assert not (home / "logs" / "prefect-server.log").exists()  # no server was ever started
+
+
+@pytest.fixture
+def home(tmp_path) -> Iterator[Path]:
+    """A fresh LOOPML_HOME whose local server (if a failed test left one) is stopped after."""
+    home = tmp_path / "home"
+    yield home
+    subprocess.run([str(BIN / "loopml"), "down"], env=_environment(home), capture_output=True)
+
+
+@pytest.mark.slow
+def test_commands_share_one_server_that_down_and_idleness_stop(home, project) -> None:
+    project_dir, batch = project
+    env = _environment(home)
+
+    # The MLflow store is created first: two commands creating it at once is another matter.
+    assert _finish(_loopml("status", "local", cwd=project_dir, env=env))[0] == 0
+    # Two first commands at once (two projects: two MLflow experiments): one server.
+    first = [
+        _loopml("validate", name, "--data", str(batch), cwd=project_dir, env=env)
+        for name in ("local", "other")
+    ]
+    for code, _, stderr in (_finish(process) for process in first):
+        assert code == 0, stderr
+    record = json.loads((home / "server.json").read_text())
+    log = (home / "logs" / "prefect-server.log").read_text()
+    assert log.count("loopml: Prefect server http") == 1, log[-2000:]
+    assert _alive(record["pid"]) and _alive(record["server_pid"])
+    for private in ("server.json", "credentials.json"):
+        assert (home / private).stat().st_mode & 0o777 == 0o600
+    auth = json.loads((home / "credentials.json").read_text())["prefect_auth_string"]
+
+    # A later command reuses it: same processes, three runs recorded, all completed.
+    code, _, stderr = _finish(
+        _loopml("validate", "local", "--data", str(batch), cwd=project_dir, env=env)
+    )
+    assert code == 0, stderr
+    assert json.loads((home / "server.json").read_text())["pid"] == record["pid"]
+    assert log.count("loopml: Prefect server http") == 1
+    runs = _runs(record["api_url"], auth)
+    assert len(runs) == 3 and {state for _, state in runs.values()} == {"COMPLETED"}
+
+    # Locked: no auth string, a wrong one, or a foreign page's origin get nothing.
+    assert _api(f"{record['api_url']}/flow_runs/filter", None)[0] == 401
+    assert _api(f"{record['api_url']}/flow_runs/filter", "loopml:guess")[0] == 401
+    flow_id = next(iter(runs.values()))[0]
+    planted_status, planted = _api(
+        f"{record['api_url']}/flow_runs/",
+        auth,
+        {"flow_id": flow_id, "state": {"type": "RUNNING", "name": "Running"}},
+    )
+    assert planted_status == 201  # a run whose process will be gone when the server restarts
+    assert _api(f"{record['api_url']}/flow_runs/", None, {"flow_id": flow_id})[0] == 401
+
+    down = subprocess.run(
+        [str(BIN / "loopml"), "down"], cwd=project_dir, env=env, capture_output=True, text=True
+    )
+    assert down.returncode == 0, down.stderr
+    assert "stopped the local Prefect server" in down.stdout
+    assert not (home / "server.json").exists()
+    deadline = time.monotonic() + 30
+    while _alive(record["server_pid"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(record["pid"]) and not _alive(record["server_pid"])
+
+    # The next command starts a fresh server, which crashes the run left in flight, and stops
+    # by itself once idle.
+    idle_env = {**env, "LOOPML_SERVER_IDLE_MINUTES": "0.5"}
+    restarted = _loopml("validate", "local", "--data", str(batch), cwd=project_dir, env=idle_env)
+    while not (home / "server.json").exists() and restarted.poll() is None:
+        time.sleep(0.2)
+    second = json.loads((home / "server.json").read_text())  # read before it idles out
+    code, _, stderr = _finish(restarted)
+    assert code == 0, stderr
+    assert second["pid"] != record["pid"]
+    runs = _runs(second["api_url"], auth)
+    assert runs[planted["id"]][1] == "CRASHED"
+    assert sorted(state for _, state in runs.values()).count("COMPLETED") == 4
+    deadline = time.monotonic() + 120
+    while (home / "server.json").exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not (home / "server.json").exists(), "the idle server did not stop"
+    assert "idle for 0.5 min" in (home / "logs" / "prefect-server.log").read_text()
