@@ -96,7 +96,9 @@ def retrain_flow(
             importances=importances,
             decision=decision,
         )
-        apply_gate(runtime, registered, decision, trigger=trigger)
+        decision = apply_gate(
+            runtime, registered, decision, trigger=trigger, decided_against=data.champion_version
+        )
     return {
         "project": project,
         "skipped": False,

@@ -21,6 +21,7 @@ from tasks.training import (
     compare_with_champion,
     evaluate_candidate,
     fit_candidate,
+    judge_against,
     split_data,
 )
 from tasks.validation import validate_batch
@@ -53,7 +54,7 @@ def train_flow(
     )
     candidate = fit_candidate(runtime, train, search)
     metrics, figures, importances = evaluate_candidate(runtime, candidate, test)
-    decision = compare_with_champion(runtime, metrics, test)
+    judgement = compare_with_champion(runtime, metrics, test)
     trigger = {"kind": "manual", "batch_id": batch_id, **(trigger or {})}
     registered = register_candidate(
         runtime,
@@ -76,9 +77,16 @@ def train_flow(
         test_metrics=metrics,
         figures=figures,
         importances=importances,
-        decision=decision,
+        decision=judgement.decision,
     )
-    apply_gate(runtime, registered, decision, trigger=trigger)
+    decision = apply_gate(
+        runtime,
+        registered,
+        decision,
+        trigger=trigger,
+        decided_against=judgement.champion_version,
+        redecide=lambda champion: judge_against(runtime, metrics, test, champion),
+    )
     return {
         "project": project,
         "version": registered.version,

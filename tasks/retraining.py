@@ -22,12 +22,12 @@ from loopml.labels import LabelStore, joined_predictions, recent_window, split_r
 from loopml.registry import (
     download_reference,
     get_version,
-    load_version_model,
     require_champion,
 )
 from loopml.runtime import Runtime
 from loopml.scoring import PredictionLog
 from tasks.ingest import transient
+from tasks.models import load_checked
 
 RECENT_EVALUATION_SHARE = 0.3
 MIN_RECENT_EVALUATION_ROWS = 30
@@ -186,8 +186,8 @@ def compare_retrained(
     """Both models on the frozen held-out set and on the recent window; the retraining gate."""
     config = runtime.config
     metric = config.gate_metric
-    champion = load_version_model(
-        get_version(runtime.mlflow, runtime.name, data.champion_version), config.positive_label
+    champion = load_checked(
+        runtime, get_version(runtime.mlflow, runtime.name, data.champion_version)
     )
 
     def score(model: Any, frame: pd.DataFrame) -> dict[str, float]:

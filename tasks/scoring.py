@@ -12,11 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from loopml import scoring
-from loopml.registry import load_version_model, require_champion
+from loopml.registry import require_champion
 from loopml.runtime import Runtime
 from loopml.scoring import PredictionLog
 from tasks.artifacts import artifact_key
 from tasks.ingest import transient
+from tasks.models import load_checked
 
 CHUNK_ROWS = 100_000
 
@@ -39,7 +40,7 @@ class ServingModel:
 def load_champion(runtime: Runtime) -> ServingModel:
     """``models:/NAME@champion`` resolved to its version, so every row names the version used."""
     champion = require_champion(runtime.mlflow, runtime.name)
-    model = load_version_model(champion, runtime.config.positive_label)
+    model = load_checked(runtime, champion)
     get_run_logger().info("scoring with %s v%s", runtime.name, champion.version)
     return ServingModel(model, str(champion.version))
 
