@@ -5,15 +5,12 @@ The client is built once by the entry point (``mlflow_client``) and handed down.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -49,7 +46,6 @@ GATE_PENDING = "pending"
 GATE_FAILED = "failed"
 # A version or run owned by another machine is only presumed dead after this long.
 FOREIGN_OWNER_GRACE_SECONDS = 6 * 3600
-PROMOTION_LOCK_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -209,37 +205,6 @@ def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[s
             client.set_model_version_tag(name, str(version), key, str(value))
     except MlflowException as exc:
         raise registry_unavailable(client, exc) from exc
-
-
-@contextlib.contextmanager
-def promotion_lock(
-    home: Path, name: str, timeout: float = PROMOTION_LOCK_TIMEOUT_SECONDS
-) -> Iterator[None]:
-    """Serialise alias moves of one model on this LOOPML_HOME (an exclusive file lock).
-
-    Writers on other machines sharing a tracking server are not covered by a local file: they
-    are covered by the compare-and-set in the gate (the champion is re-read under this lock
-    just before the move, see ``tasks.registry.apply_gate``).
-    """
-    path = home / "locks" / f"promote-{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout
-    with open(path, "w") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RegistryError(
-                        f"another loopml process has held the promotion lock of {name!r} for "
-                        f"over {timeout:.0f} s ({path}); nothing was promoted"
-                    ) from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def process_owner() -> str:

@@ -66,6 +66,10 @@ def quiet_library_logs() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic", "great_expectations", "distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # log_model's serving-input check loads the model through MLflow's loader, which
+    # MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false refuses here by design (its warning is noise);
+    # loopml loads registered models only after checking their hash (registry.load_version).
+    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
 
 
 def artifact_location(settings: Settings) -> str | None:

@@ -19,6 +19,7 @@ from loopml import events, ledger, modeling
 from loopml.drift import build_reference_profile
 from loopml.features import prepare_features
 from loopml.gate import GateDecision
+from loopml.ledger import promotion_lock
 from loopml.registry import (
     CHALLENGER,
     CHAMPION,
@@ -31,7 +32,6 @@ from loopml.registry import (
     end_run_failed,
     get_version,
     log_and_register,
-    promotion_lock,
     set_alias,
     set_version_tags,
     undecided_versions,
