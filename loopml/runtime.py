@@ -70,6 +70,8 @@ def quiet_library_logs() -> None:
     # MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false refuses here by design (its warning is noise);
     # loopml loads registered models only after checking their hash (registry.load_version).
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+    # Each retry of a dead tracking server is a WARNING line; the user gets loopml's one line.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def artifact_location(settings: Settings) -> str | None:

@@ -172,3 +172,35 @@ def test_pickle_is_always_off_and_the_retry_budget_yields_to_the_user():
     assert int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 3
     forced = mlflow_environment({"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"})
     assert forced["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+
+
+# --- smaller refusals ----------------------------------------------------------------------
+
+
+def test_an_output_loopml_cannot_really_write_is_refused(tmp_path):
+    from loopml.errors import DataError
+    from loopml.scoring import check_output_path
+
+    check_output_path(tmp_path / "scores.csv")
+    check_output_path(tmp_path / "scores.parquet")
+    with pytest.raises(DataError, match=r"--out must end in \.csv or \.parquet"):
+        check_output_path(tmp_path / "scores.xlsx")
+
+
+def test_an_invalid_project_name_is_one_sentence(tmp_path):
+    from loopml.errors import ConfigError
+    from loopml.project import initialise_project
+
+    with pytest.raises(ConfigError, match="invalid project name 'bad name!'") as raised:
+        initialise_project(
+            str(tmp_path / "missing.csv"),
+            target="y",
+            name="bad name!",
+            task=None,
+            positive_label=None,
+            id_column=None,
+            time_column=None,
+            sql_url=None,
+            project_dir=tmp_path,
+        )
+    assert "\n" not in str(raised.value)
