@@ -112,12 +112,13 @@ def retrain_flow(
             decision=decision,
         )
         record_estimator(runtime, registered, candidate.model, data.frozen_test, metrics)
-        apply_gate(
+        decision = apply_gate(
             runtime,
             registered,
             decision,
             trigger=trigger,
             details={"data_policy": choice.to_dict()},
+            decided_against=data.champion_version,
         )
     return {
         "project": project,

@@ -22,6 +22,7 @@ from tasks.training import (
     compare_with_champion,
     evaluate_candidate,
     fit_candidate,
+    judge_against,
     split_data,
 )
 from tasks.validation import validate_batch
@@ -54,7 +55,7 @@ def train_flow(
     )
     candidate = fit_candidate(runtime, train, search)
     metrics, figures, importances = evaluate_candidate(runtime, candidate, test)
-    decision = compare_with_champion(runtime, candidate, metrics, test)
+    judgement = compare_with_champion(runtime, candidate, metrics, test)
     trigger = {"kind": "manual", "batch_id": batch_id, **(trigger or {})}
     registered = register_candidate(
         runtime,
@@ -77,10 +78,17 @@ def train_flow(
         test_metrics=metrics,
         figures=figures,
         importances=importances,
-        decision=decision,
+        decision=judgement.decision,
     )
     record_estimator(runtime, registered, candidate.model, test, metrics)
-    apply_gate(runtime, registered, decision, trigger=trigger)
+    decision = apply_gate(
+        runtime,
+        registered,
+        decision,
+        trigger=trigger,
+        decided_against=judgement.champion_version,
+        redecide=lambda champion: judge_against(runtime, candidate, metrics, test, champion),
+    )
     return {
         "project": project,
         "version": registered.version,

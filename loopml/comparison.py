@@ -34,7 +34,7 @@ class Scorer:
 def load_scorer(client: MlflowClient, name: str, version: str, config: ProjectConfig) -> Scorer:
     """A registered version, ready for :func:`model_outputs`."""
     registered = get_version(client, name, version)
-    return Scorer(load_version_model(registered, config.positive_label), str(version))
+    return Scorer(load_version_model(registered, config.positive_label, client), str(version))
 
 
 def model_outputs(scorer: Scorer, frame: pd.DataFrame, config: ProjectConfig) -> metrics.Outcomes:

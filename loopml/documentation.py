@@ -152,7 +152,7 @@ def _champion_audit(
     champion = version_by_alias(client, config.name, CHAMPION)
     if champion is None or str(champion.version) == str(candidate_version):
         return None
-    model = load_version_model(champion, config.positive_label)
+    model = load_version_model(champion, config.positive_label, client)
     labels = predicted_labels(model, features, config)
     return fairness.audit_fairness(test, truth, labels, config)
 
@@ -198,7 +198,7 @@ def champion_slices(
         frame = frame.loc[prepare_target(frame, config).notna()].reset_index(drop=True)
         if frame.empty:
             raise DataError(f"{data} has no labelled rows")
-        model = load_version_model(champion, config.positive_label)
+        model = load_version_model(champion, config.positive_label, client)
         features = prepare_features(frame, config)
         labels = predicted_labels(model, features, config)
         truth = prepare_target(frame, config).to_numpy()
@@ -235,7 +235,7 @@ def explain_file(
     absent = [column for column in config.columns.features if column not in frame.columns]
     if absent:
         raise DataError(f"{data} is missing feature column(s): {', '.join(absent)}")
-    model = load_version_model(champion, config.positive_label)
+    model = load_version_model(champion, config.positive_label, client)
     background = pd.read_parquet(
         download_reference(client, champion.run_id, "train.parquet", references_dir / config.name)
     )

@@ -34,6 +34,16 @@ class RegistryError(LoopmlError):
     """The model registry does not hold what was asked for (no champion, unknown version)."""
 
 
+class ModelRefused(RegistryError):
+    """A registered model's artifact was refused before loading (tampered or pickle format)."""
+
+    def __init__(self, message: str, *, name: str, version: str, reason: str) -> None:
+        super().__init__(message)
+        self.name = name
+        self.version = version
+        self.reason = reason
+
+
 class GateRefused(LoopmlError):
     """A promotion gate refused a model version; ``decision`` holds the comparison."""
 

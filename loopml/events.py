@@ -11,6 +11,10 @@ MODEL_PROMOTED = "loopml.model.promoted"
 MODEL_ROLLED_BACK = "loopml.model.rolled_back"
 # New labelled evidence that the champion is degraded, inside the retraining cooldown.
 RETRAIN_EVIDENCE = "loopml.retraining.evidence"
+# Not in the original contract: a registered artifact refused before loading (tampered file,
+# pickle format) and a version whose registration was interrupted, marked failed by a later run.
+MODEL_REFUSED = "loopml.model.refused"
+MODEL_FAILED = "loopml.model.failed"
 
 RETRAIN_TRIGGERS = (DRIFT_DETECTED, PERFORMANCE_DEGRADED)
 

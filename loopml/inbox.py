@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loopml.data import CSV_SUFFIXES, PARQUET_SUFFIXES
+from loopml.ledger import append_jsonl, read_jsonl
 
 TABLE_SUFFIXES = CSV_SUFFIXES | PARQUET_SUFFIXES
 PARTIAL_SUFFIXES = {".part", ".tmp", ".partial", ".crdownload"}
@@ -68,24 +68,15 @@ def move_aside(path: Path, folder: Path, batch_id: str) -> Path:
 
 
 def read_state(folder: Path) -> dict[str, dict[str, Any]]:
-    """The last recorded outcome per content hash (``batch_id``)."""
-    state: dict[str, dict[str, Any]] = {}
-    path = folder / STATE_FILE
-    if not path.is_file():
-        return state
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            entry = json.loads(line)
-            state[entry["batch_id"]] = entry
-    return state
+    """The last recorded outcome per content hash (``batch_id``); a torn line is skipped."""
+    entries = read_jsonl(folder / STATE_FILE)
+    return {entry["batch_id"]: entry for entry in entries if "batch_id" in entry}
 
 
 def record_outcome(folder: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Append ``entry`` (stamped with the time) to the inbox state; returns the stamped entry."""
     record = {"at": datetime.now(UTC).isoformat(timespec="seconds"), **entry}
-    with open(folder / STATE_FILE, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
-    return record
+    return append_jsonl(folder / STATE_FILE, record)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from loopml import metrics
 from loopml.config import DriftPolicy, ProjectConfig
 from loopml.drift import build_reference_profile, detect_drift
 from loopml.gate import relative_bounds, scaled_improvement
+from loopml.ledger import append_jsonl
 from loopml.metrics import Outcomes
 
 PREDICTION_SCORE = "prediction_score"
@@ -325,8 +326,7 @@ def record_result(monitoring_dir: Path, verdict: MonitoringVerdict) -> Path:
     folder = monitoring_dir / verdict.project
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(verdict.to_dict(), default=str)
-    with open(folder / "history.jsonl", "a", encoding="utf-8") as history:
-        history.write(text + "\n")
+    append_jsonl(folder / "history.jsonl", json.loads(text))
     latest = folder / "latest.json"
     tmp = latest.with_suffix(".tmp")
     tmp.write_text(text)

@@ -10,6 +10,7 @@ from typing import Any
 
 from loopml import ledger
 from loopml.config import (
+    NAME_PATTERN,
     ColumnsConfig,
     ProjectConfig,
     config_path,
@@ -60,6 +61,11 @@ def initialise_project(
         ConfigError: the project exists already and ``force`` is off.
     """
     name = name or default_project_name(data)
+    if not NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"invalid project name {name!r}: use up to 64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
     if task not in (None, "classification", "regression"):
         raise ConfigError(f"--task must be classification or regression, not {task!r}")
     config_file = config_path(name, project_dir)

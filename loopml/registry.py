@@ -5,9 +5,12 @@ The client is built once by the entry point (``mlflow_client``) and handed down.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
+import os
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -17,11 +20,16 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import FixedThresholdClassifier
 
-from loopml.errors import RegistryError
+from loopml.errors import ModelRefused, RegistryError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -29,6 +37,15 @@ TAG_PREFIX = "loopml."
 MODEL_ARTIFACT = "model"
 REFERENCE_DIR = "reference"
 SERVING_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow")
+SAFE_FORMAT = "skops"
+TAG_MODEL_SHA256 = f"{TAG_PREFIX}model_sha256"
+TAG_MODEL_FORMAT = f"{TAG_PREFIX}serialization_format"
+TAG_GATE = f"{TAG_PREFIX}gate"
+TAG_OWNER = f"{TAG_PREFIX}owner"
+GATE_PENDING = "pending"
+GATE_FAILED = "failed"
+# A version or run owned by another machine is only presumed dead after this long.
+FOREIGN_OWNER_GRACE_SECONDS = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,10 @@ def log_and_register(
     """Log one training run (params, metrics, figures, reference data, model) and register
     the model as a new version of ``name`` carrying ``version_tags``."""
     signature = infer_signature(input_example, model.predict(input_example))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
+    owner = {TAG_OWNER: process_owner()}
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags={**run_tags, **owner}
+    ) as run:
         mlflow.log_params({key: _param_text(value) for key, value in params.items()})
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
         for figure_name, figure in figures.items():
@@ -92,7 +112,14 @@ def log_and_register(
             pip_requirements=serving_requirements(),
         )
         run_id = run.info.run_id
-    registered = mlflow.register_model(logged.model_uri, name, tags=version_tags)
+        fingerprint = model_fingerprint(logged.model_uri)
+    # The version is born "pending" with its owner, so an interrupted registration is found
+    # (and decided) by the next run instead of lingering without a gate decision.
+    registered = mlflow.register_model(
+        logged.model_uri,
+        name,
+        tags={**version_tags, **fingerprint, TAG_GATE: GATE_PENDING, **owner},
+    )
     return RegisteredVersion(
         name=name,
         version=str(registered.version),
@@ -110,15 +137,42 @@ def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVer
     try:
         return client.get_model_version(name, str(version))
     except MlflowException as exc:
-        raise RegistryError(f"model {name!r} has no version {version}") from exc
+        if is_not_found(exc):
+            raise RegistryError(f"model {name!r} has no version {version}") from exc
+        raise registry_unavailable(client, exc) from exc
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version holding ``alias``, or ``None`` (also when the model is not registered)."""
+    """The version holding ``alias``, or ``None`` when the alias (or the model) does not exist.
+
+    Fails closed: any other error (server down, database locked, permission) raises
+    :class:`RegistryError`, because "no champion" would let a candidate skip the gate.
+    """
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return None
+        raise registry_unavailable(client, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - a transport error is an outage, never "none"
+        raise registry_unavailable(client, exc) from exc
+
+
+def is_not_found(exc: MlflowException) -> bool:
+    """Whether MLflow answered "no such model/alias" (the only error that means "none")."""
+    code = exc.error_code
+    if code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+        return True
+    # Stores answer a missing alias with INVALID_PARAMETER_VALUE "... alias X not found."
+    return code == ErrorCode.Name(INVALID_PARAMETER_VALUE) and "not found" in exc.message
+
+
+def registry_unavailable(client: MlflowClient, exc: BaseException) -> RegistryError:
+    """One line for an MLflow error that is not a plain "not found"."""
+    detail = " ".join(str(getattr(exc, "message", exc)).split())[:200]
+    return RegistryError(
+        f"MLflow at {client.tracking_uri} failed ({detail}); nothing was promoted or changed"
+    )
 
 
 def require_champion(client: MlflowClient, name: str) -> ModelVersion:
@@ -131,17 +185,78 @@ def require_champion(client: MlflowClient, name: str) -> ModelVersion:
 
 
 def set_alias(client: MlflowClient, name: str, alias: str, version: str | int) -> None:
-    client.set_registered_model_alias(name, alias, str(version))
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+    except MlflowException as exc:
+        raise registry_unavailable(client, exc) from exc
 
 
 def clear_alias(client: MlflowClient, name: str, alias: str) -> None:
-    with contextlib.suppress(MlflowException):
+    try:
         client.delete_registered_model_alias(name, alias)
+    except MlflowException as exc:
+        if not is_not_found(exc):
+            raise registry_unavailable(client, exc) from exc
 
 
 def set_version_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, str(value))
+    try:
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, str(value))
+    except MlflowException as exc:
+        raise registry_unavailable(client, exc) from exc
+
+
+def process_owner() -> str:
+    """``host:pid`` of this process, recorded on runs and versions it creates."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_gone(owner: str | None, created_ms: int | None, now: float | None = None) -> bool:
+    """Whether the process that created a run or version is no longer running.
+
+    On this host the pid is checked; another host's owner (or none recorded) is presumed gone
+    only after :data:`FOREIGN_OWNER_GRACE_SECONDS`.
+    """
+    host, _, pid = (owner or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    age = (now or time.time()) - (created_ms or 0) / 1000
+    return age > FOREIGN_OWNER_GRACE_SECONDS
+
+
+def undecided_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """Versions whose registration was interrupted before the gate decided (owner gone)."""
+    return [
+        model_version
+        for model_version in list_versions(client, name)
+        if model_version.tags.get(TAG_GATE) in (None, GATE_PENDING)
+        and owner_is_gone(model_version.tags.get(TAG_OWNER), model_version.creation_timestamp)
+    ]
+
+
+def dangling_runs(client: MlflowClient, experiment_id: str) -> list[Any]:
+    """Runs still RUNNING in MLflow whose process died (SIGKILL, power loss)."""
+    try:
+        runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    except MlflowException as exc:
+        raise registry_unavailable(client, exc) from exc
+    return [run for run in runs if owner_is_gone(run.data.tags.get(TAG_OWNER), run.info.start_time)]
+
+
+def end_run_failed(client: MlflowClient, run_id: str) -> None:
+    try:
+        client.set_terminated(run_id, status="FAILED")
+    except MlflowException as exc:
+        raise registry_unavailable(client, exc) from exc
 
 
 def version_metrics(model_version: ModelVersion, prefix: str = "test_") -> dict[str, float]:
@@ -155,26 +270,130 @@ def version_metrics(model_version: ModelVersion, prefix: str = "test_") -> dict[
 
 
 def list_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    """Every version of ``name``, oldest first (empty when the model is not registered)."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if is_not_found(exc):
+            return []
+        raise registry_unavailable(client, exc) from exc
     return sorted(versions, key=lambda v: int(v.version))
 
 
-def load_model(model_uri: str) -> Any:
-    """The scikit-learn model behind ``model_uri`` (``models:/NAME@champion``, ``.../3``)."""
-    return mlflow.sklearn.load_model(model_uri)
+def model_fingerprint(model_uri: str) -> dict[str, str]:
+    """The serialization format and sha256 of the model file behind ``model_uri`` (as tags).
+
+    Read back from the artifact store, so the hash is of what later loads will download.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
+        serialization_format, model_file = _sklearn_model_file(local)
+        return {TAG_MODEL_FORMAT: serialization_format, TAG_MODEL_SHA256: file_sha256(model_file)}
 
 
-def load_version_model(model_version: ModelVersion, positive_label: Any = None) -> Any:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sklearn_model_file(local: Path) -> tuple[str, Path]:
+    flavor = Model.load(str(local / "MLmodel")).flavors.get("sklearn") or {}
+    return str(flavor.get("serialization_format", "")), local / str(flavor.get("pickled_model"))
+
+
+def load_version(client: MlflowClient, model_version: ModelVersion) -> Any:
+    """The scikit-learn model of a registered version, after checking it is the file registered.
+
+    The artifact is downloaded once, its format must be skops (pickle formats can run code on
+    load) and its model file must hash to the ``loopml.model_sha256`` tag recorded at
+    registration; only then is that same local copy loaded.
+
+    Raises:
+        ModelRefused: the artifact is not the one registered, or is in a pickle format.
+        RegistryError: the artifact cannot be downloaded.
+    """
+    name, version = model_version.name, str(model_version.version)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{version}",
+                    dst_path=scratch,
+                    tracking_uri=client.tracking_uri,
+                )
+            )
+            serialization_format, model_file = _sklearn_model_file(local)
+        except MlflowException as exc:
+            raise registry_unavailable(client, exc) from exc
+        except OSError as exc:
+            raise ModelRefused(
+                f"model version {version} of {name} cannot be read ({exc}); it was not loaded",
+                name=name,
+                version=version,
+                reason="unreadable",
+            ) from exc
+        expected = model_version.tags.get(TAG_MODEL_SHA256)
+        if serialization_format != SAFE_FORMAT:
+            raise ModelRefused(
+                f"model version {version} of {name} is stored as {serialization_format!r}, not "
+                f"{SAFE_FORMAT}: a pickle format can run code when loaded, so it was refused",
+                name=name,
+                version=version,
+                reason="unsafe_format",
+            )
+        actual = file_sha256(model_file) if model_file.is_file() else "missing"
+        if expected is not None and actual != expected:
+            raise ModelRefused(
+                f"model version {version} of {name} does not match the file registered "
+                f"(sha256 {actual[:12]} instead of {expected[:12]}); it was not loaded",
+                name=name,
+                version=version,
+                reason="hash_mismatch",
+            )
+        return _load_skops(model_file, name=name, version=version)
+
+
+# Types a loopml pipeline may hold; anything else in a skops file is refused before loading.
+TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "loopml.")
+
+
+def _load_skops(model_file: Path, *, name: str, version: str) -> Any:
+    """Load a verified skops file, trusting only the types a loopml pipeline holds.
+
+    skops (MLflow's own sklearn loader underneath) is called directly: MLflow's loader is
+    switched off by ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``, and it would trust the type
+    list written in the artifact's ``MLmodel`` file, which whoever can edit the artifact can edit.
+    """
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(file=model_file)
+    unknown = [kind for kind in untrusted if not kind.startswith(TRUSTED_TYPE_PREFIXES)]
+    if unknown:
+        raise ModelRefused(
+            f"model version {version} of {name} holds types loopml does not trust "
+            f"({', '.join(unknown[:3])}); it was not loaded",
+            name=name,
+            version=version,
+            reason="untrusted_types",
+        )
+    return skops.io.load(model_file, trusted=untrusted)
+
+
+def load_version_model(
+    model_version: ModelVersion, positive_label: Any = None, client: MlflowClient | None = None
+) -> Any:
     """The model of a registered version, ready to predict with its own ``predict``.
 
-    Versions registered before the decision threshold moved into the artifact hold a bare
-    pipeline and the threshold as the ``loopml.threshold`` tag: they are wrapped here, once, so
-    no caller reads the tag. Pass the project's ``positive_label`` (binary projects).
+    Loaded through :func:`load_version` (format and hash checked first; ``client`` defaults to
+    the tracking URI of the environment). Versions registered before the decision threshold
+    moved into the artifact hold a bare pipeline and the threshold as the ``loopml.threshold``
+    tag: they are wrapped here, once, so no caller reads the tag. Pass the project's
+    ``positive_label`` (binary projects).
     """
-    model = load_model(f"models:/{model_version.name}/{model_version.version}")
+    model = load_version(client or MlflowClient(), model_version)
     threshold = model_version.tags.get(f"{TAG_PREFIX}threshold")
     if threshold and positive_label is not None and not isinstance(model, FixedThresholdClassifier):
         from loopml.modeling import with_threshold

@@ -6,11 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from loopml.config import ProjectConfig, load_config, suite_path
-from loopml.registry import ensure_experiment, mlflow_client
-from loopml.settings import Settings, load_settings, prefect_environment
+from loopml.registry import ensure_experiment, mlflow_client, registry_unavailable
+from loopml.settings import Settings, load_settings, mlflow_environment, prefect_environment
 
 
 @dataclass
@@ -46,6 +47,7 @@ def configure_process(settings: Settings) -> None:
     Called once by an entry point before Prefect or MLflow's fluent API is used.
     """
     os.environ.update(prefect_environment(settings))
+    os.environ.update(mlflow_environment())
     os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow_registry_uri
     os.environ["LOOPML_HOME"] = str(settings.home)
@@ -64,6 +66,12 @@ def quiet_library_logs() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic", "great_expectations", "distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # log_model's serving-input check loads the model through MLflow's loader, which
+    # MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false refuses here by design (its warning is noise);
+    # loopml loads registered models only after checking their hash (registry.load_version).
+    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+    # Each retry of a dead tracking server is a WARNING line; the user gets loopml's one line.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def artifact_location(settings: Settings) -> str | None:
@@ -87,7 +95,10 @@ def open_runtime(
     directory = Path(project_dir).resolve()
     config = load_config(project, directory)
     client = mlflow_client(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
-    experiment_id = ensure_experiment(client, project, artifact_location(settings))
+    try:
+        experiment_id = ensure_experiment(client, project, artifact_location(settings))
+    except MlflowException as exc:
+        raise registry_unavailable(client, exc) from exc
     return Runtime(
         settings=settings,
         config=config,

@@ -167,6 +167,18 @@ class PredictionLog:
         return pd.concat(frames, ignore_index=True)
 
 
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse an output format loopml would not really write (``x.xlsx`` holding CSV bytes)."""
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(
+            f"cannot write {path.name}: --out must end in .csv or .parquet "
+            f"(not {path.suffix or 'no suffix'})"
+        )
+
+
 def write_output_chunks(chunks: Iterator[pd.DataFrame], path: Path) -> int:
     """Stream scored chunks to CSV or Parquet at ``path`` (via a temp file, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +238,8 @@ def score_file(
     """
     from loopml.data import iter_table_chunks
 
+    if out is not None:
+        check_output_path(out)
     scored_at = now()
     with contextlib.ExitStack() as stack:
         write_log = stack.enter_context(log.batch_writer(batch_id)) if log is not None else None

@@ -154,6 +154,28 @@ def _show_progress() -> bool:
     return sys.stderr.isatty()
 
 
+# MLflow's own knobs, bounded so a dead tracking server fails a command in seconds (MLflow's
+# defaults: 7 retries, backoff factor 2, 120 s timeout -> minutes per call). Users override
+# them by setting the same variables.
+MLFLOW_RETRY_BUDGET = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def mlflow_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """MLflow variables for every process loopml runs or starts.
+
+    Pickle deserialization is always off (a model artifact must never run code when loaded;
+    loopml logs skops); the retry budget applies unless the user set those variables.
+    """
+    env = os.environ if environ is None else environ
+    budget = {key: env.get(key) or value for key, value in MLFLOW_RETRY_BUDGET.items()}
+    return {**budget, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+
+
 def prefect_environment(settings: Settings) -> dict[str, str]:
     """Environment variables that point Prefect at this installation.
 

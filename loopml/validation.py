@@ -142,12 +142,11 @@ def validate_frame(
     skipped_roles = {
         role for role, keep in (("target", require_target), ("id", require_id)) if not keep
     }
+    expectations = [*suite_json.get("expectations", []), *guard_expectations(suite_json)]
     selected = {
         **suite_json,
         "expectations": [
-            expectation
-            for expectation in suite_json.get("expectations", [])
-            if _role(expectation) not in skipped_roles
+            expectation for expectation in expectations if _role(expectation) not in skipped_roles
         ],
     }
     coerce = _loopml_meta(suite_json).get("coerce_numeric") or []
@@ -208,6 +207,67 @@ def validate_frame(
         raw = _json_safe(result.to_json_dict())
 
     return _report(raw, docs_index)
+
+
+# Checks loopml adds to every suite at validation time (old suites included): each stops a batch
+# that would pass a suggested suite and then crash training, scoring or monitoring.
+GUARD_TEXT = {
+    "rows": "at least one row",
+    "finite": "finite numbers (inf and -inf cannot be scored or trained on)",
+    "not_all_null": "at least one value that is not null",
+}
+_LARGEST_FLOAT = 1.7976931348623157e308
+
+
+def guard_expectations(suite_json: dict) -> list[dict]:
+    """Always-on expectations (JSON form): the batch has rows, no feature column is all null,
+    and numeric columns hold finite numbers."""
+
+    def guard(kind: str, role: str, column: str | None, type_: str, **kwargs: Any) -> dict:
+        meta = {"loopml": {"role": role, "column": column, "guard": kind}}
+        column_kwargs = {} if column is None else {"column": column}
+        return {"type": type_, "kwargs": {**column_kwargs, **kwargs}, "meta": meta}
+
+    coerce = set(_loopml_meta(suite_json).get("coerce_numeric") or [])
+    expectations = suite_json.get("expectations", [])
+    # A not-null check with a positive ``mostly`` already fails an all-null column.
+    null_checked = {
+        (expectation.get("kwargs") or {}).get("column")
+        for expectation in expectations
+        if expectation.get("type") == "expect_column_values_to_not_be_null"
+        and float((expectation.get("kwargs") or {}).get("mostly") or 1.0) > 0
+    }
+    guards = [guard("rows", "table", None, "expect_table_row_count_to_be_between", min_value=1)]
+    for expectation in expectations:
+        kwargs = expectation.get("kwargs") or {}
+        column, role, kind = kwargs.get("column"), _role(expectation), expectation.get("type")
+        if column is None or role not in ("feature", "target"):
+            continue
+        if kind == "expect_column_to_exist" and role == "feature" and column not in null_checked:
+            guards.append(
+                guard(
+                    "not_all_null",
+                    role,
+                    column,
+                    "expect_column_unique_value_count_to_be_between",
+                    min_value=1,
+                )
+            )
+        numeric = kind == "expect_column_values_to_be_in_type_list" and set(
+            kwargs.get("type_list") or []
+        ) == set(NUMERIC_TYPE_LIST)
+        if numeric or (kind == "expect_column_to_exist" and column in coerce):
+            guards.append(
+                guard(
+                    "finite",
+                    role,
+                    column,
+                    "expect_column_values_to_be_between",
+                    min_value=-_LARGEST_FLOAT,
+                    max_value=_LARGEST_FLOAT,
+                )
+            )
+    return guards
 
 
 def describe_failures(report: ValidationReport) -> list[str]:
@@ -373,10 +433,11 @@ def _failure(result: dict) -> ExpectationFailure:
     examples = outcome.get("partial_unexpected_list") or []
     if config["type"] == "expect_column_values_to_not_be_null":
         examples = []  # the unexpected values are the nulls themselves
+    guard = ((config.get("meta") or {}).get("loopml") or {}).get("guard")
     return ExpectationFailure(
         column=kwargs.get("column"),
         expectation_type=config["type"],
-        expected=_expected_text(config["type"], kwargs),
+        expected=GUARD_TEXT.get(guard) or _expected_text(config["type"], kwargs),
         unexpected_count=outcome.get("unexpected_count"),
         unexpected_percent=outcome.get("unexpected_percent"),
         examples=_distinct_examples(examples),

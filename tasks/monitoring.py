@@ -245,6 +245,17 @@ def evidently_report(
             current_sample.rename(columns={TARGET: config.target}), config
         ).to_numpy()
         target = config.target
+        if config.task != "regression" and current_frame[target].nunique() < 2:
+            # Evidently's classification metrics fail on one class ("Cannot find pos_label"):
+            # the report keeps the drift sections; the verdict says the metric is undefined.
+            get_run_logger().warning(
+                "the labelled rows of batch %s hold one class only: performance is undefined, "
+                "drift is still reported",
+                batch_id,
+            )
+            reference_frame = reference_frame.drop(columns=target)
+            current_frame = current_frame.drop(columns=target)
+            target = None
     snapshot = reports.build_monitoring_report(
         reference_frame,
         current_frame,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -17,16 +19,22 @@ from loopml import events, ledger, modeling
 from loopml.drift import build_reference_profile
 from loopml.features import prepare_features
 from loopml.gate import GateDecision
+from loopml.ledger import promotion_lock
 from loopml.registry import (
     CHALLENGER,
     CHAMPION,
+    GATE_FAILED,
+    TAG_GATE,
     TAG_PREFIX,
     RegisteredVersion,
     clear_alias,
+    dangling_runs,
+    end_run_failed,
     get_version,
     log_and_register,
     set_alias,
     set_version_tags,
+    undecided_versions,
     version_by_alias,
 )
 from loopml.runtime import Runtime
@@ -54,9 +62,11 @@ def register_candidate(
     """Log the run and register a new version tagged with its lineage; alias it ``challenger``.
 
     ``data_policy`` (a retraining's chosen training-data policy and its backtest) goes on the
-    run as params/metrics, on the version as a tag and into the ledger.
+    run as params/metrics, on the version as a tag and into the ledger. Versions and runs left
+    half-done by an earlier process that died are settled first.
     """
     config = runtime.config
+    recover_interrupted(runtime)
     policy_params, policy_metrics = _policy_record(data_policy)
     champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
     features = prepare_features(train, config)
@@ -115,7 +125,8 @@ def register_candidate(
             reference_files=reference_files,
             run_name=f"{config.name}-{candidate.family}",
         )
-    set_alias(runtime.mlflow, config.name, CHALLENGER, registered.version)
+    with promotion_lock(runtime.settings.home, config.name):
+        set_alias(runtime.mlflow, config.name, CHALLENGER, registered.version)
     ledger.append_entry(
         runtime.settings.ledger_dir,
         config.name,
@@ -144,6 +155,9 @@ def register_candidate(
     return registered
 
 
+PARENT_TAG = "parent-tag"
+
+
 @task(name="promotion-gate", cache_policy=NO_CACHE)
 def apply_gate(
     runtime: Runtime,
@@ -152,32 +166,49 @@ def apply_gate(
     *,
     trigger: dict[str, Any],
     details: dict[str, Any] | None = None,
+    decided_against: str | None = PARENT_TAG,
+    redecide: Callable[[ModelVersion], GateDecision] | None = None,
 ) -> GateDecision:
     """Move ``champion`` to the candidate when the gate says so; record the decision either way.
 
-    ``details`` (e.g. the retraining's data policy) join the ledger entry.
+    Compare-and-set: under the promotion lock the champion is re-read just before the move. If
+    it is no longer ``decided_against`` (the champion the decision was made against; by default
+    the version's ``parent_version`` tag), another writer promoted in between: the candidate is
+    judged again against the new champion with ``redecide`` (``loopml train`` does this), or,
+    without one, refused (retraining: its two-sided comparison belongs to the old champion).
     """
     config = runtime.config
-    previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
-    set_version_tags(
-        runtime.mlflow,
-        config.name,
-        registered.version,
-        {f"{TAG_PREFIX}gate": "promoted" if decision.promote else "refused"},
-    )
-    entry = {
-        "action": "promoted" if decision.promote else "refused",
-        "version": registered.version,
-        "previous_champion": str(previous.version) if previous else None,
-        "reason": decision.reason,
-        "decision": decision.to_dict(),
-        "trigger": trigger,
-        **(details or {}),
-    }
-    if decision.promote:
-        set_alias(runtime.mlflow, config.name, CHAMPION, registered.version)
-        clear_alias(runtime.mlflow, config.name, CHALLENGER)
-    ledger.append_entry(runtime.settings.ledger_dir, config.name, entry)
+    if decided_against == PARENT_TAG:
+        parent = get_version(runtime.mlflow, config.name, registered.version).tags.get(
+            f"{TAG_PREFIX}parent_version"
+        )
+        decided_against = None if parent in (None, "none") else parent
+    with promotion_lock(runtime.settings.home, config.name):
+        previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+        previous_version = None if previous is None else str(previous.version)
+        if previous_version != decided_against:
+            decision = _champion_moved(decision, decided_against, previous, redecide)
+        entry = {
+            "action": "promoted" if decision.promote else "refused",
+            "version": registered.version,
+            "previous_champion": previous_version,
+            "reason": decision.reason,
+            "decision": decision.to_dict(),
+            "trigger": trigger,
+            **(details or {}),
+        }
+        # Alias before tag: a process dying in between leaves a champion whose gate tag is
+        # still "pending", which the next run records as promoted (not as failed).
+        if decision.promote:
+            set_alias(runtime.mlflow, config.name, CHAMPION, registered.version)
+            clear_alias(runtime.mlflow, config.name, CHALLENGER)
+        set_version_tags(
+            runtime.mlflow,
+            config.name,
+            registered.version,
+            {TAG_GATE: "promoted" if decision.promote else "refused"},
+        )
+        ledger.append_entry(runtime.settings.ledger_dir, config.name, entry)
     if decision.promote:
         emit(
             config.name,
@@ -198,28 +229,97 @@ def apply_gate(
     return decision
 
 
+def _champion_moved(
+    decision: GateDecision,
+    decided_against: str | None,
+    champion: ModelVersion | None,
+    redecide: Callable[[ModelVersion], GateDecision] | None,
+) -> GateDecision:
+    """The decision once the champion is found changed since the candidate was judged."""
+    was = "no champion" if decided_against is None else f"v{decided_against}"
+    now = "none" if champion is None else f"v{champion.version}"
+    get_run_logger().warning("the champion changed from %s to %s during this run", was, now)
+    if not decision.promote:
+        return decision  # a refusal stays one, whoever is champion now
+    if champion is not None and redecide is not None:
+        return redecide(champion)
+    return GateDecision(
+        promote=False,
+        reason=(
+            f"the champion changed from {was} to {now} while this version was judged: "
+            "not promoted (run again to compare with the new champion)"
+        ),
+        metric=decision.metric,
+        comparisons=decision.comparisons,
+    )
+
+
+def recover_interrupted(runtime: Runtime) -> list[dict[str, Any]]:
+    """Settle what a process that died left half-done: end its RUNNING MLflow runs as FAILED,
+    and give every version registered without a gate decision one (with a ledger line).
+
+    A version that holds ``champion`` was promoted before its process died and is recorded as
+    such; any other is marked failed (it was never compared to completion).
+    """
+    config = runtime.config
+    logger = get_run_logger()
+    for run in dangling_runs(runtime.mlflow, runtime.experiment_id):
+        end_run_failed(runtime.mlflow, run.info.run_id)
+        logger.warning("MLflow run %s of a dead process: ended FAILED", run.info.run_id)
+    settled = []
+    with promotion_lock(runtime.settings.home, config.name):
+        champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+        for model_version in undecided_versions(runtime.mlflow, config.name):
+            version = str(model_version.version)
+            promoted = champion is not None and str(champion.version) == version
+            verdict = "promoted" if promoted else GATE_FAILED
+            reason = (
+                "its process died after moving the champion alias; recorded by a later run"
+                if promoted
+                else "its registration was interrupted before the promotion gate decided; "
+                "marked failed by a later run (never champion)"
+            )
+            set_version_tags(runtime.mlflow, config.name, version, {TAG_GATE: verdict})
+            entry = ledger.append_entry(
+                runtime.settings.ledger_dir,
+                config.name,
+                {
+                    "action": verdict,
+                    "version": version,
+                    "reason": reason,
+                    "trigger": {"kind": "recovery"},
+                },
+            )
+            settled.append(entry)
+            if not promoted:
+                emit(config.name, events.MODEL_FAILED, {"version": version, "reason": reason})
+            logger.warning("%s v%s: %s", config.name, version, reason)
+    return settled
+
+
 def promote_version(
     runtime: Runtime, version: str, *, action: str, reason: str, trigger: dict[str, Any]
 ) -> dict[str, Any]:
     """Point ``champion`` at ``version`` by hand (promote or rollback), with a ledger entry."""
     config = runtime.config
     get_version(runtime.mlflow, config.name, version)
-    previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
-    set_alias(runtime.mlflow, config.name, CHAMPION, version)
-    challenger = version_by_alias(runtime.mlflow, config.name, CHALLENGER)
-    if challenger is not None and str(challenger.version) == str(version):
-        clear_alias(runtime.mlflow, config.name, CHALLENGER)
-    entry = ledger.append_entry(
-        runtime.settings.ledger_dir,
-        config.name,
-        {
-            "action": action,
-            "version": str(version),
-            "previous_champion": str(previous.version) if previous else None,
-            "reason": reason,
-            "trigger": trigger,
-        },
-    )
+    with promotion_lock(runtime.settings.home, config.name):
+        previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
+        set_alias(runtime.mlflow, config.name, CHAMPION, version)
+        challenger = version_by_alias(runtime.mlflow, config.name, CHALLENGER)
+        if challenger is not None and str(challenger.version) == str(version):
+            clear_alias(runtime.mlflow, config.name, CHALLENGER)
+        entry = ledger.append_entry(
+            runtime.settings.ledger_dir,
+            config.name,
+            {
+                "action": action,
+                "version": str(version),
+                "previous_champion": str(previous.version) if previous else None,
+                "reason": reason,
+                "trigger": trigger,
+            },
+        )
     event = events.MODEL_ROLLED_BACK if action == "rolled_back" else events.MODEL_PROMOTED
     emit(
         config.name,

@@ -12,11 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from loopml import scoring
-from loopml.registry import load_version_model, require_champion
+from loopml.registry import require_champion
 from loopml.runtime import Runtime
 from loopml.scoring import PredictionLog
 from tasks.artifacts import artifact_key
 from tasks.ingest import transient
+from tasks.models import load_checked
 
 CHUNK_ROWS = 100_000
 # A registered version never changes: a process that serves many batches (the inbox runner)
@@ -44,7 +45,7 @@ def load_champion(runtime: Runtime) -> ServingModel:
     champion = require_champion(runtime.mlflow, runtime.name)
     key, version = (runtime.settings.mlflow_registry_uri, runtime.name), str(champion.version)
     if _MODELS.get(key, (None,))[0] != version:
-        _MODELS[key] = (version, load_version_model(champion, runtime.config.positive_label))
+        _MODELS[key] = (version, load_checked(runtime, champion))
     model = _MODELS[key][1]
     get_run_logger().info("scoring with %s v%s", runtime.name, champion.version)
     return ServingModel(model, str(champion.version))

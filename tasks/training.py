@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -17,9 +18,10 @@ from loopml.comparison import Scorer, compare_models
 from loopml.config import ProjectConfig
 from loopml.features import prepare_features, prepare_target, split_holdout
 from loopml.gate import GateDecision, decide_promotion
-from loopml.registry import CHAMPION, load_version_model, version_by_alias
+from loopml.registry import CHAMPION, version_by_alias
 from loopml.runtime import Runtime
 from tasks.artifacts import artifact_key, markdown_table
+from tasks.models import load_checked
 
 
 @dataclass
@@ -183,21 +185,50 @@ def evaluate_candidate(
     return metrics, figures, importances
 
 
+@dataclass
+class Judgement:
+    """A gate decision and the champion it was made against (``None``: there was none).
+
+    The gate moves ``champion`` only if it still is that version (compare-and-set).
+    """
+
+    decision: GateDecision
+    champion_version: str | None
+
+
 @task(name="compare-with-champion", cache_policy=NO_CACHE)
 def compare_with_champion(
     runtime: Runtime,
     candidate: TrainedModel,
     candidate_metrics: dict[str, float],
     test: pd.DataFrame,
-) -> GateDecision:
+) -> Judgement:
     """Score the current champion on the candidate's held-out rows and decide promotion.
+
+    A registry that cannot be read raises (fail closed): only a champion alias that really does
+    not exist lets the first version through as "no champion yet".
+    """
+    champion = version_by_alias(runtime.mlflow, runtime.name, CHAMPION)
+    return Judgement(
+        decision=judge_against(runtime, candidate, candidate_metrics, test, champion),
+        champion_version=None if champion is None else str(champion.version),
+    )
+
+
+def judge_against(
+    runtime: Runtime,
+    candidate: TrainedModel,
+    candidate_metrics: dict[str, float],
+    test: pd.DataFrame,
+    champion: ModelVersion | None,
+) -> GateDecision:
+    """The gate decision of a candidate against ``champion`` on the candidate's held-out rows.
 
     The difference is bootstrapped on those same rows: a candidate is promoted over a champion
     only when it is better with confidence (``gate.alpha``).
     """
     config = runtime.config
     metric = config.gate_metric
-    champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
     if champion is None:
         return decide_promotion(
             candidate_metrics[metric],
@@ -207,7 +238,7 @@ def compare_with_champion(
         )
     paired = compare_models(
         Scorer(candidate.model),
-        Scorer(load_version_model(champion, config.positive_label), str(champion.version)),
+        Scorer(load_checked(runtime, champion), str(champion.version)),
         test,
         config,
         metric=metric,

@@ -296,9 +296,10 @@ def test_explicit_uris_are_honoured(tmp_path):
 
 
 def _write_stack(home: Path, pid: int) -> None:
+    """The record the local Prefect server's supervisor keeps while it runs."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "stack.json").write_text(
-        json.dumps({"pid": pid, "prefect_api_url": "http://127.0.0.1:4999/api"})
+    (home / "server.json").write_text(
+        json.dumps({"pid": pid, "api_url": "http://127.0.0.1:4999/api"})
     )
 
 

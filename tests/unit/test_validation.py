@@ -16,6 +16,7 @@ from loopml.errors import ConfigError
 from loopml.profiling import infer_profile, suggest_suite, suite_hash
 from loopml.validation import (
     describe_failures,
+    guard_expectations,
     load_suite,
     quarantine_batch,
     validate_frame,
@@ -76,7 +77,8 @@ def test_suite_passes_on_its_reference_data(telco_frame, telco_suite):
     report = validate_frame(telco_frame, telco_suite)
 
     assert report.success, describe_failures(report)
-    assert report.evaluated == report.successful == len(telco_suite["expectations"])
+    evaluated = [*telco_suite["expectations"], *guard_expectations(telco_suite)]
+    assert report.evaluated == report.successful == len(evaluated)
     assert report.failures == []
     assert report.raw["success"] is True
     assert frame_hash(telco_frame) == before  # validation never changes the batch
@@ -97,8 +99,9 @@ def test_scoring_batch_without_target(telco_frame, telco_suite):
     with_target = validate_frame(scoring_batch, telco_suite)
 
     assert without_target.success, describe_failures(without_target)
-    target_count = sum(e["meta"]["loopml"]["role"] == "target" for e in telco_suite["expectations"])
-    assert without_target.evaluated == len(telco_suite["expectations"]) - target_count
+    evaluated = [*telco_suite["expectations"], *guard_expectations(telco_suite)]
+    target_count = sum(e["meta"]["loopml"]["role"] == "target" for e in evaluated)
+    assert without_target.evaluated == len(evaluated) - target_count
     assert not with_target.success
     assert _failed_columns(with_target) == {("churn", "expect_column_to_exist")}
     assert describe_failures(with_target) == ["target column 'churn': missing from the batch"]

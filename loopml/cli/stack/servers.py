@@ -10,12 +10,12 @@ from pathlib import Path
 
 from loopml.cli.stack.processes import HOST
 from loopml.credentials import Credentials, write_private
-from loopml.settings import Settings, prefect_environment
+from loopml.settings import Settings, mlflow_environment, prefect_environment
 
 
 def child_environment(settings: Settings, prefect_api_url: str | None) -> dict[str, str]:
     """The environment of every child: this installation, telemetry off, the stack's server."""
-    env = {**os.environ, **prefect_environment(settings)}
+    env = {**os.environ, **prefect_environment(settings), **mlflow_environment()}
     env.update(
         {
             "LOOPML_HOME": str(settings.home),
