@@ -85,11 +85,12 @@ def monitor_flow(
         labelled_rows=labelled_rows,
         report_path=report_path,
         evidently_run=None,
+        reference_data=baseline,
         estimation=estimation_fields(estimated, stream),
         rolled_back=rolled_back,
     )
     # The verdict and its events are out; the report (seconds, on a sample) follows.
-    evidently_run = evidently_report(
+    report = evidently_report(
         runtime,
         baseline,
         current_sample,
@@ -97,5 +98,9 @@ def monitor_flow(
         current_predictions,
         batch_id,
         report_path,
+        serving=serving,
+        drift=drift,
+        performance=performance,
     )
-    return {**result, "evidently_run": evidently_run}
+    links = {**result["links"], **report.links}
+    return {**result, "evidently_run": report.run_id, "links": links}
