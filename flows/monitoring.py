@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.naming import run_name
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
 from tasks.estimation import estimate_performance, estimation_fields, watch_stream
@@ -27,7 +28,7 @@ from tasks.retraining import rollback_if_worse
 from tasks.scoring import load_champion
 
 
-@flow(name="monitor", log_prints=False)
+@flow(name="monitor", flow_run_name=run_name("monitor"), log_prints=False)
 def monitor_flow(
     project: str,
     data: str,

@@ -12,8 +12,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
-from loopml import events, ledger, modeling
+from loopml import events, ledger, links, modeling
 from loopml.drift import build_reference_profile
 from loopml.features import prepare_features
 from loopml.gate import GateDecision
@@ -24,6 +25,7 @@ from loopml.registry import (
     RegisteredVersion,
     clear_alias,
     get_version,
+    list_versions,
     log_and_register,
     set_alias,
     set_version_tags,
@@ -34,6 +36,31 @@ from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
 from tasks.logs import library_output_to_log
 from tasks.training import TrainedModel
+
+
+def _prefect_link(runtime: Runtime) -> dict[str, str]:
+    """Run tags pointing back at the Prefect flow run that trained the model: the run's
+    description (``mlflow.note.content``, shown on the run page) and a plain URL tag."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return {}
+    url = links.ui_urls(runtime.settings.stack_file).prefect_flow_run(run_id)
+    where = f"[{flow_run.get_name()}]({url})" if url else f"`{flow_run.get_name()}` ({run_id})"
+    tags = {
+        f"{TAG_PREFIX}prefect_flow_run_id": run_id,
+        "mlflow.note.content": f"Trained by the Prefect flow run {where}.",
+    }
+    if url:
+        tags[f"{TAG_PREFIX}prefect_flow_run_url"] = url
+    return tags
+
+
+def _run_name(runtime: Runtime, family: str) -> str:
+    """``train-PROJECT-vN-FAMILY``: N is the version this run is about to register (the
+    MLflow runs list otherwise shows one name for every run)."""
+    versions = list_versions(runtime.mlflow, runtime.config.name)
+    upcoming = int(versions[-1].version) + 1 if versions else 1
+    return f"train-{runtime.config.name}-v{upcoming}-{family}"
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -109,11 +136,14 @@ def register_candidate(
                 "search_trials": candidate.search.n_trials,
                 "search_pruned": candidate.search.n_pruned,
             },
-            run_tags={f"{TAG_PREFIX}trigger": trigger.get("kind", "manual")},
+            run_tags={
+                f"{TAG_PREFIX}trigger": trigger.get("kind", "manual"),
+                **_prefect_link(runtime),
+            },
             version_tags=version_tags,
             figures=figures,
             reference_files=reference_files,
-            run_name=f"{config.name}-{candidate.family}",
+            run_name=_run_name(runtime, candidate.family),
         )
     set_alias(runtime.mlflow, config.name, CHALLENGER, registered.version)
     ledger.append_entry(

@@ -345,3 +345,25 @@ def test_monitoring_before_any_champion_raises_a_clear_error(
 
     with pytest.raises(LoopmlError, match="champion"):
         monitor_flow(project="unchampioned", data=str(batch), project_dir=str(project_dir))
+
+
+def test_runs_are_named_after_what_they_do_and_mlflow_links_back_to_prefect(project, shifted):
+    import httpx
+
+    champion = project.champion()
+    run = project.runtime().mlflow.get_run(champion.run_id)
+    family = champion.tags["loopml.family"]
+    assert run.info.run_name == f"train-{NAME}-v{champion.version}-{family}"
+    flow_run_id = run.data.tags["loopml.prefect_flow_run_id"]
+    assert "Prefect flow run" in run.data.tags["mlflow.note.content"]
+
+    response = httpx.get(f"{project.api_url}/flow_runs/{flow_run_id}", timeout=30)
+    response.raise_for_status()
+    assert response.json()["name"] == f"train-{NAME}"
+    response = httpx.post(
+        f"{project.api_url}/flow_runs/filter",
+        json={"flow_runs": {"name": {"like_": f"monitor-{NAME}-shifted"}}},
+        timeout=30,
+    )
+    response.raise_for_status()
+    assert [r["name"] for r in response.json()] == [f"monitor-{NAME}-shifted"]
