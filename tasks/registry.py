@@ -204,9 +204,15 @@ def apply_gate(
         "trigger": trigger,
         **(details or {}),
     }
+    describe_decision(
+        runtime,
+        registered.version,
+        f"{entry['action'].capitalize()} by the promotion gate: {decision.reason}",
+    )
     if decision.promote:
         set_alias(runtime.mlflow, config.name, CHAMPION, registered.version)
         clear_alias(runtime.mlflow, config.name, CHALLENGER)
+        mark_replaced(runtime, previous, registered.version, "replaced")
     ledger.append_entry(runtime.settings.ledger_dir, config.name, entry)
     if decision.promote:
         emit(
@@ -228,6 +234,19 @@ def apply_gate(
     return decision
 
 
+def describe_decision(runtime: Runtime, version: str, text: str) -> None:
+    """The version's description (shown on its MLflow page) says why it is or is not champion."""
+    runtime.mlflow.update_model_version(runtime.config.name, str(version), description=text)
+
+
+def mark_replaced(runtime: Runtime, previous: Any, champion: str, state: str) -> None:
+    """Keep the gate tag current: the champion just replaced no longer says ``promoted``."""
+    if previous is not None and str(previous.version) != str(champion):
+        set_version_tags(
+            runtime.mlflow, runtime.config.name, previous.version, {f"{TAG_PREFIX}gate": state}
+        )
+
+
 def promote_version(
     runtime: Runtime, version: str, *, action: str, reason: str, trigger: dict[str, Any]
 ) -> dict[str, Any]:
@@ -236,6 +255,17 @@ def promote_version(
     get_version(runtime.mlflow, config.name, version)
     previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
     set_alias(runtime.mlflow, config.name, CHAMPION, version)
+    rolled_back = action == "rolled_back"
+    set_version_tags(
+        runtime.mlflow,
+        config.name,
+        version,
+        {f"{TAG_PREFIX}gate": "restored" if rolled_back else "promoted"},
+    )
+    describe_decision(
+        runtime, version, f"{action.replace('_', ' ').capitalize()} by hand: {reason}"
+    )
+    mark_replaced(runtime, previous, version, "rolled_back" if rolled_back else "replaced")
     challenger = version_by_alias(runtime.mlflow, config.name, CHALLENGER)
     if challenger is not None and str(challenger.version) == str(version):
         clear_alias(runtime.mlflow, config.name, CHALLENGER)

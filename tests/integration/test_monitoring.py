@@ -355,6 +355,10 @@ def test_runs_are_named_after_what_they_do_and_mlflow_links_back_to_prefect(proj
     family = champion.tags["loopml.family"]
     assert run.info.run_name == f"train-{NAME}-v{champion.version}-{family}"
     flow_run_id = run.data.tags["loopml.prefect_flow_run_id"]
+    assert "threshold" in run.data.params
+    experiment = project.runtime().mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert champion.description.startswith("Promoted by the promotion gate: ")
     assert "Prefect flow run" in run.data.tags["mlflow.note.content"]
 
     response = httpx.get(f"{project.api_url}/flow_runs/{flow_run_id}", timeout=30)
