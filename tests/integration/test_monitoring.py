@@ -370,4 +370,5 @@ def test_runs_are_named_after_what_they_do_and_mlflow_links_back_to_prefect(proj
         timeout=30,
     )
     response.raise_for_status()
-    assert [r["name"] for r in response.json()] == [f"monitor-{NAME}-shifted"]
+    names = {r["name"] for r in response.json()}
+    assert names == {f"monitor-{NAME}-shifted"}
