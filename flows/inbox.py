@@ -22,6 +22,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
+from flows.naming import run_name
 from loopml.errors import ValidationFailed
 from loopml.inbox import (
     FAILED,
@@ -37,7 +38,7 @@ from tasks.artifacts import artifact_key, markdown_table
 from tasks.inbox import file_away, fingerprint, has_champion, list_ready_files
 
 
-@flow(name="inbox", log_prints=False)
+@flow(name="inbox", flow_run_name=run_name("inbox"), log_prints=False)
 def inbox_flow(project: str, project_dir: str = ".", settle_seconds: float = 2.0) -> dict[str, Any]:
     """Score and monitor every complete new batch in ``inbox/PROJECT/``, oldest first."""
     logger = get_run_logger()

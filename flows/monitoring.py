@@ -9,6 +9,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.naming import run_name
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
 from tasks.estimation import estimate_performance, estimation_fields, watch_stream
@@ -27,7 +28,7 @@ from tasks.retraining import rollback_if_worse
 from tasks.scoring import load_champion
 
 
-@flow(name="monitor", log_prints=False)
+@flow(name="monitor", flow_run_name=run_name("monitor"), log_prints=False)
 def monitor_flow(
     project: str,
     data: str,
@@ -85,11 +86,12 @@ def monitor_flow(
         labelled_rows=labelled_rows,
         report_path=report_path,
         evidently_run=None,
+        reference_data=baseline,
         estimation=estimation_fields(estimated, stream),
         rolled_back=rolled_back,
     )
     # The verdict and its events are out; the report (seconds, on a sample) follows.
-    evidently_run = evidently_report(
+    report = evidently_report(
         runtime,
         baseline,
         current_sample,
@@ -97,5 +99,9 @@ def monitor_flow(
         current_predictions,
         batch_id,
         report_path,
+        serving=serving,
+        drift=drift,
+        performance=performance,
     )
-    return {**result, "evidently_run": evidently_run}
+    links = {**result["links"], **report.links}
+    return {**result, "evidently_run": report.run_id, "links": links}

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.naming import run_name
 from loopml import ledger
 from loopml.errors import RegistryError
 from loopml.registry import CHAMPION, version_by_alias
@@ -13,7 +14,7 @@ from loopml.runtime import open_runtime
 from tasks.registry import promote_version
 
 
-@flow(name="promote", log_prints=False)
+@flow(name="promote", flow_run_name=run_name("promote"), log_prints=False)
 def promote_flow(
     project: str, version: str, reason: str = "manual promotion", project_dir: str = "."
 ) -> dict[str, Any]:
@@ -24,7 +25,7 @@ def promote_flow(
     )
 
 
-@flow(name="rollback", log_prints=False)
+@flow(name="rollback", flow_run_name=run_name("rollback"), log_prints=False)
 def rollback_flow(project: str, project_dir: str = ".") -> dict[str, Any]:
     """Give ``champion`` back to the version that held it before the current one."""
     runtime = open_runtime(project, project_dir)

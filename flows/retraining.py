@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import deployment, flow_run
 
+from flows.naming import run_name
 from loopml.data import frame_hash
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
@@ -29,7 +30,13 @@ from tasks.training import evaluate_candidate, fit_candidate
 from tasks.validation import validate_batch
 
 
-@flow(name="retrain", log_prints=False, on_failure=[release_claim], on_crashed=[release_claim])
+@flow(
+    name="retrain",
+    flow_run_name=run_name("retrain"),
+    log_prints=False,
+    on_failure=[release_claim],
+    on_crashed=[release_claim],
+)
 def retrain_flow(
     project: str,
     project_dir: str = ".",

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.naming import run_name
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
 from tasks.parallel import parallel_workers, score_in_partitions
@@ -17,7 +18,7 @@ from tasks.scoring import load_champion, score_file
 from tasks.validation import validate_file
 
 
-@flow(name="score", log_prints=False)
+@flow(name="score", flow_run_name=run_name("score"), log_prints=False)
 def score_flow(
     project: str, data: str, out: str | None = None, project_dir: str = "."
 ) -> dict[str, Any]:

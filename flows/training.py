@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.naming import run_name
 from loopml.data import frame_hash
 from loopml.features import labelled_rows
 from loopml.profiling import suite_hash
@@ -28,7 +29,7 @@ from tasks.training import (
 from tasks.validation import validate_batch
 
 
-@flow(name="train", log_prints=False)
+@flow(name="train", flow_run_name=run_name("train"), log_prints=False)
 def train_flow(
     project: str,
     project_dir: str = ".",

@@ -7,12 +7,13 @@ from typing import Any
 
 from prefect import flow
 
+from flows.naming import run_name
 from loopml.runtime import open_runtime
 from tasks.ingest import load_table
 from tasks.validation import validate_batch
 
 
-@flow(name="validate", log_prints=False)
+@flow(name="validate", flow_run_name=run_name("validate"), log_prints=False)
 def validate_flow(
     project: str, data: str, project_dir: str = ".", require_target: bool | None = None
 ) -> dict[str, Any]:

@@ -215,6 +215,9 @@ class MonitoringVerdict:
     estimated_performance: dict[str, Any] = field(default_factory=dict)
     # The ledger entry when these labelled rows rolled the champion back (issue 12).
     rolled_back: dict[str, Any] | None = None
+    # The rule that decided the batch (verdict_reason) and the UI pages that show it.
+    reason: str = ""
+    links: dict[str, str] = field(default_factory=dict)
 
     @property
     def drift_detected(self) -> bool:
@@ -239,6 +242,7 @@ class MonitoringVerdict:
             "reference": self.reference,
             "rows": self.rows,
             "status": self.drift["status"],
+            "reason": self.reason,
             "drift_detected": self.drift_detected,
             "drift_share": self.drift["drift_share"],
             "weighted_drift_share": self.drift["weighted_drift_share"],
@@ -253,6 +257,7 @@ class MonitoringVerdict:
             "report_path": self.report_path,
             "evidently_run": self.evidently_run,
             "rolled_back": self.rolled_back,
+            "links": self.links,
             **self.estimated_performance,
         }
 
@@ -262,10 +267,13 @@ class MonitoringVerdict:
         return {
             "batch_id": self.batch_id,
             "model_version": self.model_version,
+            "reason": self.reason,
             "drift_share": self.drift["drift_share"],
+            "weighted_drift_share": self.drift["weighted_drift_share"],
             "drifted_columns": self.drifted_columns,
             "prediction_drift": self.prediction_drift.get("drifted"),
             "report_path": self.report_path,
+            "report_url": self.links.get("Evidently report"),
             "rows": self.rows,
         }
 
@@ -279,6 +287,42 @@ class MonitoringVerdict:
             "drop": performance.get("drop"),
             "current": (performance.get("current") or {}).get(metric),
         }
+
+
+def verdict_reason(
+    drift: dict[str, Any],
+    performance: dict[str, Any] | None,
+    *,
+    drift_share: float,
+    weighted_drift_share: float,
+) -> str:
+    """The rule that decided the batch, in one line, so every UI states the same verdict.
+
+    ``drift`` is :meth:`loopml.drift.DriftVerdict.to_dict`; ``drift_share`` and
+    ``weighted_drift_share`` are the policy's limits. The weighted rule is named first when it
+    fired (it is the one importance-aware), then the plain share, then a degradation. Without a
+    firing rule the line names the closest one, e.g. "no drift: drift share 0.11 < 0.15".
+    """
+    share = float(drift.get("drift_share") or 0.0)
+    weighted = drift.get("weighted_drift_share")
+    fired: list[str] = []
+    if weighted is not None and weighted >= weighted_drift_share:
+        fired.append(f"weighted drift share {weighted:.2f} >= {weighted_drift_share:.2f}")
+    if drift.get("status") != "insufficient_data" and share >= drift_share:
+        fired.append(f"drift share {share:.2f} >= {drift_share:.2f}")
+    if performance and performance.get("degraded"):
+        fired.append(
+            f"{performance['metric']} dropped {performance['drop']:.3f} > "
+            f"{performance['max_drop']:.3f} ({performance.get('drop_units', 'absolute')})"
+        )
+    if fired:
+        return "; ".join(fired)
+    if drift.get("status") == "insufficient_data":
+        return "no verdict: too few rows to judge drift"
+    quiet = [f"drift share {share:.2f} < {drift_share:.2f}"]
+    if weighted is not None:
+        quiet.append(f"weighted {weighted:.2f} < {weighted_drift_share:.2f}")
+    return "no drift: " + ", ".join(quiet)
 
 
 def verdict_record(
@@ -297,11 +341,14 @@ def verdict_record(
     evidently_run: Any,
     estimation: dict[str, Any] | None = None,
     rolled_back: dict[str, Any] | None = None,
+    reason: str = "",
+    links: dict[str, str] | None = None,
 ) -> MonitoringVerdict:
     """One batch's monitoring verdict from the checks' results (the one place it is built).
 
     ``estimation``: the estimated-performance and stream-detector keys
-    (``tasks.estimation.estimation_fields``), kept in ``estimated_performance``.
+    (``tasks.estimation.estimation_fields``), kept in ``estimated_performance``. ``reason`` is
+    :func:`verdict_reason`; ``links`` maps a UI page's name to its URL.
     """
     return MonitoringVerdict(
         project=project,
@@ -318,6 +365,8 @@ def verdict_record(
         evidently_run=evidently_run,
         estimated_performance=estimation or {},
         rolled_back=rolled_back,
+        reason=reason,
+        links=dict(links or {}),
     )
 
 

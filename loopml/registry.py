@@ -61,11 +61,23 @@ def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowC
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The experiment id for ``name``, created (with its artifact location) when missing."""
+    """The experiment id for ``name``, created (with its artifact location) when missing.
+
+    The experiment is typed for model training (``mlflow.experimentKind``): untyped, MLflow 3's
+    UI opens it in its GenAI view (traces, latency, tokens).
+    """
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+        )
+    if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+    return experiment.experiment_id
+
+
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 
 
 def serving_requirements() -> list[str]:

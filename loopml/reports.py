@@ -35,6 +35,8 @@ def build_monitoring_report(
     sample_rows: int | None = 50_000,
     drift_policy: Any = None,
     random_state: int = 0,
+    tags: Sequence[str] = (),
+    metadata: dict[str, str] | None = None,
 ) -> Snapshot:
     """Run Evidently's data drift preset, plus the task's performance preset when labels exist.
 
@@ -55,6 +57,9 @@ def build_monitoring_report(
             classification is treated as multiclass.
         sample_rows: At most this many rows of each side go into the report.
         random_state: Seed of the row sample.
+        tags: Tags of the snapshot (the Evidently UI lists and filters reports by them).
+        metadata: Key-value notes shown with the snapshot, e.g. loopml's own verdict, so the
+            report says what loopml decided and why.
 
     Returns:
         The Evidently snapshot (``save_report_html``, ``evidently_column_drift``,
@@ -68,6 +73,7 @@ def build_monitoring_report(
         Regression,
         Report,
     )
+    from evidently.metrics import ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
     features = [*numeric_columns, *categorical_columns]
@@ -109,10 +115,21 @@ def build_monitoring_report(
                 MulticlassClassification(target=target, prediction_labels=prediction)
             ]
             metrics.append(ClassificationPreset())
+    # Prediction drift: the model's score (or predicted value) compared like a feature, so the
+    # dashboard has its own panel for it.
+    output = probability if probability is not None else prediction
+    if output is not None and all(output in frame for frame in (reference, current)):
+        if output not in kept:
+            kept.append(output)
+        metrics.append(ValueDrift(column=output))
+        if output not in features:
+            numeric_output = output == probability or task == "regression"
+            kind = "numerical_columns" if numeric_output else "categorical_columns"
+            definition_kwargs[kind].append(output)
     definition = DataDefinition(**definition_kwargs)
     reference_sample = _sample(reference[kept], sample_rows, random_state)
     current_sample = _sample(current[kept], sample_rows, random_state)
-    report = Report(metrics, include_tests=True)
+    report = Report(metrics, include_tests=True, tags=list(tags), metadata=dict(metadata or {}))
     return report.run(
         current_data=Dataset.from_pandas(current_sample, data_definition=definition),
         reference_data=Dataset.from_pandas(reference_sample, data_definition=definition),
@@ -190,7 +207,11 @@ def evidently_column_drift(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
                 "share": float(value["share"]),
                 "drift_share": float(config["drift_share"]),
                 "drift_detected": bool(value["share"] >= config["drift_share"]),
+                "columns": config.get("columns"),
             }
+    checked = dataset.pop("columns", None)
+    if checked:  # the prediction's own ValueDrift is not one of the dataset's columns
+        columns = {name: value for name, value in columns.items() if name in checked}
     return {"columns": columns, "dataset": dataset}
 
 
@@ -200,10 +221,19 @@ def _evidently_rule(method: str, score: float, threshold: float) -> bool:
     return score >= threshold
 
 
-def add_to_workspace(workspace_path: str | Path, project_name: str, snapshot: Snapshot) -> str:
+def add_to_workspace(
+    workspace_path: str | Path,
+    project_name: str,
+    snapshot: Snapshot,
+    *,
+    prediction_column: str | None = None,
+    performance_metric: str | None = None,
+) -> str:
     """Store a snapshot in the Evidently workspace so ``evidently ui --workspace PATH`` shows it.
 
-    The project is found by name, or created once when missing.
+    The project is found by name, or created once when missing together with its dashboard
+    (:func:`dashboard_panels`): without panels the Evidently UI shows an empty dashboard however
+    many snapshots it holds.
 
     Returns:
         The id of the stored run (snapshot).
@@ -213,4 +243,92 @@ def add_to_workspace(workspace_path: str | Path, project_name: str, snapshot: Sn
     workspace = Workspace.create(str(workspace_path))
     projects = workspace.search_project(project_name)
     project = projects[0] if projects else workspace.create_project(project_name)
+    if not project.dashboard.model().panels:
+        for panel in dashboard_panels(prediction_column, performance_metric):
+            project.dashboard.add_panel(panel, tab=DASHBOARD_TAB)
     return str(workspace.add_run(project.id, snapshot).id)
+
+
+def workspace_project_id(workspace_path: str | Path, project_name: str) -> str | None:
+    """The id of the Evidently project named ``project_name`` (``None`` when missing): its UI
+    pages are addressed by it."""
+    from evidently.ui.workspace import Workspace
+
+    projects = Workspace.create(str(workspace_path)).search_project(project_name)
+    return str(projects[0].id) if projects else None
+
+
+DASHBOARD_TAB = "Monitoring"
+# loopml's metric names -> Evidently 0.7 metric types (the ones its presets compute).
+_EVIDENTLY_METRICS = {
+    "roc_auc": "RocAuc",
+    "accuracy": "Accuracy",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F1Score",
+    "f1_macro": "F1Score",
+    "precision_macro": "Precision",
+    "recall_macro": "Recall",
+    "log_loss": "LogLoss",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "r2": "R2Score",
+}
+
+
+def dashboard_panels(prediction_column: str | None, performance_metric: str | None) -> list[Any]:
+    """The project's panels over time: drift share, drifted columns, prediction drift and the
+    performance metric loopml judges by (when Evidently computes it).
+
+    Points come from each snapshot's metrics, so a panel fills as batches are monitored.
+    """
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import line_plot_panel
+
+    # (title, legend, Evidently metric, its labels, subtitle)
+    specs: list[tuple[str, str, str, dict[str, str], str]] = [
+        (
+            "Drift share",
+            "share",
+            "DriftedColumnsCount",
+            {"value_type": "share"},
+            "share of the checked columns that drifted, per batch",
+        ),
+        (
+            "Drifted columns",
+            "count",
+            "DriftedColumnsCount",
+            {"value_type": "count"},
+            "number of drifted columns, per batch",
+        ),
+    ]
+    if prediction_column:
+        specs.append(
+            (
+                "Prediction drift",
+                prediction_column,
+                "ValueDrift",
+                {"column": prediction_column},
+                f"drift score of the model's output ({prediction_column})",
+            )
+        )
+    evidently_metric = _EVIDENTLY_METRICS.get(performance_metric or "")
+    if evidently_metric:
+        specs.append(
+            (
+                f"Performance: {performance_metric}",
+                f"{performance_metric} (realised)",
+                evidently_metric,
+                {},
+                "on the batch's labelled rows (batches without labels add no point)",
+            )
+        )
+    return [
+        line_plot_panel(
+            title,
+            [PanelMetric(legend=legend, metric=metric, metric_labels=labels)],
+            description=subtitle,
+            size="half",
+        )
+        for title, legend, metric, labels, subtitle in specs
+    ]

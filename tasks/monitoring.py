@@ -12,8 +12,9 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
-from loopml import events, monitoring, reports
+from loopml import events, links, monitoring, reports
 from loopml.data import iter_table_chunks, read_table
 from loopml.drift import ReferenceProfile, build_reference_profile, detect_drift
 from loopml.features import prepare_features, prepare_target
@@ -39,6 +40,16 @@ class Reference:
     importances: dict[str, float]
     metrics: dict[str, float]
     source: str
+    holdout: pd.DataFrame | None = None
+    run_id: str | None = None
+
+
+@dataclass
+class EvidentlyRun:
+    """The report of one batch: its snapshot in the workspace and the UI pages that show it."""
+
+    run_id: str | None
+    links: dict[str, str]
 
 
 @task(
@@ -93,6 +104,7 @@ def _load_reference(
         column: max(float(value), 0.0)
         for column, value in json.loads(importances_file.read_text()).items()
     }
+    holdout = None
     if reference_path:
         # Only the columns compared (and the target), text as categories: memory stays low.
         frame = read_table(reference_path, columns=[*config.columns.features, config.target])
@@ -108,14 +120,23 @@ def _load_reference(
             download_reference(runtime.mlflow, champion.run_id, "train.parquet", cache)
         )
         source = f"models:/{runtime.name}/{serving.version} training data"
+        # The held-out split: the performance reference of loopml's verdict, so the Evidently
+        # report compares the batch's performance with the same rows.
+        holdout = pd.read_parquet(
+            download_reference(runtime.mlflow, champion.run_id, "test.parquet", cache)
+        )
     sample_rows = config.monitoring.sample_rows
     sample = frame.sample(n=min(sample_rows, len(frame)), random_state=0).reset_index(drop=True)
+    if holdout is not None:
+        holdout = holdout.sample(n=min(sample_rows, len(holdout)), random_state=0)
     return Reference(
         profile=profile,
         sample=sample,
         importances=importances,
         metrics=version_metrics(champion),
         source=source,
+        holdout=None if holdout is None else holdout.reset_index(drop=True),
+        run_id=champion.run_id,
     )
 
 
@@ -157,18 +178,32 @@ def check_predictions(
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """Drift of the champion's outputs between reference and batch (samples)."""
     config = runtime.config
-    scored = []
-    for frame in (reference.sample, current_sample):
-        labels, scores = predict(serving.model, prepare_features(frame, config), config)
-        out = pd.DataFrame({PREDICTION: labels})
-        out[PROBABILITY] = scores if scores is not None else pd.to_numeric(labels, errors="coerce")
-        scored.append(out)
+    scored = [score_frame(serving, frame, config) for frame in (reference.sample, current_sample)]
     result = monitoring.prediction_drift(
         scored[0][PROBABILITY].to_numpy(),
         scored[1][PROBABILITY].to_numpy(),
         config.monitoring.drift,
     )
     return result, scored[0], scored[1]
+
+
+def score_frame(serving: ServingModel, frame: pd.DataFrame, config: Any) -> pd.DataFrame:
+    """The champion's labels and scores (probability, or the predicted value) for ``frame``."""
+    labels, scores = predict(serving.model, prepare_features(frame, config), config)
+    out = pd.DataFrame({PREDICTION: labels})
+    out[PROBABILITY] = scores if scores is not None else pd.to_numeric(labels, errors="coerce")
+    return out
+
+
+def verdict_reason(config: Any, drift: dict[str, Any], performance: dict[str, Any] | None) -> str:
+    """The rule that decided the batch under the project's drift policy (one line)."""
+    policy = config.monitoring.drift
+    return monitoring.verdict_reason(
+        drift,
+        performance,
+        drift_share=policy.drift_share,
+        weighted_drift_share=policy.weighted_drift_share,
+    )
 
 
 @task(name="performance", cache_policy=NO_CACHE)
@@ -224,12 +259,27 @@ def evidently_report(
     current_predictions: pd.DataFrame,
     batch_id: str,
     path: Path,
-) -> str | None:
+    *,
+    serving: ServingModel,
+    drift: dict[str, Any],
+    performance: dict[str, Any] | None,
+) -> EvidentlyRun:
     """Evidently's own report (drift, and performance when labels exist) on the config's
-    ``monitoring.report_rows`` rows of each sample, written to ``path`` and linked. It runs after
-    the verdict is published (which does not wait for it); returns the workspace run id or None."""
+    ``monitoring.report_rows`` rows of each sample, written to ``path`` and linked (its page in
+    the Evidently UI when the stack runs). It runs after the verdict is published (which does
+    not wait for it) and carries loopml's verdict (the rule that fired) as metadata and tags.
+
+    With labels, the reference is the champion's held-out split (the rows loopml's performance
+    verdict compares with), scored here; else its training sample.
+    """
     config = runtime.config
-    reference_frame = prepare_features(reference.sample, config)
+    reason = verdict_reason(config, drift, performance)
+    reference_rows = reference.sample
+    labelled = TARGET in current_sample.columns and config.target in reference.sample.columns
+    if labelled and reference.holdout is not None and config.target in reference.holdout:
+        reference_rows = reference.holdout
+        reference_predictions = score_frame(serving, reference_rows, config)
+    reference_frame = prepare_features(reference_rows, config)
     current_frame = current_sample[config.columns.features].copy()
     for frame, predictions in (
         (reference_frame, reference_predictions),
@@ -239,8 +289,8 @@ def evidently_report(
         if config.is_binary:
             frame[PROBABILITY] = predictions[PROBABILITY].to_numpy()
     target = None
-    if TARGET in current_sample.columns and config.target in reference.sample.columns:
-        reference_frame[config.target] = prepare_target(reference.sample, config).to_numpy()
+    if labelled:
+        reference_frame[config.target] = prepare_target(reference_rows, config).to_numpy()
         current_frame[config.target] = prepare_target(
             current_sample.rename(columns={TARGET: config.target}), config
         ).to_numpy()
@@ -268,20 +318,42 @@ def evidently_report(
         positive_label=config.positive_label if config.is_binary else None,
         sample_rows=config.monitoring.report_rows,
         drift_policy=config.monitoring.drift,
+        tags=[f"batch:{batch_id}", f"model:v{serving.version}", drift["status"]],
+        metadata={
+            "loopml_verdict": reason,
+            "batch_id": batch_id,
+            "model_version": str(serving.version),
+            "performance_reference": "held-out split"
+            if reference_rows is not reference.sample
+            else "training sample",
+        },
     )
     reports.save_report_html(snapshot, path)
-    create_link_artifact(
-        key=artifact_key(config.name, "monitoring-report"),
-        link=path.as_uri(),
-        link_text=f"Evidently report for batch {batch_id}",
-        description="Evidently HTML report (data drift, prediction drift, performance)",
-    )
+    run_id = project_id = None
     try:
         workspace = runtime.settings.evidently_workspace
-        return reports.add_to_workspace(workspace, runtime.name, snapshot)
+        run_id = reports.add_to_workspace(
+            workspace,
+            runtime.name,
+            snapshot,
+            prediction_column=PROBABILITY if config.is_binary else PREDICTION,
+            performance_metric=config.performance_metric,
+        )
+        project_id = reports.workspace_project_id(workspace, runtime.name)
     except Exception as exc:  # the HTML report stands on its own; the dashboard is a bonus
         get_run_logger().warning("could not add the report to the Evidently workspace: %s", exc)
-        return None
+    urls = links.ui_urls(runtime.settings.stack_file)
+    page_links = {
+        "Evidently report": urls.evidently_snapshot(project_id, run_id),
+        "Evidently dashboard": urls.evidently_dashboard(project_id),
+    }
+    create_link_artifact(
+        key=artifact_key(config.name, "monitoring-report"),
+        link=page_links["Evidently report"] or path.as_uri(),
+        link_text=f"Evidently report for batch {batch_id}",
+        description=f"Evidently report (data drift, prediction drift, performance): {reason}",
+    )
+    return EvidentlyRun(run_id=run_id, links={name: url for name, url in page_links.items() if url})
 
 
 @task(name="keep-labelled-batch", cache_policy=NO_CACHE)
@@ -301,7 +373,19 @@ def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
     publish the artifacts and emit the events the automations react to; returns the verdict as
     the flow's (and ``--json``'s) result."""
     config = runtime.config
-    verdict = monitoring.verdict_record(project=runtime.name, **parts)
+    reference: Reference = parts.pop("reference_data")
+    urls = links.ui_urls(runtime.settings.stack_file)
+    page_links = {
+        "MLflow run": urls.mlflow_run(runtime.experiment_id, reference.run_id),
+        "model version": urls.mlflow_model_version(config.name, parts["model_version"]),
+        "Prefect flow run": urls.prefect_flow_run(flow_run.get_id()),
+    }
+    verdict = monitoring.verdict_record(
+        project=runtime.name,
+        reason=verdict_reason(config, parts["drift"], parts["performance"]),
+        links={name: url for name, url in page_links.items() if url},
+        **parts,
+    )
     monitoring.record_result(runtime.settings.monitoring_dir, verdict)
     create_markdown_artifact(
         key=artifact_key(config.name, "monitoring"),
@@ -377,11 +461,16 @@ def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
         for column in verdict.drifted_columns
     ]
     report = Path(verdict.report_path)
+    weighted = verdict.drift.get("weighted_drift_share")
+    weighted_text = "" if weighted is None else f", weighted share {weighted:.2f}"
+    page_links = links.markdown_links(verdict.links)
     return (
         f"# Batch `{verdict.batch_id}`: {status}\n\n"
-        f"- rows: {verdict.rows}, model v{verdict.model_version}\n"
+        f"**Rule:** {verdict.reason}\n\n"
+        + (f"**Open:** {page_links}\n\n" if page_links else "")
+        + f"- rows: {verdict.rows}, model v{verdict.model_version}\n"
         f"- drifted columns: {len(verdict.drifted_columns)} "
-        f"(share {verdict.drift['drift_share']:.2f})\n"
+        f"(share {verdict.drift['drift_share']:.2f}{weighted_text})\n"
         f"- prediction drift: {verdict.prediction_drift.get('drifted')}\n"
         f"- performance: {perf_text}\n"
         f"{_estimation_markdown(verdict.estimated_performance)}"

@@ -14,8 +14,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
-from loopml import events, ledger, modeling
+from loopml import events, ledger, links, modeling
 from loopml.drift import build_reference_profile
 from loopml.features import prepare_features
 from loopml.gate import GateDecision
@@ -31,6 +32,7 @@ from loopml.registry import (
     dangling_runs,
     end_run_failed,
     get_version,
+    list_versions,
     log_and_register,
     set_alias,
     set_version_tags,
@@ -42,6 +44,31 @@ from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
 from tasks.logs import library_output_to_log
 from tasks.training import TrainedModel
+
+
+def _prefect_link(runtime: Runtime) -> dict[str, str]:
+    """Run tags pointing back at the Prefect flow run that trained the model: the run's
+    description (``mlflow.note.content``, shown on the run page) and a plain URL tag."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return {}
+    url = links.ui_urls(runtime.settings.stack_file).prefect_flow_run(run_id)
+    where = f"[{flow_run.get_name()}]({url})" if url else f"`{flow_run.get_name()}` ({run_id})"
+    tags = {
+        f"{TAG_PREFIX}prefect_flow_run_id": run_id,
+        "mlflow.note.content": f"Trained by the Prefect flow run {where}.",
+    }
+    if url:
+        tags[f"{TAG_PREFIX}prefect_flow_run_url"] = url
+    return tags
+
+
+def _run_name(runtime: Runtime, family: str) -> str:
+    """``train-PROJECT-vN-FAMILY``: N is the version this run is about to register (the
+    MLflow runs list otherwise shows one name for every run)."""
+    versions = list_versions(runtime.mlflow, runtime.config.name)
+    upcoming = int(versions[-1].version) + 1 if versions else 1
+    return f"train-{runtime.config.name}-v{upcoming}-{family}"
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -119,11 +146,14 @@ def register_candidate(
                 "search_trials": candidate.search.n_trials,
                 "search_pruned": candidate.search.n_pruned,
             },
-            run_tags={f"{TAG_PREFIX}trigger": trigger.get("kind", "manual")},
+            run_tags={
+                f"{TAG_PREFIX}trigger": trigger.get("kind", "manual"),
+                **_prefect_link(runtime),
+            },
             version_tags=version_tags,
             figures=figures,
             reference_files=reference_files,
-            run_name=f"{config.name}-{candidate.family}",
+            run_name=_run_name(runtime, candidate.family),
         )
     with promotion_lock(runtime.settings.home, config.name):
         set_alias(runtime.mlflow, config.name, CHALLENGER, registered.version)
@@ -197,11 +227,17 @@ def apply_gate(
             "trigger": trigger,
             **(details or {}),
         }
+        describe_decision(
+            runtime,
+            registered.version,
+            f"{entry['action'].capitalize()} by the promotion gate: {decision.reason}",
+        )
         # Alias before tag: a process dying in between leaves a champion whose gate tag is
         # still "pending", which the next run records as promoted (not as failed).
         if decision.promote:
             set_alias(runtime.mlflow, config.name, CHAMPION, registered.version)
             clear_alias(runtime.mlflow, config.name, CHALLENGER)
+            mark_replaced(runtime, previous, registered.version, "replaced")
         set_version_tags(
             runtime.mlflow,
             config.name,
@@ -297,6 +333,19 @@ def recover_interrupted(runtime: Runtime) -> list[dict[str, Any]]:
     return settled
 
 
+def describe_decision(runtime: Runtime, version: str, text: str) -> None:
+    """The version's description (shown on its MLflow page) says why it is or is not champion."""
+    runtime.mlflow.update_model_version(runtime.config.name, str(version), description=text)
+
+
+def mark_replaced(runtime: Runtime, previous: Any, champion: str, state: str) -> None:
+    """Keep the gate tag current: the champion just replaced no longer says ``promoted``."""
+    if previous is not None and str(previous.version) != str(champion):
+        set_version_tags(
+            runtime.mlflow, runtime.config.name, previous.version, {f"{TAG_PREFIX}gate": state}
+        )
+
+
 def promote_version(
     runtime: Runtime, version: str, *, action: str, reason: str, trigger: dict[str, Any]
 ) -> dict[str, Any]:
@@ -306,6 +355,17 @@ def promote_version(
     with promotion_lock(runtime.settings.home, config.name):
         previous = version_by_alias(runtime.mlflow, config.name, CHAMPION)
         set_alias(runtime.mlflow, config.name, CHAMPION, version)
+        rolled_back = action == "rolled_back"
+        set_version_tags(
+            runtime.mlflow,
+            config.name,
+            version,
+            {TAG_GATE: "restored" if rolled_back else "promoted"},
+        )
+        describe_decision(
+            runtime, version, f"{action.replace('_', ' ').capitalize()} by hand: {reason}"
+        )
+        mark_replaced(runtime, previous, version, "rolled_back" if rolled_back else "replaced")
         challenger = version_by_alias(runtime.mlflow, config.name, CHALLENGER)
         if challenger is not None and str(challenger.version) == str(version):
             clear_alias(runtime.mlflow, config.name, CHALLENGER)

@@ -243,6 +243,8 @@ def monitor(
     def render(result: dict[str, Any]) -> None:
         verdict = "DRIFT DETECTED" if result["drift_detected"] else f"no drift ({result['status']})"
         typer.echo(f"batch {result['batch_id']} ({result['rows']} rows): {verdict}")
+        if result.get("reason"):
+            typer.echo(f"  rule: {result['reason']}")
         typer.echo(f"  drift share {result['drift_share']:.2f}")
         for column in result["drifted_columns"]:
             score = result["drifted_column_scores"].get(column)
@@ -258,6 +260,8 @@ def monitor(
         for line in estimation_lines(result):
             typer.echo("  " + line)
         typer.echo(f"  report: {result['report_path']}")
+        for page, url in (result.get("links") or {}).items():
+            typer.echo(f"  {page}: {url}")
 
     run(action, json_output, render)
 
@@ -269,6 +273,7 @@ MONITOR_KEYS = (
     "model_version",
     "rows",
     "status",
+    "reason",
     "drift_detected",
     "drift_share",
     "weighted_drift_share",
@@ -278,6 +283,7 @@ MONITOR_KEYS = (
     "performance",
     "performance_degraded",
     "report_path",
+    "links",
 )
 
 

@@ -92,12 +92,16 @@ def status(
                 typer.echo(f"{alias}: v{entry['version']} ({entry.get('family')}) {metrics}")
         monitoring = result.get("last_monitoring")
         if monitoring:
+            share = monitoring.get("drift_share")
+            share_text = "n/a" if share is None else f"{share:.2f}"
             typer.echo(
                 f"last monitoring: {monitoring.get('checked_at')} "
                 f"batch {monitoring.get('batch_id')}"
-                f" drift={monitoring.get('drift_detected')} share={monitoring.get('drift_share')}"
+                f" drift={monitoring.get('drift_detected')} share={share_text}"
                 f" degraded={monitoring.get('performance_degraded')}"
             )
+            if monitoring.get("reason"):
+                typer.echo(f"  rule: {monitoring['reason']}")
         else:
             typer.echo("last monitoring: none")
         for line in estimation_status_lines(result):

@@ -146,6 +146,63 @@ def test_drift_event_reaches_the_prefect_api(project, shifted):
     assert payload["model_version"] == result["model_version"]
 
 
+def test_one_verdict_line_in_the_artifact_the_event_and_the_evidently_snapshot(project, shifted):
+    """The rule that fired reads the same in every UI (issue 14: three verdicts for one batch)."""
+    from evidently.ui.workspace import Workspace
+
+    result = shifted["result"]
+    reason = result["reason"]
+    policy = project.runtime().config.monitoring.drift
+    assert ">=" in reason and (
+        f"drift share {result['drift_share']:.2f} >= {policy.drift_share:.2f}" in reason
+        or f">= {policy.weighted_drift_share:.2f}" in reason
+    ), reason
+
+    artifacts = read_artifacts(project.api_url, "monitor-telco-monitoring")
+    mine = [a for a in artifacts if result["batch_id"] in (a.get("data") or "")]
+    assert reason in mine[0]["data"]
+    event = project.wait_for_event(
+        events.DRIFT_DETECTED, where=lambda e: e["payload"].get("batch_id") == result["batch_id"]
+    )
+    assert event["payload"]["reason"] == reason
+
+    workspace = Workspace(str(project.home / "evidently"))
+    evidently_project = workspace.search_project(NAME)[0]
+    snapshot = workspace.get_run(evidently_project.id, result["evidently_run"])
+    assert snapshot.metadata["loopml_verdict"] == reason
+    assert f"batch:{result['batch_id']}" in snapshot.tags
+    assert f"model:v{result['model_version']}" in snapshot.tags
+
+
+def test_evidently_project_has_its_dashboard_panels_once(project, shifted):
+    from evidently.ui.workspace import Workspace
+
+    _monitor(project, project.write(project.batch(300, seed=27), "clean-27.csv"))
+    workspace = Workspace(str(project.home / "evidently"))
+    dashboard = workspace.search_project(NAME)[0].dashboard.model()
+    titles = [panel.title for panel in dashboard.panels]
+
+    assert titles == [
+        "Drift share",
+        "Drifted columns",
+        "Prediction drift",
+        "Performance: roc_auc",
+    ], titles
+
+
+def test_labelled_report_compares_performance_with_the_held_out_split(project):
+    """Evidently's performance reference is the rows loopml's verdict compares with."""
+    from evidently.ui.workspace import Workspace
+
+    source = project.write(project.batch(300, seed=43, with_target=True), "labelled-43.csv")
+    result = _monitor(project, source)
+
+    workspace = Workspace(str(project.home / "evidently"))
+    snapshot = workspace.get_run(workspace.search_project(NAME)[0].id, result["evidently_run"])
+    assert snapshot.metadata["performance_reference"] == "held-out split"
+    assert snapshot.metadata["loopml_verdict"] == result["reason"]
+
+
 def test_labelled_batch_is_judged_against_the_champions_held_out_metrics(project):
     frame = project.batch(300, seed=41, with_target=True)
     source = project.write(frame, "labelled-clean.csv")
@@ -288,3 +345,30 @@ def test_monitoring_before_any_champion_raises_a_clear_error(
 
     with pytest.raises(LoopmlError, match="champion"):
         monitor_flow(project="unchampioned", data=str(batch), project_dir=str(project_dir))
+
+
+def test_runs_are_named_after_what_they_do_and_mlflow_links_back_to_prefect(project, shifted):
+    import httpx
+
+    champion = project.champion()
+    run = project.runtime().mlflow.get_run(champion.run_id)
+    family = champion.tags["loopml.family"]
+    assert run.info.run_name == f"train-{NAME}-v{champion.version}-{family}"
+    flow_run_id = run.data.tags["loopml.prefect_flow_run_id"]
+    assert "threshold" in run.data.params
+    experiment = project.runtime().mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert champion.description.startswith("Promoted by the promotion gate: ")
+    assert "Prefect flow run" in run.data.tags["mlflow.note.content"]
+
+    response = httpx.get(f"{project.api_url}/flow_runs/{flow_run_id}", timeout=30)
+    response.raise_for_status()
+    assert response.json()["name"] == f"train-{NAME}"
+    response = httpx.post(
+        f"{project.api_url}/flow_runs/filter",
+        json={"flow_runs": {"name": {"like_": f"monitor-{NAME}-shifted"}}},
+        timeout=30,
+    )
+    response.raise_for_status()
+    names = {r["name"] for r in response.json()}
+    assert names == {f"monitor-{NAME}-shifted"}

@@ -363,6 +363,9 @@ def test_second_training_is_gated_then_promoted_and_rolled_back(trained):
     tags = client.get_model_version(name, "2").tags
     assert tags["loopml.parent_version"] == "1"
     assert tags["loopml.gate"] == "refused"
+    assert client.get_model_version(name, "2").description.startswith(
+        "Refused by the promotion gate: "
+    )
     refusal = ledger.read_entries(trained.home / "ledger", name)[-1]
     assert (refusal["action"], refusal["version"], refusal["previous_champion"]) == (
         "refused",
@@ -388,6 +391,9 @@ def test_second_training_is_gated_then_promoted_and_rolled_back(trained):
         "1",
     )
     assert aliases(client, name) == {"champion": "2"}
+    gate_tags = {v: client.get_model_version(name, v).tags["loopml.gate"] for v in ("1", "2")}
+    assert gate_tags == {"1": "replaced", "2": "promoted"}
+    assert client.get_model_version(name, "2").description == "Promoted by hand: reviewed by hand"
 
     rolled_back = rollback_flow(project=name, project_dir=str(project_dir))
     assert (rolled_back["action"], rolled_back["version"], rolled_back["previous_champion"]) == (
@@ -396,6 +402,8 @@ def test_second_training_is_gated_then_promoted_and_rolled_back(trained):
         "2",
     )
     assert aliases(client, name) == {"champion": "1"}
+    gate_tags = {v: client.get_model_version(name, v).tags["loopml.gate"] for v in ("1", "2")}
+    assert gate_tags == {"1": "restored", "2": "rolled_back"}
 
     status = run_cli("status", name, "--json", cwd=project_dir, timeout=300)
     assert status.returncode == 0, status.stderr

@@ -13,6 +13,7 @@ JSON_KEYS = {
     "drifted_columns_detail", "drifted_column_scores", "columns", "prediction_drift",
     "performance", "performance_degraded", "labelled_rows_kept", "report_path", "evidently_run",
     "rolled_back",  # issue 12: an automatic rollback this batch caused, else null
+    "reason", "links",  # issue 14: the rule that fired, and the UI pages that show the batch
 }  # fmt: skip
 
 

@@ -118,10 +118,56 @@ def test_regression_report(scored_telco) -> None:
 def test_workspace_keeps_one_project_and_every_run(classification_snapshot, tmp_path) -> None:
     from evidently.ui.workspace import Workspace
 
-    first = add_to_workspace(tmp_path / "evidently", "churn", classification_snapshot)
-    second = add_to_workspace(tmp_path / "evidently", "churn", classification_snapshot)
+    options = {"prediction_column": "churn_probability", "performance_metric": "roc_auc"}
+    first = add_to_workspace(tmp_path / "evidently", "churn", classification_snapshot, **options)
+    second = add_to_workspace(tmp_path / "evidently", "churn", classification_snapshot, **options)
     workspace = Workspace(str(tmp_path / "evidently"))
     projects = workspace.search_project("churn")
     assert len(projects) == 1
+    panels = projects[0].dashboard.model().panels  # created with the project, not per run
+    assert [panel.title for panel in panels] == [
+        "Drift share",
+        "Drifted columns",
+        "Prediction drift",
+        "Performance: roc_auc",
+    ]
+    assert panels[3].values[0].metric == "evidently:metric_v2:RocAuc"
     runs = {str(run) for run in workspace.list_runs(projects[0].id)}
     assert runs == {first, second}
+
+
+def test_verdict_reason_names_the_rule_that_fired() -> None:
+    from loopml.monitoring import verdict_reason
+
+    limits = {"drift_share": 0.15, "weighted_drift_share": 0.3}
+    weighted = {"status": "drift", "drift_share": 0.1053, "weighted_drift_share": 0.555}
+    assert verdict_reason(weighted, None, **limits) == "weighted drift share 0.56 >= 0.30"
+    quiet = {"status": "no_drift", "drift_share": 0.1053, "weighted_drift_share": 0.2}
+    assert verdict_reason(quiet, None, **limits) == (
+        "no drift: drift share 0.11 < 0.15, weighted 0.20 < 0.30"
+    )
+    degraded = {"metric": "roc_auc", "degraded": True, "drop": 0.12, "max_drop": 0.05}
+    assert verdict_reason(quiet, degraded, **limits) == ("roc_auc dropped 0.120 > 0.050 (absolute)")
+
+
+def test_ui_links_come_from_the_stack_file(tmp_path) -> None:
+    import json
+
+    from loopml.links import markdown_links, ui_urls
+
+    assert ui_urls(tmp_path / "missing.json").evidently_snapshot("p", "s") is None
+    stack = tmp_path / "stack.json"
+    stack.write_text(
+        json.dumps(
+            {
+                "prefect_ui_url": "http://127.0.0.1:4200",
+                "mlflow_url": "sqlite:///x.db",
+                "evidently_url": "http://127.0.0.1:8000/",
+            }
+        )
+    )
+    urls = ui_urls(stack)
+    assert urls.evidently_snapshot("p1", "s1") == "http://127.0.0.1:8000/projects/p1/reports/s1"
+    assert urls.prefect_flow_run("r1") == "http://127.0.0.1:4200/runs/flow-run/r1"
+    assert urls.mlflow_run("1", "abc") is None  # an sqlite store has no pages
+    assert markdown_links({"a": "http://x", "b": None}) == "[a](http://x)"
