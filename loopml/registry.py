@@ -365,24 +365,28 @@ def load_version(client: MlflowClient, model_version: ModelVersion) -> Any:
                 version=version,
                 reason="hash_mismatch",
             )
-        return _load_skops(model_file, name=name, version=version)
+        return _load_skops(model_file, name=name, version=version, verified=expected is not None)
 
 
 # Types a loopml pipeline may hold; anything else in a skops file is refused before loading.
 TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "loopml.")
 
 
-def _load_skops(model_file: Path, *, name: str, version: str) -> Any:
-    """Load a verified skops file, trusting only the types a loopml pipeline holds.
+def _load_skops(model_file: Path, *, name: str, version: str, verified: bool) -> Any:
+    """Load a skops file with skops itself (MLflow's sklearn loader does the same underneath).
 
-    skops (MLflow's own sklearn loader underneath) is called directly: MLflow's loader is
-    switched off by ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``, and it would trust the type
-    list written in the artifact's ``MLmodel`` file, which whoever can edit the artifact can edit.
+    MLflow's loader is switched off by ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false``, and it
+    would trust the type list written in the artifact's ``MLmodel`` file, which whoever can edit
+    the artifact can edit. A ``verified`` file (its sha256 matches the one recorded at
+    registration) holds the types loopml itself logged; an unverified one (a version registered
+    before hashes were recorded) may hold only scikit-learn, numpy, scipy and loopml types.
     """
     import skops.io
 
     untrusted = skops.io.get_untrusted_types(file=model_file)
-    unknown = [kind for kind in untrusted if not kind.startswith(TRUSTED_TYPE_PREFIXES)]
+    unknown = [
+        kind for kind in untrusted if not verified and not kind.startswith(TRUSTED_TYPE_PREFIXES)
+    ]
     if unknown:
         raise ModelRefused(
             f"model version {version} of {name} holds types loopml does not trust "
