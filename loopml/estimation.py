@@ -605,8 +605,20 @@ def _fit_dle(
 
 
 def loss_model_input(features: pd.DataFrame, predictions: np.ndarray) -> pd.DataFrame:
-    """DLE's input: the features and the model's own prediction (errors depend on both)."""
+    """DLE's input: the features and the model's own prediction (errors depend on both).
+
+    Dates become days since the epoch and flags 0/1, so the loss model sees numbers or text only.
+    """
     frame = features.reset_index(drop=True).copy()
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            epoch = pd.Timestamp("1970-01-01", tz=values.dt.tz)
+            frame[column] = (values - epoch).dt.total_seconds() / 86_400
+        elif pd.api.types.is_bool_dtype(values):
+            frame[column] = values.astype(float)
+        elif not pd.api.types.is_numeric_dtype(values):
+            frame[column] = values.astype(object).where(values.notna(), np.nan)
     frame[PREDICTION_COLUMN] = np.asarray(predictions, dtype=float)
     return frame
 

@@ -178,6 +178,30 @@ def test_dle_estimates_mae_of_a_heteroscedastic_regression_and_survives_a_round_
     assert np.mean(held) >= 0.5
 
 
+def test_dle_takes_dates_flags_and_nullable_text_among_the_features():
+    """``prepare_features`` hands dates as Timestamps and text as pandas strings with NA:
+    the loss model gets numbers (days since the epoch, 0/1) and plain text instead."""
+    rng = np.random.default_rng(8)
+    rows = 300
+    features = pd.DataFrame(
+        {
+            "x": rng.normal(size=rows),
+            "listed_on": pd.Timestamp("2024-01-01")
+            + pd.to_timedelta(rng.integers(0, 700, rows), "D"),
+            "flag": rng.random(rows) < 0.5,
+            "c": pd.Series(rng.choice(["a", "b", None], rows), dtype="string"),
+        }
+    )
+    features.loc[::17, "listed_on"] = pd.NaT
+    truth = features["x"] + rng.normal(size=rows)
+    outputs = estimation.ModelOutputs(features["x"].to_numpy(), None, [])
+
+    fitted = estimation.fit_estimator(_config("regression"), outputs, truth, features, {})
+    entry = fitted.estimate(outputs, features, metric="mae")["mae"]
+
+    assert 0.5 < entry["value"] < 1.2  # the realised MAE of N(0, 1) noise is ~0.8
+
+
 def test_estimated_verdict_degrades_only_when_the_confident_bound_is_past_max_drop():
     def verdict(value: float, bound: float) -> dict:
         estimates = {"roc_auc": {"value": value, "lower": None, "upper": None, "bound": bound}}
