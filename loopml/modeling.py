@@ -91,6 +91,9 @@ ENSEMBLE_TIME_SHARE = 0.2
 # Greedy ensemble selection: rounds (with replacement) and candidates (best trials) it draws on.
 ENSEMBLE_ROUNDS = 20
 ENSEMBLE_CANDIDATES = 6
+# A blend is kept only when it beats the best single model by this share of its CV score: below
+# that the gain is fold noise, and a single pipeline is smaller, faster and exactly explainable.
+ENSEMBLE_MIN_GAIN = 0.001
 
 # Ranges sized for 2 cores and small-to-medium tables; config.search.spaces overrides them.
 DEFAULT_SPACES: dict[str, dict[str, ParamRange]] = {
@@ -998,7 +1001,9 @@ def run_search(
         if chosen is not None:
             members, score, predictions = chosen
             result.ensemble_cv_score = score
-            accepted = len(members) > 1 and _improves(score, result.best_cv_score, metric)
+            accepted = len(members) > 1 and _improves(
+                score, result.best_cv_score, metric, by_share=ENSEMBLE_MIN_GAIN
+            )
             if accepted:
                 result.ensemble = members
                 result.oof_predictions = predictions
@@ -1132,11 +1137,13 @@ def _blend(
     return members, float(best_score), blended
 
 
-def _improves(new: float, old: float, metric: str) -> bool:
-    """Whether ``new`` is strictly better than ``old`` in the metric's direction (NaN never is)."""
+def _improves(new: float, old: float, metric: str, *, by_share: float = 0.0) -> bool:
+    """Whether ``new`` is better than ``old`` in the metric's direction by more than
+    ``by_share`` of ``|old|`` (strictly better when 0; NaN never is)."""
     if not np.isfinite(new):
         return False
-    return new > old if metric_direction(metric) == "maximize" else new < old
+    gain = new - old if metric_direction(metric) == "maximize" else old - new
+    return gain > by_share * abs(old) if np.isfinite(old) else True
 
 
 def _fit_quietly(

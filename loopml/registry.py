@@ -11,6 +11,8 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -105,9 +107,12 @@ def log_and_register(
     the model as a new version of ``name`` carrying ``version_tags``."""
     signature = infer_signature(input_example, model.predict(input_example))
     owner = {TAG_OWNER: process_owner()}
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags={**run_tags, **owner}
-    ) as run:
+    with (
+        _fluent_api_on(client),
+        mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags={**run_tags, **owner}
+        ) as run,
+    ):
         mlflow.log_params({key: _param_text(value) for key, value in params.items()})
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
         for figure_name, figure in figures.items():
@@ -125,19 +130,44 @@ def log_and_register(
         )
         run_id = run.info.run_id
         fingerprint = model_fingerprint(logged.model_uri)
-    # The version is born "pending" with its owner, so an interrupted registration is found
-    # (and decided) by the next run instead of lingering without a gate decision.
-    registered = mlflow.register_model(
-        logged.model_uri,
-        name,
-        tags={**version_tags, **fingerprint, TAG_GATE: GATE_PENDING, **owner},
-    )
+        # The version is born "pending" with its owner, so an interrupted registration is
+        # found (and decided) by the next run instead of lingering without a gate decision.
+        registered = mlflow.register_model(
+            logged.model_uri,
+            name,
+            tags={**version_tags, **fingerprint, TAG_GATE: GATE_PENDING, **owner},
+        )
     return RegisteredVersion(
         name=name,
         version=str(registered.version),
         run_id=run_id,
         model_uri=f"models:/{name}/{registered.version}",
     )
+
+
+@contextmanager
+def _fluent_api_on(client: MlflowClient) -> Iterator[None]:
+    """Point MLflow's fluent API (``log_model`` has no client form) at ``client``'s stores for
+    the block, so the run lands where the caller's client reads, whatever the process
+    environment says; the previous URIs are put back after."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking, registry = tracking_utils._tracking_uri, registry_utils._registry_uri
+    # The setters also write (or drop) these variables: they are put back as they were.
+    variables = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_registry_uri(client._registry_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking)
+        registry_utils._registry_uri = registry
+        for key, value in variables.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _param_text(value: Any) -> str:

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect import flow
@@ -47,8 +46,6 @@ def project(tmp_path, loopml_home, monkeypatch, mlflow_on_postgres):
     pd.read_csv(SAMPLE).head(200).to_csv(data, index=False)
     init_project(data, "churn", "faults", directory)
     yield directory
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
 
 
 def test_registry_outage_is_an_error_never_no_champion(project, mlflow_on_postgres):

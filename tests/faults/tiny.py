@@ -29,8 +29,6 @@ from loopml.registry import (
 
 def register_tiny(tracking_uri: str, name: str, slope: float = 1.0) -> RegisteredVersion:
     """Register a small logistic pipeline as a new version of ``name`` (gate still pending)."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     client = mlflow_client(tracking_uri)
     frame = pd.DataFrame({"x": [float(i) * slope for i in range(20)]})
     target = pd.Series(["no"] * 10 + ["yes"] * 10)
@@ -56,6 +54,7 @@ def register_tiny(tracking_uri: str, name: str, slope: float = 1.0) -> Registere
 if __name__ == "__main__":
     tracking, project = sys.argv[1], sys.argv[2]
     registered = register_tiny(tracking, project)
+    mlflow.set_tracking_uri(tracking)
     mlflow.start_run(
         experiment_id=ensure_experiment(mlflow_client(tracking), project, None),
         tags={TAG_OWNER: process_owner()},

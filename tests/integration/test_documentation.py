@@ -91,7 +91,6 @@ def test_the_fairness_gate_refuses_a_biased_challenger_against_the_registered_ch
             version="2",
             run_id="candidate-run",
             model=model,
-            threshold=None,
             family="logistic",
             params={},
             train=train,

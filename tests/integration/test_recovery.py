@@ -89,11 +89,6 @@ def test_a_clean_stream_promotes_nothing(project, stream):
     assert stream["champion_after_clean"] == "1"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 12 target not met yet: benchmarks/loop_benchmark.py stream (a) measured "
-    "recovery 0.73 on 2026-12-03 (target 0.8)",
-)
 def test_a_concept_drift_stream_recovers(project, stream):
     from loopml.comparison import load_scorer
     from loopml.recovery import oracle_error, recovery, scorer_error

@@ -233,6 +233,43 @@ def test_worse_challenger_is_refused_and_the_champion_stays(project, first_retra
     assert str(project.champion("challenger").version) == new_version
 
 
+@pytest.mark.slow
+def test_a_promotion_that_hurts_on_new_labelled_rows_is_rolled_back(project, first_retraining):
+    """Right after the gate tests, while the last alias move is the first retraining's
+    promotion (later retrainings may promote, or their monitoring roll back, by what their
+    search found on this machine; none of the tests after this one depends on which version is
+    champion). New labelled rows on which the version the
+    champion replaced is right by construction (their labels are its own decisions): the
+    champion is worse with confidence there, so monitoring them rolls it back by itself."""
+    from flows.monitoring import monitor_flow
+    from loopml.claims import promotion_to_check
+    from loopml.comparison import load_scorer, model_outputs
+
+    runtime = project.runtime()
+    champion = str(project.champion().version)
+    promotion = promotion_to_check(project.ledger(), champion)
+    assert promotion is not None and promotion["action"] == "promoted"
+    previous = str(promotion["previous_champion"])
+    batch = project.batch(400, seed=97, with_target=True)
+    config = runtime.config
+    said = model_outputs(load_scorer(runtime.mlflow, NAME, previous, config), batch, config)
+    batch["churn"] = np.where(said.predicted, config.positive_label, "No")
+    source = project.write(batch, "previous-was-right.csv")
+
+    result = monitor_flow(project=NAME, data=str(source), project_dir=str(project.project_dir))
+
+    rolled = result["rolled_back"]
+    assert rolled is not None and rolled["action"] == "rolled_back"
+    assert (rolled["version"], rolled["previous_champion"]) == (previous, champion)
+    assert "worse with confidence" in rolled["reason"]
+    assert str(project.champion().version) == previous
+    assert project.ledger()[-1]["action"] == "rolled_back"
+    event = project.wait_for_event(
+        events.MODEL_ROLLED_BACK, where=lambda e: e["payload"].get("version") == previous
+    )
+    assert event["payload"]["previous_champion"] == champion
+
+
 def test_a_second_retraining_is_refused_while_one_holds_the_lock(project):
     from tasks.retraining import RetrainingBusy, retraining_lock
 
@@ -296,37 +333,3 @@ def test_a_price_shift_drift_leads_to_a_retrained_version(project):
 
     assert result["skipped"] is False
     assert project.versions() == [*versions, result["version"]]
-
-
-@pytest.mark.slow
-def test_a_promotion_that_hurts_on_new_labelled_rows_is_rolled_back(project, first_retraining):
-    """Keep last: it moves the champion alias. New labelled rows on which the version the
-    champion replaced is right by construction (their labels are its own decisions): the
-    champion is worse with confidence there, so monitoring them rolls it back by itself."""
-    from flows.monitoring import monitor_flow
-    from loopml.claims import promotion_to_check
-    from loopml.comparison import load_scorer, model_outputs
-
-    runtime = project.runtime()
-    champion = str(project.champion().version)
-    promotion = promotion_to_check(project.ledger(), champion)
-    assert promotion is not None and promotion["action"] == "promoted"
-    previous = str(promotion["previous_champion"])
-    batch = project.batch(400, seed=97, with_target=True)
-    config = runtime.config
-    said = model_outputs(load_scorer(runtime.mlflow, NAME, previous, config), batch, config)
-    batch["churn"] = np.where(said.predicted, config.positive_label, "No")
-    source = project.write(batch, "previous-was-right.csv")
-
-    result = monitor_flow(project=NAME, data=str(source), project_dir=str(project.project_dir))
-
-    rolled = result["rolled_back"]
-    assert rolled is not None and rolled["action"] == "rolled_back"
-    assert (rolled["version"], rolled["previous_champion"]) == (previous, champion)
-    assert "worse with confidence" in rolled["reason"]
-    assert str(project.champion().version) == previous
-    assert project.ledger()[-1]["action"] == "rolled_back"
-    event = project.wait_for_event(
-        events.MODEL_ROLLED_BACK, where=lambda e: e["payload"].get("version") == previous
-    )
-    assert event["payload"]["previous_champion"] == champion

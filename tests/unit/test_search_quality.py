@@ -252,3 +252,21 @@ def test_logged_dates_rejoin_a_reference_that_holds_them_as_text(tmp_path):
     ]
     assert pd.isna(moments.iloc[3])
     assert align_dtypes(reference, logged)["signed_up"].dtype.kind == "M"
+
+
+def test_a_blend_must_beat_the_best_single_model_by_more_than_fold_noise():
+    from loopml.modeling import ENSEMBLE_MIN_GAIN, _improves
+
+    best = 0.80
+    assert not _improves(
+        best + 0.5 * ENSEMBLE_MIN_GAIN * best, best, "roc_auc", by_share=ENSEMBLE_MIN_GAIN
+    )
+    assert _improves(
+        best + 2 * ENSEMBLE_MIN_GAIN * best, best, "roc_auc", by_share=ENSEMBLE_MIN_GAIN
+    )
+    # Errors go the other way: a lower RMSE is the gain.
+    assert _improves(100 * (1 - 2 * ENSEMBLE_MIN_GAIN), 100, "rmse", by_share=ENSEMBLE_MIN_GAIN)
+    assert not _improves(
+        100 * (1 - 0.5 * ENSEMBLE_MIN_GAIN), 100, "rmse", by_share=ENSEMBLE_MIN_GAIN
+    )
+    assert not _improves(float("nan"), best, "roc_auc")
