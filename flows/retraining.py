@@ -92,32 +92,19 @@ def retrain_flow(
             runtime, chosen.frame, searches.get(chosen.policy, searches["all_history"]),
             chosen.weights,
         )  # fmt: skip
-        metrics, figures, importances = evaluate_candidate(runtime, candidate, data.frozen_test)
+        evaluation = evaluate_candidate(runtime, candidate, chosen.frame, data.frozen_test)
+        metrics = evaluation.metrics
         decision, _, recent_metrics = compare_retrained(runtime, candidate, data)
         registered = register_candidate(
             runtime,
             candidate,
-            train=chosen.frame,
-            test=data.frozen_test,
-            test_metrics=metrics,
-            figures=figures,
-            importances=importances,
+            evaluation,
             data_hash=frame_hash(chosen.frame),
             suite_hash=suite_hash(load_suite(runtime.suite_path)),
             trigger=trigger,
             data_policy=choice.to_dict(),
         )
-        decision = document_candidate(
-            runtime,
-            registered,
-            candidate,
-            train=chosen.frame,
-            test=data.frozen_test,
-            test_metrics=metrics,
-            figures=figures,
-            importances=importances,
-            decision=decision,
-        )
+        decision = document_candidate(runtime, registered, candidate, evaluation, decision=decision)
         record_estimator(runtime, registered, candidate.model, data.frozen_test, metrics)
         decision = apply_gate(
             runtime,

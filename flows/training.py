@@ -55,31 +55,20 @@ def train_flow(
         runtime, train, study_name=study_name, trials=trials, timeout=timeout
     )
     candidate = fit_candidate(runtime, train, search)
-    metrics, figures, importances = evaluate_candidate(runtime, candidate, test)
+    evaluation = evaluate_candidate(runtime, candidate, train, test)
+    metrics = evaluation.metrics
     judgement = compare_with_champion(runtime, candidate, metrics, test)
     trigger = {"kind": "manual", "batch_id": batch_id, **(trigger or {})}
     registered = register_candidate(
         runtime,
         candidate,
-        train=train,
-        test=test,
-        test_metrics=metrics,
-        figures=figures,
-        importances=importances,
+        evaluation,
         data_hash=frame_hash(frame),
         suite_hash=suite_hash(load_suite(runtime.suite_path)),
         trigger=trigger,
     )
     decision = document_candidate(
-        runtime,
-        registered,
-        candidate,
-        train=train,
-        test=test,
-        test_metrics=metrics,
-        figures=figures,
-        importances=importances,
-        decision=judgement.decision,
+        runtime, registered, candidate, evaluation, decision=judgement.decision
     )
     record_estimator(runtime, registered, candidate.model, test, metrics)
     decision = apply_gate(

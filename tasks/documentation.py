@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -19,7 +18,7 @@ from loopml.registry import TAG_PREFIX, RegisteredVersion, get_version
 from loopml.runtime import Runtime
 from loopml.slices import slices_markdown
 from tasks.artifacts import artifact_key, markdown_table
-from tasks.training import TrainedModel
+from tasks.training import Evaluation, TrainedModel
 
 
 @task(name="document-version", cache_policy=NO_CACHE)
@@ -27,12 +26,8 @@ def document_candidate(
     runtime: Runtime,
     registered: RegisteredVersion,
     candidate: TrainedModel,
+    evaluation: Evaluation,
     *,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    test_metrics: dict[str, float],
-    figures: dict[str, Any],
-    importances: dict[str, float],
     decision: GateDecision,
 ) -> GateDecision:
     """Log the version's slices, fairness audit and model card; return the gate decision with
@@ -48,13 +43,13 @@ def document_candidate(
             model=candidate.model,
             family=candidate.family,
             params=candidate.params,
-            train=train,
-            test=test,
-            test_metrics=test_metrics,
+            train=evaluation.train,
+            test=evaluation.test,
+            test_metrics=evaluation.metrics,
             cv_metrics=candidate.cv_metrics,
             search=candidate.search.summary() if hasattr(candidate.search, "summary") else {},
-            figures=figures,
-            importances=importances,
+            figures=evaluation.figures,
+            importances=evaluation.importances,
             data_hash=tags.get(f"{TAG_PREFIX}training_data_hash", "unknown"),
             suite_hash=tags.get(f"{TAG_PREFIX}suite_hash", "unknown"),
             decision=decision,

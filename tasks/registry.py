@@ -43,7 +43,7 @@ from loopml.runtime import Runtime
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
 from tasks.logs import library_output_to_log
-from tasks.training import TrainedModel
+from tasks.training import Evaluation, TrainedModel
 
 
 def _prefect_link(runtime: Runtime) -> dict[str, str]:
@@ -75,12 +75,8 @@ def _run_name(runtime: Runtime, family: str) -> str:
 def register_candidate(
     runtime: Runtime,
     candidate: TrainedModel,
+    evaluation: Evaluation,
     *,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    test_metrics: dict[str, float],
-    figures: dict[str, Any],
-    importances: dict[str, float],
     data_hash: str,
     suite_hash: str,
     trigger: dict[str, Any],
@@ -93,6 +89,7 @@ def register_candidate(
     half-done by an earlier process that died are settled first.
     """
     config = runtime.config
+    train, test_metrics = evaluation.train, evaluation.metrics
     recover_interrupted(runtime)
     policy_params, policy_metrics = _policy_record(data_policy)
     champion = version_by_alias(runtime.mlflow, config.name, CHAMPION)
@@ -104,13 +101,15 @@ def register_candidate(
         folder = Path(scratch)
         reference_files = {
             "train": _write(train, folder / "train.parquet"),
-            "test": _write(test, folder / "test.parquet"),
+            "test": _write(evaluation.test, folder / "test.parquet"),
         }
         profile = build_reference_profile(
             features, config.columns.numeric, config.columns.categorical
         )
         reference_files["profile"] = _write_json(profile.to_dict(), folder / "profile.json")
-        reference_files["importances"] = _write_json(importances, folder / "importances.json")
+        reference_files["importances"] = _write_json(
+            evaluation.importances, folder / "importances.json"
+        )
         version_tags = {
             f"{TAG_PREFIX}training_data_hash": data_hash,
             f"{TAG_PREFIX}suite_hash": suite_hash,
@@ -151,7 +150,7 @@ def register_candidate(
                 **_prefect_link(runtime),
             },
             version_tags=version_tags,
-            figures=figures,
+            figures=evaluation.figures,
             reference_files=reference_files,
             run_name=_run_name(runtime, candidate.family),
         )

@@ -161,11 +161,24 @@ def fit_candidate(
     )
 
 
+@dataclass
+class Evaluation:
+    """What a candidate was fitted and judged on, and what the judging found: registration
+    and documentation log all of it."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    metrics: dict[str, float]
+    figures: dict[str, Any]
+    importances: dict[str, float]
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_candidate(
-    runtime: Runtime, candidate: TrainedModel, test: pd.DataFrame
-) -> tuple[dict[str, float], dict[str, Any], dict[str, float]]:
-    """Held-out metrics, figures and permutation importances of the candidate."""
+    runtime: Runtime, candidate: TrainedModel, train: pd.DataFrame, test: pd.DataFrame
+) -> Evaluation:
+    """Held-out metrics, figures and permutation importances of the candidate fitted on
+    ``train``."""
     config = runtime.config
     features = prepare_features(test, config)
     target = prepare_target(test, config)
@@ -182,7 +195,7 @@ def evaluate_candidate(
         ),
         description=f"{config.name}: {len(test)} held-out rows",
     )
-    return metrics, figures, importances
+    return Evaluation(train, test, metrics, figures, importances)
 
 
 @dataclass

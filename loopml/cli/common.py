@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -158,6 +159,35 @@ def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
             from loopml.cli.stack.local_server import used_file
 
             used_file(connected).touch()
+
+
+@dataclass(frozen=True)
+class CheckedProject:
+    """A command's project whose inputs were checked: runs its flows with ``project`` and
+    ``project_dir`` filled in."""
+
+    name: str
+    project_dir: Path
+    settings: Settings
+
+    def run_flow(self, flow: Any, /, **parameters: Any) -> Any:
+        return call_flow(
+            flow,
+            self.settings,
+            project=self.name,
+            project_dir=str(self.project_dir.resolve()),
+            **parameters,
+        )
+
+
+def checked_project(
+    name: str, project_dir: Path, files: tuple[Path | None, ...] = (), *, version: str | None = None
+) -> CheckedProject:
+    """Settings applied to the process (:func:`process_settings`) and the inputs checked
+    (:func:`check_inputs`): import the command's flow after this, then ``run_flow`` it."""
+    settings = process_settings()
+    check_inputs(name, project_dir, files, version=version)
+    return CheckedProject(name, project_dir, settings)
 
 
 def resolve_path(path: Path | None) -> str | None:

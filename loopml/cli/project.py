@@ -14,10 +14,8 @@ import typer
 from loopml.cli.common import (
     JsonFlag,
     ProjectDir,
-    call_flow,
-    check_inputs,
+    checked_project,
     fail,
-    process_settings,
     resolve_path,
     run,
 )
@@ -103,16 +101,12 @@ def validate(
     """Validate a batch with the project's suite; a failing batch is quarantined."""
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir, (data,))
+        project = checked_project(name, project_dir, (data,))
         from flows.validation import validate_flow
 
-        return call_flow(
+        return project.run_flow(
             validate_flow,
-            settings,
-            project=name,
             data=resolve_path(data),
-            project_dir=str(project_dir.resolve()),
         )
 
     def render(result: dict[str, Any]) -> None:
@@ -145,15 +139,11 @@ def train(
         fail("--timeout must be positive")
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir, (data,))
+        project = checked_project(name, project_dir, (data,))
         from flows.training import train_flow
 
-        return call_flow(
+        return project.run_flow(
             train_flow,
-            settings,
-            project=name,
-            project_dir=str(project_dir.resolve()),
             data=resolve_path(data),
             trials=trials,
             timeout=timeout,
@@ -183,17 +173,13 @@ def score(
     """Score a batch with models:/NAME@champion; predictions are logged for monitoring."""
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir, (data,))
+        project = checked_project(name, project_dir, (data,))
         from flows.scoring import score_flow
 
-        return call_flow(
+        return project.run_flow(
             score_flow,
-            settings,
-            project=name,
             data=resolve_path(data),
             out=resolve_path(out),
-            project_dir=str(project_dir.resolve()),
         )
 
     def render(result: dict[str, Any]) -> None:
@@ -222,17 +208,13 @@ def monitor(
     from loopml.estimation_view import estimation_lines
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir, (data, reference))
+        project = checked_project(name, project_dir, (data, reference))
         from flows.monitoring import monitor_flow
 
-        result = call_flow(
+        result = project.run_flow(
             monitor_flow,
-            settings,
-            project=name,
             data=resolve_path(data),
             reference=resolve_path(reference),
-            project_dir=str(project_dir.resolve()),
         )
         return {
             key: value
@@ -296,16 +278,12 @@ def label(
     """Join late ground truth (row id + target) to the logged predictions."""
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir, (data,))
+        project = checked_project(name, project_dir, (data,))
         from flows.labels import label_flow
 
-        return call_flow(
+        return project.run_flow(
             label_flow,
-            settings,
-            project=name,
             data=resolve_path(data),
-            project_dir=str(project_dir.resolve()),
         )
 
     def render(result: dict[str, Any]) -> None:
@@ -356,15 +334,11 @@ def retrain(
     """Retrain on reference + recent labelled data; promote the challenger only if better."""
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir)
+        project = checked_project(name, project_dir)
         from flows.retraining import retrain_flow
 
-        return call_flow(
+        return project.run_flow(
             retrain_flow,
-            settings,
-            project=name,
-            project_dir=str(project_dir.resolve()),
             batch_id=batch_id,
             trials=trials,
             timeout=timeout,

@@ -10,8 +10,7 @@ import typer
 from loopml.cli.common import (
     JsonFlag,
     ProjectDir,
-    call_flow,
-    check_inputs,
+    checked_project,
     process_settings,
     run,
 )
@@ -27,18 +26,10 @@ def promote(
     """Make VERSION the champion (recorded in the promotion history)."""
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir, version=version)
+        project = checked_project(name, project_dir, version=version)
         from flows.registry import promote_flow
 
-        return call_flow(
-            promote_flow,
-            settings,
-            project=name,
-            version=version,
-            reason=reason,
-            project_dir=str(project_dir.resolve()),
-        )
+        return project.run_flow(promote_flow, version=version, reason=reason)
 
     run(action, json_output, render_alias_move)
 
@@ -51,13 +42,10 @@ def rollback(
     """Give the champion alias back to the previous champion."""
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        check_inputs(name, project_dir)
+        project = checked_project(name, project_dir)
         from flows.registry import rollback_flow
 
-        return call_flow(
-            rollback_flow, settings, project=name, project_dir=str(project_dir.resolve())
-        )
+        return project.run_flow(rollback_flow)
 
     run(action, json_output, render_alias_move)
 
