@@ -179,7 +179,22 @@ _INTEGRAL_TEXT = re.compile(r"-?\d+\.0+")
 # --------------------------------------------------------------------------- transformers
 
 
-class CategoryText(TransformerMixin, BaseEstimator):
+class _ColumnwiseTransformer(TransformerMixin, BaseEstimator):
+    """A transformer that learns nothing from the data: ``fit`` records the input's width and
+    column names (scikit-learn's contract), which ``transform`` checks."""
+
+    def fit(self, X: Any, y: Any = None) -> _ColumnwiseTransformer:
+        frame = _as_frame(X)
+        self.n_features_in_ = frame.shape[1]
+        if isinstance(X, pd.DataFrame):
+            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        return self
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        return _feature_names_out(self, input_features)
+
+
+class CategoryText(_ColumnwiseTransformer):
     """Categorical columns of any dtype as canonical strings, missing values as one category.
 
     ``True``/``"True"``, ``1``/``1.0``/``"1.0"`` and ``NaN``/``None``/``pd.NA`` each map to the
@@ -193,13 +208,6 @@ class CategoryText(TransformerMixin, BaseEstimator):
     def __init__(self, missing_text: str = MISSING_CATEGORY) -> None:
         self.missing_text = missing_text
 
-    def fit(self, X: Any, y: Any = None) -> CategoryText:
-        frame = _as_frame(X)
-        self.n_features_in_ = frame.shape[1]
-        if isinstance(X, pd.DataFrame):
-            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
-        return self
-
     def transform(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "n_features_in_")
         frame = _checked_frame(self, X)
@@ -210,19 +218,9 @@ class CategoryText(TransformerMixin, BaseEstimator):
         ]
         return np.column_stack(columns)
 
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        return _feature_names_out(self, input_features)
 
-
-class NumericValues(TransformerMixin, BaseEstimator):
+class NumericValues(_ColumnwiseTransformer):
     """Numeric columns as float64; text that is not a number becomes NaN (e.g. ``" "``)."""
-
-    def fit(self, X: Any, y: Any = None) -> NumericValues:
-        frame = _as_frame(X)
-        self.n_features_in_ = frame.shape[1]
-        if isinstance(X, pd.DataFrame):
-            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
-        return self
 
     def transform(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "n_features_in_")
@@ -233,11 +231,8 @@ class NumericValues(TransformerMixin, BaseEstimator):
             values[:, i] = column.astype("float64").to_numpy(na_value=np.nan)
         return values
 
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        return _feature_names_out(self, input_features)
 
-
-class DatetimeParts(TransformerMixin, BaseEstimator):
+class DatetimeParts(_ColumnwiseTransformer):
     """Date and time columns as numbers a model can split or weigh.
 
     Each column gives its year, month, day of month, day of week, hour and the days elapsed
@@ -247,13 +242,6 @@ class DatetimeParts(TransformerMixin, BaseEstimator):
     """
 
     PARTS = ("year", "month", "day", "weekday", "hour", "days")
-
-    def fit(self, X: Any, y: Any = None) -> DatetimeParts:
-        frame = _as_frame(X)
-        self.n_features_in_ = frame.shape[1]
-        if isinstance(X, pd.DataFrame):
-            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
-        return self
 
     def transform(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "n_features_in_")
