@@ -16,7 +16,13 @@ from loopml.config import ColumnsConfig, ProjectConfig, RetrainingConfig
 from loopml.data import write_parquet
 from loopml.errors import DataError
 from loopml.features import align_dtypes, prepare_features
-from loopml.labels import LabelStore, parse_labels, recent_window, split_recent_window
+from loopml.labels import (
+    LabelStore,
+    known_classes,
+    parse_labels,
+    recent_window,
+    split_recent_window,
+)
 from loopml.modeling import with_threshold
 from loopml.monitoring import ReservoirSample, performance_verdict
 from loopml.scoring import (
@@ -367,6 +373,49 @@ def test_parse_labels_refuses_duplicate_row_ids():
 
     with pytest.raises(DataError, match="1 row ids appear more than once"):
         parse_labels(frame, _config(), KNOWN)
+
+
+def test_parse_labels_refuses_a_class_the_model_never_knew_and_names_both():
+    frame = pd.DataFrame({"row_id": ["b1-0", "b1-1", "b1-2"], "churn": ["Maybe", "yes", "No"]})
+
+    with pytest.raises(DataError) as failure:
+        parse_labels(frame, _config(), KNOWN, ["No", "Yes"])
+
+    message = str(failure.value)
+    assert "1 label rows have a 'churn' class the model never knew: 'Maybe'" in message
+    assert "(known: 'No', 'Yes')" in message and "nothing was stored" in message
+    assert "\n" not in message
+
+
+def test_known_classes_come_from_the_config_else_the_suite_target_set():
+    suite = {
+        "expectations": [
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "plan",
+             "value_set": ["basic", "plus"]}},
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "churn",
+             "value_set": ["No", "Yes"]}},
+        ]
+    }  # fmt: skip
+
+    assert known_classes(_config(), suite) == ["No", "Yes"]
+    assert known_classes(_config(), None) is None
+    assert known_classes(_config(positive_label=None, classes=["a", "b", "c"]), suite) == [
+        "a",
+        "b",
+        "c",
+    ]
+
+
+def test_the_same_label_file_sent_again_is_stored_once(tmp_path):
+    store = LabelStore(tmp_path, "toy")
+    frame = pd.DataFrame({"row_id": ["b1-0", "b1-1"], "churn": ["Yes", "No"]})
+    first = parse_labels(frame, _config(), KNOWN)
+    again = parse_labels(frame, _config(), KNOWN)
+    again["labelled_at"] = first["labelled_at"].iloc[0] + pd.Timedelta(minutes=5)
+
+    assert store.add_labels(first) == store.add_labels(again)
+    assert len(list((tmp_path / "toy" / "labels").glob("*.parquet"))) == 1
+    assert len(store.labels()) == 2
 
 
 def test_parse_labels_refuses_rows_without_a_target():
