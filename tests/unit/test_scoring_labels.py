@@ -99,6 +99,34 @@ def test_row_ids_with_id_column_missing_from_the_batch_is_an_error():
         row_ids(pd.DataFrame({"x": [1.0]}), _config(id_column="customer"), "b1", offset=0)
 
 
+@pytest.mark.parametrize("repeat_at", [30, 150], ids=["same-chunk", "later-chunk"])
+def test_a_batch_that_repeats_an_id_is_refused_and_nothing_is_written(
+    toy_model, toy_frame, tmp_path, repeat_at
+):
+    from loopml.scoring import score_file
+
+    batch = toy_frame.head(200).copy()
+    batch.loc[repeat_at, "customer"] = "c7"  # c7 is row 7's id too
+    source = tmp_path / "batch.csv"
+    batch.to_csv(source, index=False)
+    log = PredictionLog(tmp_path / "log", "toy")
+
+    with pytest.raises(DataError, match=r"repeats ids within this batch \(e.g. 'c7'\)"):
+        score_file(
+            toy_model,
+            source,
+            _config(id_column="customer"),
+            batch_id="b1",
+            model_version="1",
+            out=tmp_path / "scores.csv",
+            log=log,
+            chunk_rows=100,
+        )
+
+    assert not (tmp_path / "scores.csv").exists()
+    assert log.batches() == [] and log.read().empty
+
+
 # --------------------------------------------------------------------------- thresholding
 
 
