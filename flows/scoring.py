@@ -13,6 +13,7 @@ from prefect import flow
 from flows.naming import run_name
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
+from loopml.scoring import check_output_path
 from tasks.parallel import parallel_workers, score_in_partitions
 from tasks.scoring import load_champion, score_file
 from tasks.validation import validate_file
@@ -23,12 +24,14 @@ def score_flow(
     project: str, data: str, out: str | None = None, project_dir: str = "."
 ) -> dict[str, Any]:
     """Score the batch ``data`` (CSV/Parquet) with ``models:/project@champion``."""
+    out_path = None if out is None else Path(out)
+    if out_path is not None:
+        check_output_path(out_path)  # before the champion is loaded or a row is validated
     runtime = open_runtime(project, project_dir)
     source = Path(data)
     batch_id = "b" + file_hash(source)
     serving = load_champion(runtime)
     validate_file(runtime, source, batch_id=batch_id, require_target=False)
-    out_path = None if out is None else Path(out)
     if parallel_workers(runtime.settings) > 1:
         return score_in_partitions(runtime, serving, source, batch_id=batch_id, out=out_path)
     return score_file(runtime, serving, source, batch_id=batch_id, out=out_path)

@@ -110,6 +110,14 @@ class DriftPolicy(_Strict):
         description="With feature importances: the batch drifts when the drifted columns carry at "
         "least this share of the total importance.",
     )
+    unseen_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="The batch drifts when, in one categorical column, at least this share of "
+        "the rows hold categories the reference never had (the model knows none of them), "
+        "whatever the share of drifted columns.",
+    )
 
     @model_validator(mode="after")
     def _positive_overrides(self) -> DriftPolicy:

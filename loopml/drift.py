@@ -554,6 +554,7 @@ class ColumnDrift:
     drifted: bool
     note: str = ""
     raw_p_value: float = float("nan")  # before the correction: the stream detector's input
+    unseen_share: float = 0.0  # categorical: share of non-null rows in unseen categories
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -566,6 +567,7 @@ class ColumnDrift:
             "drifted": self.drifted,
             "note": self.note,
             "raw_p_value": _json_float(self.raw_p_value),
+            "unseen_share": self.unseen_share,
         }
 
 
@@ -581,6 +583,8 @@ class DriftVerdict:
         n_rows: Rows in the batch.
         columns: Per-column results, in profile order.
         drifted_columns: Drifted column names, largest effect (relative to threshold) first.
+        unseen_columns: Categorical columns whose rows are mostly (``DriftPolicy.unseen_share``)
+            in categories the reference never had: each drifts the batch on its own.
     """
 
     status: VerdictStatus
@@ -590,6 +594,7 @@ class DriftVerdict:
     n_rows: int
     columns: dict[str, ColumnDrift]
     drifted_columns: list[str]
+    unseen_columns: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (NaN becomes None)."""
@@ -600,6 +605,7 @@ class DriftVerdict:
             "weighted_drift_share": self.weighted_drift_share,
             "n_rows": self.n_rows,
             "drifted_columns": list(self.drifted_columns),
+            "unseen_columns": list(self.unseen_columns),
             "columns": {name: column.to_dict() for name, column in self.columns.items()},
         }
 
@@ -664,8 +670,17 @@ def detect_drift(
     drifted = [name for name in checked if results[name].drifted]
     drift_share = len(drifted) / len(checked)
     weighted_share = _weighted_share(checked, drifted, importances)
-    drift_detected = drift_share >= policy.drift_share or (
-        weighted_share is not None and weighted_share >= policy.weighted_drift_share
+    # One column the model no longer recognises (every value a new category) is a broken input,
+    # not a small drift share: it decides the batch by itself.
+    unseen = [
+        name
+        for name in drifted
+        if results[name].kind == "categorical" and results[name].unseen_share >= policy.unseen_share
+    ]
+    drift_detected = (
+        drift_share >= policy.drift_share
+        or (weighted_share is not None and weighted_share >= policy.weighted_drift_share)
+        or bool(unseen)
     )
     drifted.sort(key=lambda name: results[name].score / results[name].threshold, reverse=True)
     return DriftVerdict(
@@ -676,6 +691,7 @@ def detect_drift(
         n_rows=summary.n_rows,
         columns=results,
         drifted_columns=drifted,
+        unseen_columns=unseen,
     )
 
 
@@ -732,10 +748,9 @@ def _categorical_drift(
     if unseen:
         shown = ", ".join(repr(key) for key in unseen[:5]) + (", ..." if len(unseen) > 5 else "")
         note = f"{len(unseen)} unseen categories in {unseen_rows} rows ({shown}); {nulls}"
-    return (
-        ColumnDrift(name, "categorical", method, score, p_value, threshold, False, note),
-        p_value,
-    )
+    column = ColumnDrift(name, "categorical", method, score, p_value, threshold, False, note)
+    column.unseen_share = unseen_rows / summary.n
+    return column, p_value
 
 
 def _reference_cells(profile: NumericProfile) -> _NumericCells:

@@ -16,6 +16,7 @@ from loopml.config import ProjectConfig
 from loopml.data import frame_hash, write_parquet
 from loopml.errors import DataError
 from loopml.features import prepare_target
+from loopml.label_rule import label_keys
 from loopml.scoring import MODEL_VERSION, PREDICTION, PROBABILITY, ROW_ID, SCORED_AT, PredictionLog
 
 LABELLED_AT = "labelled_at"
@@ -34,8 +35,10 @@ class LabelStore:
         self.folder = root / project
 
     def add_labels(self, labels: pd.DataFrame) -> Path:
-        """Store ``row_id, target, labelled_at`` rows (idempotent on content)."""
-        path = self.folder / "labels" / f"labels-{frame_hash(labels)}.parquet"
+        """Store ``row_id, target, labelled_at`` rows (idempotent on content: the same labels
+        sent again are not stored twice, whenever they arrive)."""
+        content = labels.drop(columns=[LABELLED_AT], errors="ignore")
+        path = self.folder / "labels" / f"labels-{frame_hash(content)}.parquet"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -69,12 +72,40 @@ class LabelStore:
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def parse_labels(frame: pd.DataFrame, config: ProjectConfig, known_ids: set[str]) -> pd.DataFrame:
+def known_classes(config: ProjectConfig, suite_json: dict | None) -> list[Any] | None:
+    """The target classes the project knows: the config's (multiclass), else the value set the
+    suite expects of the target (the model learned from data that passed it); ``None`` for
+    regression or when neither names them."""
+    if config.task != "classification":
+        return None
+    if config.classes:
+        return list(config.classes)
+    for expectation in (suite_json or {}).get("expectations", []):
+        kwargs = expectation.get("kwargs") or {}
+        if (
+            expectation.get("type") == "expect_column_values_to_be_in_set"
+            and kwargs.get("column") == config.target
+        ):
+            return list(kwargs.get("value_set") or []) or None
+    return None
+
+
+def parse_labels(
+    frame: pd.DataFrame,
+    config: ProjectConfig,
+    known_ids: set[str],
+    classes: list[Any] | None = None,
+) -> pd.DataFrame:
     """Check a label table and normalise it to ``row_id, target, labelled_at``.
 
+    Args:
+        classes: the target classes the model knows (:func:`known_classes`); a label outside
+            them is refused.
+
     Raises:
-        DataError: the id or target column is missing, a target is empty, or row ids are unknown
-            to the prediction log (then nothing is stored: fix the file and send it again).
+        DataError: the id or target column is missing, a target is empty or a class the model
+            never knew, or row ids are unknown to the prediction log (then nothing is stored:
+            fix the file and send it again).
     """
     id_column = id_column_of(config)
     missing = [c for c in (id_column, config.target) if c not in frame.columns]
@@ -87,6 +118,16 @@ def parse_labels(frame: pd.DataFrame, config: ProjectConfig, known_ids: set[str]
     target = prepare_target(frame, config)
     if target.isna().any():
         raise DataError(f"{int(target.isna().sum())} label rows have no {config.target!r} value")
+    if classes:
+        known_keys = set(label_keys(classes))
+        unknown_rows = ~pd.Series(label_keys(target), index=target.index).isin(known_keys)
+        if unknown_rows.any():
+            unknown_classes = ", ".join(repr(v) for v in sorted(set(target[unknown_rows]), key=str))
+            known = ", ".join(repr(v) for v in sorted(classes, key=str))
+            raise DataError(
+                f"{int(unknown_rows.sum())} label rows have a {config.target!r} class the model "
+                f"never knew: {unknown_classes} (known: {known}); nothing was stored"
+            )
     unknown = sorted(set(ids) - known_ids)
     if unknown:
         examples = ", ".join(unknown[:5])

@@ -310,6 +310,9 @@ def verdict_reason(
         fired.append(f"weighted drift share {weighted:.2f} >= {weighted_drift_share:.2f}")
     if drift.get("status") != "insufficient_data" and share >= drift_share:
         fired.append(f"drift share {share:.2f} >= {drift_share:.2f}")
+    for column in drift.get("unseen_columns") or []:
+        unseen = float((drift.get("columns") or {}).get(column, {}).get("unseen_share") or 0.0)
+        fired.append(f"{column}: {unseen:.0%} of rows in categories the reference never had")
     if performance and performance.get("degraded"):
         fired.append(
             f"{performance['metric']} dropped {performance['drop']:.3f} > "

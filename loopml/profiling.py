@@ -72,6 +72,7 @@ POSITIVE_NAMES = (
 )
 
 ID_NAME_PATTERN = re.compile(r"(^|[_\W])(id|uuid|guid|key)$|^(id|uuid|guid)([_\W]|$)|[a-z]Id$")
+DECIMAL_COMMA_PATTERN = r"[+-]?\d+,\d+"  # '1,5', '-79,85' (European exports)
 DATE_TEXT_PATTERN = re.compile(
     r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})"
 )
@@ -449,6 +450,12 @@ def _column_role(column: str, values: pd.Series) -> tuple[str, str]:
         return "coerce", ""
     if _looks_like_dates(observed):
         return "datetime", ""
+    decimal_comma = _decimal_comma_example(observed)
+    if decimal_comma is not None:
+        return "categorical", (
+            f"numbers written with a decimal comma (e.g. {decimal_comma!r}) are read as text, "
+            "not as numbers: export the file with decimal points to use them as numbers"
+        )
     if unique_per_row and (row_count >= UNIQUE_ID_MIN_ROWS or _looks_like_id_name(column)):
         return "excluded", "id-like (unique per row)"
     if (
@@ -476,6 +483,20 @@ def _parses_as_numbers(observed: pd.Series) -> bool:
     if _numeric_share(sample.value_counts()) < NUMERIC_PARSE_SHARE - 0.05:
         return False
     return _numeric_share(observed.value_counts()) >= NUMERIC_PARSE_SHARE
+
+
+def _decimal_comma_example(observed: pd.Series) -> str | None:
+    """A value like ``'1,5'`` when the text column holds numbers with a decimal comma (all but
+    a few of its distinct values parse once the comma is a point), else ``None``."""
+    text = pd.Series(observed.unique()).astype(str).str.strip()
+    text = text[text != ""]
+    with_comma = text.str.fullmatch(DECIMAL_COMMA_PATTERN)
+    if text.empty or not with_comma.any():
+        return None
+    pointed = text.where(~with_comma, text.str.replace(",", ".", regex=False))
+    if pd.to_numeric(pointed, errors="coerce").notna().mean() < NUMERIC_PARSE_SHARE:
+        return None
+    return str(text[with_comma].iloc[0])
 
 
 def _numeric_share(counts: pd.Series) -> float:

@@ -47,6 +47,35 @@ def row_ids(frame: pd.DataFrame, config: ProjectConfig, batch_id: str, offset: i
     return pd.Series(np.char.add(f"{batch_id}-", numbers), dtype=object)
 
 
+class UniqueRowIds:
+    """Refuses a batch whose id column repeats an id, chunk by chunk (64-bit hashes of the ids
+    seen so far are kept, not the ids): a label for a repeated id would join every copy."""
+
+    def __init__(self, id_column: str | None) -> None:
+        self.id_column = id_column
+        self.seen = np.empty(0, dtype=np.uint64)
+
+    def check(self, chunk: pd.DataFrame) -> None:
+        """Remember the ids of ``chunk``, the batch's next chunk.
+
+        Raises:
+            DataError: an id of ``chunk`` appeared before, in it or in an earlier chunk.
+        """
+        if not self.id_column or self.id_column not in chunk.columns:
+            return  # ids loopml numbers itself are unique; row_ids names a missing column
+        ids = chunk[self.id_column].astype(str).reset_index(drop=True)
+        hashes = pd.util.hash_pandas_object(ids, index=False).to_numpy()
+        repeated = ids.duplicated().to_numpy() | np.isin(hashes, self.seen)
+        if repeated.any():
+            examples = ", ".join(repr(value) for value in pd.unique(ids[repeated])[:5])
+            raise DataError(
+                f"the id column {self.id_column!r} repeats ids within this batch (e.g. "
+                f"{examples}): each row needs its own id, or a label would join every copy; "
+                "nothing was scored"
+            )
+        self.seen = np.union1d(self.seen, hashes)
+
+
 def predict(
     model: Any, features: pd.DataFrame, config: ProjectConfig
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -246,7 +275,9 @@ def score_file(
 
         def outputs() -> Iterator[pd.DataFrame]:
             offset = 0
+            unique_ids = UniqueRowIds(config.id_column)
             for chunk in iter_table_chunks(source, chunk_rows):
+                unique_ids.check(chunk)
                 output, log_rows = score_chunk(
                     model,
                     chunk,

@@ -11,10 +11,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from loopml import events, monitoring
-from loopml.labels import LabelStore, joined_predictions, parse_labels, performance_by_version
+from loopml.labels import (
+    LabelStore,
+    joined_predictions,
+    known_classes,
+    parse_labels,
+    performance_by_version,
+)
 from loopml.registry import CHAMPION, version_by_alias, version_metrics
 from loopml.runtime import Runtime
 from loopml.scoring import BATCH_ID, ROW_ID, PredictionLog
+from loopml.validation import load_suite
 from tasks.artifacts import artifact_key
 from tasks.events import emit
 
@@ -24,7 +31,9 @@ def attach_labels(runtime: Runtime, frame: pd.DataFrame) -> pd.DataFrame:
     """Check the labels against the prediction log and store them (all or nothing)."""
     log = PredictionLog(runtime.settings.predictions_dir, runtime.name)
     known = set(log.read(columns=[ROW_ID])[ROW_ID].astype(str))
-    labels = parse_labels(frame, runtime.config, known)
+    suite = load_suite(runtime.suite_path) if runtime.suite_path.is_file() else None
+    classes = known_classes(runtime.config, suite)
+    labels = parse_labels(frame, runtime.config, known, classes)
     LabelStore(runtime.settings.labels_dir, runtime.name).add_labels(labels)
     get_run_logger().info("stored %d labels", len(labels))
     return labels

@@ -36,7 +36,13 @@ from loopml.config import ProjectConfig
 from loopml.data import iter_table_chunks
 from loopml.features import prepare_features, prepare_target
 from loopml.runtime import Runtime, quiet_library_logs
-from loopml.scoring import PredictionLog, now, score_chunk, write_output_chunks
+from loopml.scoring import (
+    PredictionLog,
+    UniqueRowIds,
+    now,
+    score_chunk,
+    write_output_chunks,
+)
 from loopml.settings import Settings
 from tasks.ingest import transient
 from tasks.scoring import CHUNK_ROWS, ServingModel, publish_scoring
@@ -302,7 +308,9 @@ def score_in_partitions(
     folder = runtime.settings.predictions_dir / ".partitions" / f"{batch_id}-{uuid.uuid4().hex[:8]}"
     scored_at = now()  # one time for the whole batch, as in one pass
     try:
-        partitions = partition_batch(source, folder, partition_rows=partition_rows)
+        partitions = partition_batch(
+            source, folder, partition_rows=partition_rows, id_column=runtime.config.id_column
+        )
         futures = [
             score_partition.submit(
                 runtime.config,
@@ -323,12 +331,17 @@ def score_in_partitions(
 
 
 @task(name="partition-batch", cache_policy=NO_CACHE)
-def partition_batch(source: Path, folder: Path, *, partition_rows: int) -> list[Partition]:
-    """Cut ``source`` into Parquet files of ``partition_rows`` rows (read in chunks)."""
+def partition_batch(
+    source: Path, folder: Path, *, partition_rows: int, id_column: str | None = None
+) -> list[Partition]:
+    """Cut ``source`` into Parquet files of ``partition_rows`` rows (read in chunks); a batch
+    that repeats an id in ``id_column`` is refused here, before any partition is scored."""
     folder.mkdir(parents=True, exist_ok=True)
     partitions = []
     offset = 0
+    unique_ids = UniqueRowIds(id_column)
     for number, chunk in enumerate(iter_table_chunks(source, partition_rows)):
+        unique_ids.check(chunk)
         path = folder / f"input-{number:05d}.parquet"
         write_frame(chunk, path)
         partitions.append(Partition(number, path, offset, len(chunk)))

@@ -173,6 +173,9 @@ def score(
     """Score a batch with models:/NAME@champion; predictions are logged for monitoring."""
 
     def action() -> dict[str, Any]:
+        from loopml.scoring import check_output_path
+
+        check_output_path(out)  # before any server starts or any row is validated
         project = checked_project(name, project_dir, (data,))
         from flows.scoring import score_flow
 

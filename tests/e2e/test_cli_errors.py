@@ -247,6 +247,20 @@ def test_trials_and_timeout_must_be_positive(telco_csv, project_dir, loopml_home
     assert registered_models(loopml_home) == []
 
 
+def test_an_output_format_loopml_cannot_write_is_refused_before_any_work(
+    telco_csv, project_dir, loopml_home
+):
+    init_project(telco_csv, "churn", "churn", project_dir)
+
+    result = run_cli(
+        "score", "churn", "--data", str(telco_csv), "--out", "scores.xlsx", cwd=project_dir
+    )
+
+    assert_one_line_error(result, "scores.xlsx", ".csv or .parquet")
+    assert not (loopml_home / "server.json").exists()  # no Prefect server started for it
+    assert not (project_dir / "scores.xlsx").exists()
+
+
 def test_unknown_project(prefect_api, loopml_home, project_dir):
     train = run_cli("train", "ghost", cwd=project_dir)
     status = run_cli("status", "ghost", cwd=project_dir)

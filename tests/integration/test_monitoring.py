@@ -230,6 +230,29 @@ def test_labelled_batch_is_judged_against_the_champions_held_out_metrics(project
     assert len(kept) == 300 and list(kept["churn"]) == list(frame["churn"])
 
 
+def test_a_one_class_labelled_batch_reports_drift_and_says_the_metric_is_undefined(project):
+    frame = shifted_batch(project.batch(300, seed=47, with_target=True), seed=47)
+    source = project.write(frame.assign(churn="No"), "one-class.csv")
+
+    result = _monitor(project, source)
+
+    assert result["drift_detected"] is True
+    assert SHIFTED_COLUMNS & set(result["drifted_columns"])
+    assert result["performance"]["note"] == "roc_auc is not defined on this batch"
+    assert result["performance_degraded"] is False
+
+
+def test_a_column_of_only_unseen_categories_is_drift(project):
+    frame = project.batch(300, seed=53).assign(contract="Lifetime")
+    source = project.write(frame, "unseen-contract.csv")
+
+    result = _monitor(project, source)
+
+    assert result["drift_detected"] is True
+    assert "contract" in result["drifted_columns"]
+    assert "contract: 100% of rows in categories the reference never had" in result["reason"]
+
+
 def test_flipped_relation_degrades_performance_and_emits_the_event(project):
     frame = project.batch(300, seed=42, with_target=True)
     frame["churn"] = frame["churn"].map({"Yes": "No", "No": "Yes"})

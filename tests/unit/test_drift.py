@@ -21,6 +21,7 @@ from loopml.drift import (
     summarize_batch,
 )
 from loopml.errors import DataError
+from loopml.monitoring import verdict_reason
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -243,6 +244,34 @@ def test_unseen_categories_count_as_drift(synthetic_profile: ReferenceProfile) -
     device = verdict.columns["device"]
     assert device.drifted
     assert "1 unseen categories" in device.note and "smartwatch" in device.note
+
+
+def test_a_column_of_nothing_but_unseen_categories_drifts_the_batch(
+    synthetic_profile: ReferenceProfile,
+) -> None:
+    # One of 20 columns is far below the drift share, but the model knows none of its values.
+    batch = synthetic_table(300, np.random.default_rng(7)).assign(device="smartwatch")
+
+    verdict = detect_drift(synthetic_profile, batch)
+
+    assert verdict.drift_share < DriftPolicy().drift_share
+    assert verdict.drift_detected and verdict.status == "drift"
+    assert verdict.unseen_columns == ["device"]
+    assert verdict.columns["device"].unseen_share == 1.0
+    reason = verdict_reason(verdict.to_dict(), None, drift_share=0.15, weighted_drift_share=0.3)
+    assert reason == "device: 100% of rows in categories the reference never had"
+
+
+def test_a_few_unseen_categories_do_not_drift_the_batch_alone(
+    synthetic_profile: ReferenceProfile,
+) -> None:
+    batch = synthetic_table(300, np.random.default_rng(7))
+    batch.loc[: len(batch) // 3, "device"] = "smartwatch"
+
+    verdict = detect_drift(synthetic_profile, batch)
+
+    assert verdict.unseen_columns == []
+    assert verdict.columns["device"].unseen_share == pytest.approx(101 / 300, abs=0.01)
 
 
 PSI_BH = DriftPolicy(numeric_method="psi", categorical_method="psi", multiple_testing="bh")

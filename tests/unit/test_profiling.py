@@ -280,3 +280,15 @@ def test_init_writes_a_degradation_threshold_suited_to_the_task(
 
     config = load_config("table", tmp_path)
     assert config.monitoring.performance.max_drop == expected_max_drop
+
+
+def test_numbers_with_a_decimal_comma_are_named_as_such_not_as_free_text():
+    # A European export: "79,85" is a number, not one of 190 distinct words.
+    frame = _with_target(np.array(["Yes", "No"] * 100))
+    frame["monthly_charges"] = [f"{value:.2f}".replace(".", ",") for value in frame["income"] / 700]
+
+    profile = infer_profile(frame, "target")
+
+    notes = [note for note in profile.notes if note.startswith("'monthly_charges'")]
+    assert len(notes) == 1
+    assert "decimal comma" in notes[0] and "high-cardinality" not in notes[0]

@@ -16,7 +16,13 @@ from loopml.config import ColumnsConfig, ProjectConfig, RetrainingConfig
 from loopml.data import write_parquet
 from loopml.errors import DataError
 from loopml.features import align_dtypes, prepare_features
-from loopml.labels import LabelStore, parse_labels, recent_window, split_recent_window
+from loopml.labels import (
+    LabelStore,
+    known_classes,
+    parse_labels,
+    recent_window,
+    split_recent_window,
+)
 from loopml.modeling import with_threshold
 from loopml.monitoring import ReservoirSample, performance_verdict
 from loopml.scoring import (
@@ -91,6 +97,34 @@ def test_row_ids_with_id_column_are_the_column_as_text():
 def test_row_ids_with_id_column_missing_from_the_batch_is_an_error():
     with pytest.raises(DataError, match="no id column 'customer'"):
         row_ids(pd.DataFrame({"x": [1.0]}), _config(id_column="customer"), "b1", offset=0)
+
+
+@pytest.mark.parametrize("repeat_at", [30, 150], ids=["same-chunk", "later-chunk"])
+def test_a_batch_that_repeats_an_id_is_refused_and_nothing_is_written(
+    toy_model, toy_frame, tmp_path, repeat_at
+):
+    from loopml.scoring import score_file
+
+    batch = toy_frame.head(200).copy()
+    batch.loc[repeat_at, "customer"] = "c7"  # c7 is row 7's id too
+    source = tmp_path / "batch.csv"
+    batch.to_csv(source, index=False)
+    log = PredictionLog(tmp_path / "log", "toy")
+
+    with pytest.raises(DataError, match=r"repeats ids within this batch \(e.g. 'c7'\)"):
+        score_file(
+            toy_model,
+            source,
+            _config(id_column="customer"),
+            batch_id="b1",
+            model_version="1",
+            out=tmp_path / "scores.csv",
+            log=log,
+            chunk_rows=100,
+        )
+
+    assert not (tmp_path / "scores.csv").exists()
+    assert log.batches() == [] and log.read().empty
 
 
 # --------------------------------------------------------------------------- thresholding
@@ -367,6 +401,49 @@ def test_parse_labels_refuses_duplicate_row_ids():
 
     with pytest.raises(DataError, match="1 row ids appear more than once"):
         parse_labels(frame, _config(), KNOWN)
+
+
+def test_parse_labels_refuses_a_class_the_model_never_knew_and_names_both():
+    frame = pd.DataFrame({"row_id": ["b1-0", "b1-1", "b1-2"], "churn": ["Maybe", "yes", "No"]})
+
+    with pytest.raises(DataError) as failure:
+        parse_labels(frame, _config(), KNOWN, ["No", "Yes"])
+
+    message = str(failure.value)
+    assert "1 label rows have a 'churn' class the model never knew: 'Maybe'" in message
+    assert "(known: 'No', 'Yes')" in message and "nothing was stored" in message
+    assert "\n" not in message
+
+
+def test_known_classes_come_from_the_config_else_the_suite_target_set():
+    suite = {
+        "expectations": [
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "plan",
+             "value_set": ["basic", "plus"]}},
+            {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "churn",
+             "value_set": ["No", "Yes"]}},
+        ]
+    }  # fmt: skip
+
+    assert known_classes(_config(), suite) == ["No", "Yes"]
+    assert known_classes(_config(), None) is None
+    assert known_classes(_config(positive_label=None, classes=["a", "b", "c"]), suite) == [
+        "a",
+        "b",
+        "c",
+    ]
+
+
+def test_the_same_label_file_sent_again_is_stored_once(tmp_path):
+    store = LabelStore(tmp_path, "toy")
+    frame = pd.DataFrame({"row_id": ["b1-0", "b1-1"], "churn": ["Yes", "No"]})
+    first = parse_labels(frame, _config(), KNOWN)
+    again = parse_labels(frame, _config(), KNOWN)
+    again["labelled_at"] = first["labelled_at"].iloc[0] + pd.Timedelta(minutes=5)
+
+    assert store.add_labels(first) == store.add_labels(again)
+    assert len(list((tmp_path / "toy" / "labels").glob("*.parquet"))) == 1
+    assert len(store.labels()) == 2
 
 
 def test_parse_labels_refuses_rows_without_a_target():
