@@ -1,4 +1,5 @@
-"""The scoring flow: validate -> score with the champion -> log predictions.
+"""The scoring flow: validate -> score with the champion (and, when asked, each row's
+strongest reasons) -> log predictions.
 
 With several workers the batch is scored in partitions, one task each.
 """
@@ -15,15 +16,20 @@ from loopml.data import file_hash
 from loopml.runtime import open_runtime
 from loopml.scoring import check_output_path
 from tasks.parallel import parallel_workers, score_in_partitions
-from tasks.scoring import load_champion, score_file
+from tasks.scoring import load_champion, load_reasons_background, score_file
 from tasks.validation import validate_file
 
 
 @flow(name="score", flow_run_name=run_name("score"), log_prints=False)
 def score_flow(
-    project: str, data: str, out: str | None = None, project_dir: str = "."
+    project: str,
+    data: str,
+    out: str | None = None,
+    project_dir: str = ".",
+    reasons: int | None = None,
 ) -> dict[str, Any]:
-    """Score the batch ``data`` (CSV/Parquet) with ``models:/project@champion``."""
+    """Score the batch ``data`` (CSV/Parquet) with ``models:/project@champion``; with
+    ``reasons``, each output row also gets its ``reasons`` strongest contributions."""
     out_path = None if out is None else Path(out)
     if out_path is not None:
         check_output_path(out_path)  # before the champion is loaded or a row is validated
@@ -32,6 +38,14 @@ def score_flow(
     batch_id = "b" + file_hash(source)
     serving = load_champion(runtime)
     validate_file(runtime, source, batch_id=batch_id, require_target=False)
-    if parallel_workers(runtime.settings) > 1:
-        return score_in_partitions(runtime, serving, source, batch_id=batch_id, out=out_path)
-    return score_file(runtime, serving, source, batch_id=batch_id, out=out_path)
+    background = None if reasons is None else load_reasons_background(runtime, serving)
+    score_batch = score_in_partitions if parallel_workers(runtime.settings) > 1 else score_file
+    return score_batch(
+        runtime,
+        serving,
+        source,
+        batch_id=batch_id,
+        out=out_path,
+        reasons=reasons,
+        background=background,
+    )

@@ -53,19 +53,28 @@ class Explanation:
     output_name: str
     method: str
 
-    def top_reasons(self, features: pd.DataFrame, top: int = TOP_REASONS) -> pd.DataFrame:
-        """Per row, the ``top`` columns with the largest absolute contribution, with the row's
-        value of that column and the contribution."""
+    def top_reasons(
+        self, features: pd.DataFrame, top: int = TOP_REASONS, *, with_values: bool = True
+    ) -> pd.DataFrame:
+        """Per row, the ``top`` columns with the largest absolute contribution, strongest first:
+        ``reason_K`` (the column), ``reason_K_value`` (the row's value of it; left out when
+        ``with_values`` is false) and ``reason_K_contribution``. ``top`` beyond the number of
+        feature columns gives one reason per column."""
         values = self.contributions.to_numpy()
         order = np.argsort(-np.abs(values), axis=1)[:, :top]
         names = np.asarray(self.contributions.columns, dtype=object)
-        raw = features[list(self.contributions.columns)].to_numpy(dtype=object)
+        raw = (
+            features[list(self.contributions.columns)].to_numpy(dtype=object)
+            if with_values
+            else None
+        )
         table: dict[str, Any] = {}
         rows = np.arange(len(values))
         for rank in range(min(top, values.shape[1])):
             picked = order[:, rank]
             table[f"reason_{rank + 1}"] = names[picked]
-            table[f"reason_{rank + 1}_value"] = raw[rows, picked]
+            if raw is not None:
+                table[f"reason_{rank + 1}_value"] = raw[rows, picked]
             table[f"reason_{rank + 1}_contribution"] = values[rows, picked]
         return pd.DataFrame(table)
 
@@ -107,9 +116,12 @@ def explain_rows(
     if frame.empty:
         raise DataError("the data to explain has no rows")
     features = prepare_features(frame, config).reset_index(drop=True)
-    reference = prepare_features(background if background is not None else frame, config)
-    if len(reference) > background_rows:
-        reference = reference.sample(background_rows, random_state=random_state)
+    reference = prepare_features(
+        background_sample(
+            background if background is not None else frame, background_rows, random_state
+        ),
+        config,
+    )
     pipeline = inner_pipeline(model)
     target_class = explained_class(pipeline, config)
     if _is_preprocessed_pipeline(pipeline):
@@ -120,6 +132,19 @@ def explain_rows(
             if explanation is not None:
                 return explanation
     return _explain_raw(pipeline, features, reference, config, target_class, random_state)
+
+
+def background_sample(
+    background: pd.DataFrame, rows: int = BACKGROUND_ROWS, random_state: int = 0
+) -> pd.DataFrame:
+    """The background rows :func:`explain_rows` uses out of ``background`` (all when few).
+
+    Drawing them once up front (``loopml score --reasons`` explains a batch chunk by chunk)
+    gives every chunk the same background as one call on the whole batch would.
+    """
+    if len(background) > rows:
+        return background.sample(rows, random_state=random_state)
+    return background
 
 
 def _is_preprocessed_pipeline(model: Any) -> bool:

@@ -108,6 +108,49 @@ def labels_from_probabilities(model: Any, probabilities: np.ndarray) -> np.ndarr
     return classes[probabilities.argmax(axis=1)]
 
 
+def check_reasons(reasons: int | None) -> None:
+    """Refuse a number of reasons per row below one (``None``: no reasons asked for).
+
+    Raises:
+        DataError: ``reasons`` is below 1.
+    """
+    if reasons is not None and reasons < 1:
+        raise DataError(f"--reasons must be at least 1 (got {reasons})")
+
+
+def reasons_written(reasons: int | None, config: ProjectConfig) -> int | None:
+    """How many reasons each scored row gets: ``reasons``, at most one per feature column."""
+    return None if reasons is None else min(reasons, len(config.columns.features))
+
+
+def score_reasons(
+    model: Any,
+    chunk: pd.DataFrame,
+    config: ProjectConfig,
+    reasons: int,
+    background: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """The ``reasons`` strongest contributions of each row's prediction, as ``loopml explain``
+    computes them: ``reason_K`` (a column of the table) and ``reason_K_contribution``
+    (signed, in the explained output's units), strongest first.
+
+    Args:
+        model: the model that scored ``chunk``.
+        chunk: the rows scored.
+        config: the project's config.
+        reasons: reasons per row (at most one per feature column).
+        background: the explanation's background rows (the champion's training data).
+
+    Raises:
+        DataError: ``reasons`` is below 1.
+    """
+    from loopml.explain import explain_rows  # shap and friends only when reasons are asked for
+
+    check_reasons(reasons)
+    explanation = explain_rows(model, chunk, config, background=background)
+    return explanation.top_reasons(chunk.reset_index(drop=True), reasons, with_values=False)
+
+
 def score_chunk(
     model: Any,
     chunk: pd.DataFrame,
@@ -117,8 +160,14 @@ def score_chunk(
     model_version: str,
     offset: int,
     scored_at: datetime,
+    reasons: int | None = None,
+    background: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Score one chunk: the user's output rows and the prediction-log rows."""
+    """Score one chunk: the user's output rows and the prediction-log rows.
+
+    With ``reasons``, the output rows end with their strongest reasons (:func:`score_reasons`,
+    explained against ``background``); the log rows are the same either way.
+    """
     features = prepare_features(chunk, config)
     labels, scores = predict(model, features, config)
     ids = row_ids(chunk, config, batch_id, offset)
@@ -131,6 +180,10 @@ def score_chunk(
     log[SCORED_AT] = pd.Timestamp(scored_at)
     if config.time_column and config.time_column in chunk.columns:
         log[config.time_column] = chunk[config.time_column].reset_index(drop=True)
+    if reasons is not None:
+        output = pd.concat(
+            [output, score_reasons(model, chunk, config, reasons, background)], axis=1
+        )
     return output, log
 
 
@@ -255,18 +308,22 @@ def score_file(
     log: PredictionLog | None,
     chunk_rows: int = 100_000,
     on_chunk: Callable[[int], None] | None = None,
+    reasons: int | None = None,
+    background: pd.DataFrame | None = None,
 ) -> int:
     """Score ``source`` chunk by chunk into ``out`` and (when given) the prediction log.
 
     Memory stays flat: each chunk's log rows go straight to the log's staging folder, which
     joins the log only once the whole batch has been scored (a half-scored batch is never
-    logged).
+    logged). With ``reasons``, each output row also gets its strongest reasons (see
+    :func:`score_chunk`); pass the same ``background`` rows for every chunk.
 
     Returns:
         The number of rows scored.
     """
     from loopml.data import iter_table_chunks
 
+    check_reasons(reasons)
     if out is not None:
         check_output_path(out)
     scored_at = now()
@@ -286,6 +343,8 @@ def score_file(
                     model_version=model_version,
                     offset=offset,
                     scored_at=scored_at,
+                    reasons=reasons,
+                    background=background,
                 )
                 offset += len(chunk)
                 if write_log is not None:

@@ -39,6 +39,7 @@ from loopml.runtime import Runtime, quiet_library_logs
 from loopml.scoring import (
     PredictionLog,
     UniqueRowIds,
+    check_reasons,
     now,
     score_chunk,
     write_output_chunks,
@@ -295,14 +296,18 @@ def score_in_partitions(
     batch_id: str,
     out: Path | None,
     partition_rows: int = CHUNK_ROWS,
+    reasons: int | None = None,
+    background: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Score ``source`` as partitions scored by separate tasks; same result as ``score_file``.
 
     The batch is cut into Parquet partitions under ``LOOPML_HOME`` (workers must share it),
     every partition is scored by its own task, then the outputs are joined in batch order into
     ``out`` and the log rows are written to the prediction log as one atomic batch, only if
-    the batch is not logged yet. The partition files are removed at the end.
+    the batch is not logged yet. The partition files are removed at the end. With ``reasons``,
+    every partition explains its rows against the same ``background`` rows.
     """
+    check_reasons(reasons)
     log = PredictionLog(runtime.settings.predictions_dir, runtime.name)
     already_logged = log.has_batch(batch_id)
     folder = runtime.settings.predictions_dir / ".partitions" / f"{batch_id}-{uuid.uuid4().hex[:8]}"
@@ -319,12 +324,20 @@ def score_in_partitions(
                 batch_id=batch_id,
                 scored_at=scored_at,
                 keep_log_rows=not already_logged,
+                reasons=reasons,
+                background=background,
             )
             for partition in partitions
         ]
         scored = _completed_results(futures, "scoring partition", all_required=True)
         return assemble_scores(
-            runtime, serving, scored, batch_id=batch_id, out=out, already_logged=already_logged
+            runtime,
+            serving,
+            scored,
+            batch_id=batch_id,
+            out=out,
+            already_logged=already_logged,
+            reasons=reasons,
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -365,6 +378,8 @@ def score_partition(
     batch_id: str,
     scored_at: datetime,
     keep_log_rows: bool,
+    reasons: int | None = None,
+    background: pd.DataFrame | None = None,
 ) -> ScoredPartition:
     """Score one partition into an output file and, if wanted, a log-rows file beside it."""
     output, log_rows = score_chunk(
@@ -375,6 +390,8 @@ def score_partition(
         model_version=serving.version,
         offset=partition.offset,
         scored_at=scored_at,
+        reasons=reasons,
+        background=background,
     )
     output_path = partition.path.with_name(f"output-{partition.number:05d}.parquet")
     write_frame(output, output_path)
@@ -401,6 +418,7 @@ def assemble_scores(
     batch_id: str,
     out: Path | None,
     already_logged: bool,
+    reasons: int | None = None,
 ) -> dict[str, Any]:
     """Outputs joined in batch order into ``out``; log rows committed as one batch, once."""
     logger = get_run_logger()
@@ -415,7 +433,13 @@ def assemble_scores(
         log = PredictionLog(runtime.settings.predictions_dir, runtime.name)
         log.write_batch(batch_id, _frames(part.log_path for part in ordered))
     result = publish_scoring(
-        runtime, serving, batch_id=batch_id, rows=rows, out=out, logged=not already_logged
+        runtime,
+        serving,
+        batch_id=batch_id,
+        rows=rows,
+        out=out,
+        logged=not already_logged,
+        reasons=reasons,
     )
     return {**result, "partitions": len(ordered)}
 

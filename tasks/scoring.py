@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from loopml import scoring
-from loopml.registry import require_champion
+from loopml import explain, scoring
+from loopml.registry import download_reference, require_champion
 from loopml.runtime import Runtime
 from loopml.scoring import PredictionLog
 from tasks.artifacts import artifact_key
@@ -51,6 +52,26 @@ def load_champion(runtime: Runtime) -> ServingModel:
     return ServingModel(model, str(champion.version))
 
 
+@task(
+    name="load-reasons-background",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=transient,
+    cache_policy=NO_CACHE,
+)
+def load_reasons_background(runtime: Runtime, serving: ServingModel) -> pd.DataFrame:
+    """The background rows of ``score --reasons``: a sample of the serving version's training
+    data, the reference ``loopml explain`` explains against."""
+    champion = runtime.mlflow.get_model_version(runtime.name, serving.version)
+    path = download_reference(
+        runtime.mlflow,
+        champion.run_id,
+        "train.parquet",
+        runtime.settings.references_dir / runtime.name,
+    )
+    return explain.background_sample(pd.read_parquet(path))
+
+
 @task(name="score-file", cache_policy=NO_CACHE)
 def score_file(
     runtime: Runtime,
@@ -60,8 +81,11 @@ def score_file(
     batch_id: str,
     out: Path | None,
     chunk_rows: int = CHUNK_ROWS,
+    reasons: int | None = None,
+    background: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Score ``source`` chunk by chunk into ``out`` and the prediction log (once per batch)."""
+    """Score ``source`` chunk by chunk into ``out`` and the prediction log (once per batch);
+    with ``reasons``, each output row also gets its strongest reasons against ``background``."""
     logger = get_run_logger()
     log = PredictionLog(runtime.settings.predictions_dir, runtime.name)
     already_logged = log.has_batch(batch_id)
@@ -77,9 +101,17 @@ def score_file(
         log=None if already_logged else log,
         chunk_rows=chunk_rows,
         on_chunk=lambda scored: logger.info("scored %d rows", scored),
+        reasons=reasons,
+        background=background,
     )
     return publish_scoring(
-        runtime, serving, batch_id=batch_id, rows=rows, out=out, logged=not already_logged
+        runtime,
+        serving,
+        batch_id=batch_id,
+        rows=rows,
+        out=out,
+        logged=not already_logged,
+        reasons=reasons,
     )
 
 
@@ -91,12 +123,18 @@ def publish_scoring(
     rows: int,
     out: Path | None,
     logged: bool,
+    reasons: int | None = None,
 ) -> dict[str, Any]:
-    """The scoring artifact of a batch, and the flow's result."""
+    """The scoring artifact of a batch, and the flow's result.
+
+    ``reasons`` in the result is the number of reasons each row got (``None``: not asked for).
+    """
+    written = scoring.reasons_written(reasons, runtime.config)
     create_markdown_artifact(
         key=artifact_key(runtime.name, "scoring"),
         markdown=(
             f"# Scored batch `{batch_id}`\n\n{rows} rows with {runtime.name} v{serving.version}"
+            f"{'' if written is None else f', {written} reasons per row'}"
             f"{'' if out is None else f' -> `{out}`'}\n"
         ),
         description=f"{runtime.name}: {rows} rows scored",
@@ -108,4 +146,5 @@ def publish_scoring(
         "model_version": serving.version,
         "out": None if out is None else str(out),
         "logged": logged,
+        "reasons": written,
     }

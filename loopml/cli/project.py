@@ -167,10 +167,21 @@ def score(
     name: Annotated[str, typer.Argument(help="Project name.")],
     data: Annotated[Path, typer.Option("--data", help="The batch to score (CSV or Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Where to write predictions (CSV/Parquet).")],
+    reasons: Annotated[
+        int | None,
+        typer.Option(
+            "--reasons",
+            help="Add each row's K strongest reasons (columns and signed contributions, "
+            "as loopml explain computes them).",
+            metavar="K",
+        ),
+    ] = None,
     project_dir: ProjectDir = Path("."),
     json_output: JsonFlag = False,
 ) -> None:
     """Score a batch with models:/NAME@champion; predictions are logged for monitoring."""
+    if reasons is not None and reasons < 1:
+        fail(f"--reasons must be at least 1 (got {reasons})")
 
     def action() -> dict[str, Any]:
         from loopml.scoring import check_output_path
@@ -183,13 +194,15 @@ def score(
             score_flow,
             data=resolve_path(data),
             out=resolve_path(out),
+            reasons=reasons,
         )
 
     def render(result: dict[str, Any]) -> None:
         logged = "logged for monitoring" if result["logged"] else "already in the prediction log"
+        explained = "" if result["reasons"] is None else f", {result['reasons']} reasons per row"
         typer.echo(
             f"batch {result['batch_id']}: {result['rows']} rows scored by "
-            f"{name} v{result['model_version']} -> {result['out']} ({logged})"
+            f"{name} v{result['model_version']}{explained} -> {result['out']} ({logged})"
         )
 
     run(action, json_output, render)

@@ -1,5 +1,6 @@
-"""Every version explains itself, as a user meets it: ``loopml explain``, ``loopml slices``, and
-the model card, slices and fairness audit on the champion's MLflow run (the card in Chromium)."""
+"""Every version explains itself, as a user meets it: ``loopml explain``, ``loopml score
+--reasons``, ``loopml slices``, and the model card, slices and fairness audit on the champion's
+MLflow run (the card in Chromium)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from loopml.config import config_path
 from tests.conftest import SAMPLE, init_project, last_json, run_cli
 
 NAME = "churn"
+SCORE_COLUMNS = ["row_id", "prediction", "probability", "model_version"]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -127,6 +129,86 @@ def test_explain_writes_per_row_contributions_that_add_up_to_the_champions_outpu
     probability = model.predict_proba(batch.drop(columns="churn"))[:, 1]
     total = table[features].sum(axis=1) + table["base_value"]
     np.testing.assert_allclose(total, np.log(probability / (1 - probability)), atol=1e-6)
+
+
+def score(trained: TrainedProject, data: Path, out: Path, *options: str) -> dict:
+    result = run_cli(
+        "score",
+        NAME,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *options,
+        "--json",
+        cwd=trained.directory,
+        env=trained.env,
+    )
+    assert result.returncode == 0, result.stderr
+    return last_json(result.stdout)
+
+
+@pytest.mark.slow
+def test_score_with_reasons_adds_each_rows_strongest_contributions_as_explain_has_them(
+    trained, tmp_path
+) -> None:
+    batch = trained.rows.iloc[100:160].drop(columns="churn")
+    data = tmp_path / "batch.csv"
+    batch.to_csv(data, index=False)
+
+    plain = score(trained, data, tmp_path / "plain.csv")
+    explained = score(trained, data, tmp_path / "reasons.csv", "--reasons", "4")
+
+    assert plain["reasons"] is None and explained["reasons"] == 4
+    without = pd.read_csv(tmp_path / "plain.csv")
+    assert list(without.columns) == SCORE_COLUMNS  # the contract, untouched without --reasons
+    table = pd.read_csv(tmp_path / "reasons.csv")
+    ranks = range(1, 5)
+    reason_columns = [f"reason_{k}{part}" for k in ranks for part in ("", "_contribution")]
+    assert list(table.columns) == SCORE_COLUMNS + reason_columns
+    pd.testing.assert_frame_equal(table[SCORE_COLUMNS], without)  # same predictions
+    names = table[[f"reason_{k}" for k in ranks]]
+    contributions = table[[f"reason_{k}_contribution" for k in ranks]].to_numpy()
+    assert len(table) == 60
+    assert names.notna().all().all() and names.isin(list(batch.columns)).all().all()
+    assert (names.nunique(axis=1) == 4).all()  # four different columns per row
+    assert np.isfinite(contributions).all()
+    assert (np.diff(np.abs(contributions), axis=1) <= 0).all()  # strongest first
+    assert (contributions < 0).any() and (contributions > 0).any()  # signed
+    # The same machinery as ``loopml explain`` (same background): the same reasons.
+    result = run_cli(
+        "explain",
+        NAME,
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "explained.csv"),
+        "--top",
+        "4",
+        cwd=trained.directory,
+        env=trained.env,
+    )
+    assert result.returncode == 0, result.stderr
+    explanation = pd.read_csv(tmp_path / "explained.csv")
+    pd.testing.assert_frame_equal(table[reason_columns], explanation[reason_columns])
+
+
+@pytest.mark.parametrize("reasons", ["0", "-3"])
+def test_score_with_fewer_than_one_reason_is_one_clear_sentence(reasons, tmp_path) -> None:
+    result = run_cli(
+        "score",
+        NAME,
+        "--data",
+        str(tmp_path / "batch.csv"),
+        "--out",
+        str(tmp_path / "scored.csv"),
+        "--reasons",
+        reasons,
+        cwd=tmp_path,
+        env=env_for(tmp_path / "home"),
+    )
+    assert f"--reasons must be at least 1 (got {reasons})" in cli_error_line(result)
+    assert not (tmp_path / "scored.csv").exists()
 
 
 @pytest.mark.slow

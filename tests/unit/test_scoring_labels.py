@@ -27,9 +27,11 @@ from loopml.modeling import with_threshold
 from loopml.monitoring import ReservoirSample, performance_verdict
 from loopml.scoring import (
     PredictionLog,
+    check_reasons,
     predict,
     row_ids,
     score_chunk,
+    score_file,
     write_output_chunks,
 )
 
@@ -225,6 +227,54 @@ def test_score_chunk_output_and_log_rows(toy_model, toy_frame):
     assert list(log["row_id"]) == list(output["row_id"])
     np.testing.assert_allclose(log["x"], chunk["x"])
     assert set(log["batch_id"]) == {"bx"} and set(log["scored_at"]) == {pd.Timestamp(SCORED_AT)}
+
+
+def test_reasons_per_row_do_not_depend_on_the_chunks_and_stay_out_of_the_log(
+    toy_model, toy_frame, tmp_path
+):
+    source = tmp_path / "batch.csv"
+    toy_frame.iloc[:60].drop(columns="churn").to_csv(source, index=False)
+    outputs, logs = {}, {}
+    for chunk_rows in (7, 1_000):
+        out = tmp_path / f"scored-{chunk_rows}.csv"
+        log = PredictionLog(tmp_path / f"log-{chunk_rows}", "toy")
+        score_file(
+            _thresholded(toy_model, 0.4),
+            source,
+            _config(),
+            batch_id="bx",
+            model_version="3",
+            out=out,
+            log=log,
+            chunk_rows=chunk_rows,
+            reasons=5,  # more than the two feature columns: one reason per column
+            background=toy_frame.iloc[200:],
+        )
+        outputs[chunk_rows], logs[chunk_rows] = pd.read_csv(out), log.read()
+
+    scored = outputs[7]
+    assert list(scored.columns) == [
+        "row_id",
+        "prediction",
+        "probability",
+        "model_version",
+        "reason_1",
+        "reason_1_contribution",
+        "reason_2",
+        "reason_2_contribution",
+    ]
+    pd.testing.assert_frame_equal(scored, outputs[1_000])
+    # The model ignores plan: x leads every row, plan follows with nothing.
+    assert set(scored["reason_1"]) == {"x"} and set(scored["reason_2"]) == {"plan"}
+    assert (scored["reason_1_contribution"] != 0).all()
+    assert (scored["reason_2_contribution"] == 0).all()
+    assert not [column for column in logs[7].columns if column.startswith("reason_")]
+
+
+@pytest.mark.parametrize("reasons", [0, -1])
+def test_fewer_than_one_reason_per_row_is_refused(reasons):
+    with pytest.raises(DataError, match="--reasons must be at least 1"):
+        check_reasons(reasons)
 
 
 # --------------------------------------------------------------------------- prediction log
