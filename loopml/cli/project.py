@@ -1,7 +1,8 @@
 """Project commands: init, validate, train, score, monitor, label and retrain.
 
-Each runs one flow in this process (``loopml.cli.common.call_flow``); the flow is imported inside
-the command, after the settings are applied, so ``loopml --help`` stays fast.
+Each runs one flow in this process: ``checked_project`` applies the settings and checks the
+inputs (a typo answers without a server), then the flow is imported and run with
+``CheckedProject.run_flow``, so ``loopml --help`` stays fast.
 """
 
 from __future__ import annotations
