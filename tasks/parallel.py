@@ -31,7 +31,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
-from loopml import modeling
 from loopml.config import ProjectConfig
 from loopml.data import iter_table_chunks
 from loopml.features import prepare_features, prepare_target
@@ -44,6 +43,7 @@ from loopml.scoring import (
     score_chunk,
     write_output_chunks,
 )
+from loopml.search import SearchResult, run_search
 from loopml.settings import Settings
 from tasks.ingest import transient
 from tasks.scoring import CHUNK_ROWS, ServingModel, publish_scoring
@@ -67,7 +67,7 @@ def search_candidates(
     study_name: str,
     trials: int | None,
     timeout: float | None,
-) -> modeling.SearchResult:
+) -> SearchResult:
     """The model search: in shards when the settings give more than one worker, else one task.
 
     The one place the training and retraining flows choose between the two.
@@ -88,13 +88,13 @@ def search_in_shards(
     trials: int | None,
     timeout: float | None,
     shards: int,
-) -> modeling.SearchResult:
+) -> SearchResult:
     """The search as ``shards`` tasks on the task runner, all working on one Optuna study.
 
-    Every shard calls :func:`loopml.modeling.run_search` on the same storage and study with
+    Every shard calls :func:`loopml.search.run_search` on the same storage and study with
     the same total budget: ``run_search`` tops the study up to ``trials`` finished trials, so
     the shards share the budget instead of multiplying it. The study is read back into one
-    :class:`~loopml.modeling.SearchResult` at the end. A shard that fails is logged; the
+    :class:`~loopml.search.SearchResult` at the end. A shard that fails is logged; the
     others carry on up to the budget, and the search fails only if every shard failed.
 
     Args:
@@ -147,7 +147,7 @@ def start_search(
     quiet_library_logs()
     numbers: list[int] = []
     on_trial = _numbering_reporter(logger, config.search_metric, numbers)
-    modeling.run_search(
+    run_search(
         prepare_features(train, config),
         prepare_target(train, config),
         config,
@@ -192,7 +192,7 @@ def search_shard(
     quiet_library_logs()
     numbers: list[int] = []
     on_trial = _numbering_reporter(logger, config.search_metric, numbers)
-    modeling.run_search(
+    run_search(
         prepare_features(train, config),
         prepare_target(train, config),
         config,
@@ -242,11 +242,11 @@ def record_process(
 @task(name="search-collect", cache_policy=NO_CACHE)
 def collect_search(
     config: ProjectConfig, train: pd.DataFrame, *, storage: str, study_name: str
-) -> modeling.SearchResult:
+) -> SearchResult:
     """The shared study read back into one search result (artifact and log as usual)."""
     # A budget of zero trials makes run_search add nothing and summarise the study as stored:
     # the same SearchResult (best trial, per-family bests, trial table) as a one-process search.
-    result = modeling.run_search(
+    result = run_search(
         prepare_features(train, config),
         prepare_target(train, config),
         config,

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from loopml import claims, ledger, modeling, monitoring
+from loopml import claims, ledger, monitoring
 from loopml.claims import RetrainingBusy
 from loopml.comparison import Scorer, compare_models, load_scorer, score_model, score_rows
 from loopml.data_policies import (
@@ -36,6 +36,7 @@ from loopml.labels import (
 from loopml.registry import download_reference, require_champion
 from loopml.runtime import Runtime
 from loopml.scoring import MODEL_VERSION, ROW_ID, PredictionLog
+from loopml.search import fit_best
 from tasks.ingest import transient
 
 __all__ = ["RetrainingBusy", "retraining_lock"]
@@ -244,7 +245,7 @@ def choose_training_data(
     threads = runtime.settings.max_threads
 
     def fit_and_score(candidate: PolicyData, newest: pd.DataFrame) -> float:
-        model = modeling.fit_best(
+        model = fit_best(
             prepare_features(candidate.frame, config),
             prepare_target(candidate.frame, config),
             searches.get(candidate.policy, searches["all_history"]),

@@ -20,6 +20,7 @@ from loopml.features import prepare_features, prepare_target, split_holdout
 from loopml.gate import GateDecision, decide_promotion
 from loopml.registry import CHAMPION, version_by_alias
 from loopml.runtime import Runtime
+from loopml.search import fit_best, out_of_fold_scores, run_search
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.models import load_checked
 
@@ -59,7 +60,7 @@ def search_models(
     """Optuna search across algorithm families; progress goes to the run log."""
     logger = get_run_logger()
     config = runtime.config
-    result = modeling.run_search(
+    result = run_search(
         prepare_features(train, config),
         prepare_target(train, config),
         config,
@@ -75,7 +76,7 @@ def search_models(
 
 
 def trial_reporter(logger: Any, metric: str) -> Callable[[dict[str, Any]], None]:
-    """An ``on_trial`` callback for :func:`loopml.modeling.run_search` that logs each trial."""
+    """An ``on_trial`` callback for :func:`loopml.search.run_search` that logs each trial."""
 
     def report(info: dict[str, Any]) -> None:
         value = info.get("value")
@@ -142,12 +143,12 @@ def fit_candidate(
     features = prepare_features(train, config)
     target = prepare_target(train, config)
     threads = runtime.settings.max_threads
-    model = modeling.fit_best(
+    model = fit_best(
         features, target, search, config, max_threads=threads, sample_weight=sample_weight
     )
     threshold = None
     if config.is_binary:
-        scores = modeling.out_of_fold_scores(search, features, target, config, max_threads=threads)
+        scores = out_of_fold_scores(search, features, target, config, max_threads=threads)
         threshold = evaluation.choose_threshold(target, scores, config.positive_label)
         model = modeling.with_threshold(model, threshold, config.positive_label)
         get_run_logger().info("decision threshold %.3f chosen on out-of-fold scores", threshold)

@@ -13,17 +13,8 @@ from threadpoolctl import threadpool_limits
 from loopml.config import ParamRange, ProjectConfig
 from loopml.errors import ConfigError, DataError
 from loopml.evaluation import evaluate
-from loopml.modeling import (
-    CategoryText,
-    SearchResult,
-    build_pipeline,
-    default_families,
-    fit_best,
-    out_of_fold_scores,
-    run_search,
-    skops_trusted_types,
-    suggest_params,
-)
+from loopml.modeling import CategoryText, build_pipeline, default_families, skops_trusted_types
+from loopml.search import SearchResult, fit_best, out_of_fold_scores, run_search, suggest_params
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -17,19 +17,17 @@ from threadpoolctl import threadpool_limits
 
 from loopml.config import ProjectConfig
 from loopml.features import align_dtypes, prepare_features
-from loopml.modeling import (
+from loopml.modeling import DatetimeParts, build_pipeline, skops_trusted_types
+from loopml.profiling import infer_profile
+from loopml.registry import serving_requirements
+from loopml.search import (
     PORTFOLIO,
-    DatetimeParts,
     SearchResult,
     best_pipeline,
-    build_pipeline,
     fit_best,
     out_of_fold_scores,
     run_search,
-    skops_trusted_types,
 )
-from loopml.profiling import infer_profile
-from loopml.registry import serving_requirements
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -255,7 +253,7 @@ def test_logged_dates_rejoin_a_reference_that_holds_them_as_text(tmp_path):
 
 
 def test_a_blend_must_beat_the_best_single_model_by_more_than_fold_noise():
-    from loopml.modeling import ENSEMBLE_MIN_GAIN, _improves
+    from loopml.search import ENSEMBLE_MIN_GAIN, _improves
 
     best = 0.80
     assert not _improves(
