@@ -122,11 +122,22 @@ def decide_retrain_promotion(
     arrives, and the frozen set only blocks a catastrophic loss (beyond ``catastrophic_loss``).
     Without recent rows the frozen set decides alone, with the same confidence rule.
 
+    What counts as catastrophic scales with the change itself: a challenger may lose on the old
+    rows as much as the champion lost on the new ones (the champion's recent score against its
+    frozen-set score). Where the new relation contradicts the old (prices re-set), a model
+    that learnt it *must* lose on the old rows; a broken model is still refused, because it is
+    not better with confidence on the recent rows.
+
     Every reason states both comparisons with their intervals.
     """
     metric = frozen.metric
     limit = catastrophic_loss if drift_confirmed else old_data_tolerance
     guard = "catastrophic-loss guard" if drift_confirmed else "veto"
+    if drift_confirmed and recent is not None:
+        champion_loss = -scaled_improvement(recent.champion, frozen.champion, metric)
+        if champion_loss > limit:
+            limit = champion_loss
+            guard = "catastrophic-loss guard (the champion's own loss on the recent rows)"
     comparisons = {
         "frozen_held_out": _comparison(frozen.candidate, frozen.champion, metric, -limit, frozen)
     }

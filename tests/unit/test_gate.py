@@ -204,6 +204,30 @@ def test_a_catastrophic_loss_still_blocks_after_a_confirmed_drift():
     assert "catastrophic loss" in decision.reason
 
 
+def test_after_a_confirmed_drift_the_old_rows_may_lose_as_much_as_the_champion_lost_on_the_new():
+    """Prices re-set: the champion's RMSE went from 34 (old rows) to 266 (recent rows), a loss
+    of 678%. A challenger that learnt the new prices is 69% better on the recent rows and loses
+    352% on the old ones: the mirror of the change, not a broken model."""
+    frozen = _pair(154.8, 34.26, -4.6, -2.65, metric="rmse")
+    recent = _pair(82.37, 266.5, 0.659, 0.72, metric="rmse")
+
+    decision = _retrain(frozen=frozen, recent=recent, drift_confirmed=True, catastrophic_loss=0.5)
+    before_the_drift = _retrain(frozen=frozen, recent=recent, drift_confirmed=False)
+
+    assert decision.promote is True, decision.reason
+    assert "the champion's own loss on the recent rows" in decision.reason
+    assert before_the_drift.promote is False
+
+
+def test_a_model_that_loses_on_both_is_refused_however_large_the_change():
+    frozen = _pair(154.8, 34.26, -4.6, -2.65, metric="rmse")
+    recent = _pair(300.0, 266.5, -0.2, -0.05, metric="rmse")  # worse on the new rows too
+
+    decision = _retrain(frozen=frozen, recent=recent, drift_confirmed=True, catastrophic_loss=0.5)
+
+    assert decision.promote is False
+
+
 def test_each_decision_states_both_comparisons_with_their_intervals():
     decision = _retrain()
 
