@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from loopml.data import write_parquet
+from loopml.data_docs import localize_data_docs
 from loopml.errors import ConfigError
 from loopml.profiling import NUMERIC_TYPE_LIST, coerce_numeric
 
@@ -202,6 +203,7 @@ def validate_frame(
             )
             checkpoint_result = checkpoint.run(batch_parameters={"dataframe": frame})
             result = next(iter(checkpoint_result.run_results.values()))
+            localize_data_docs(data_docs_dir)  # open offline: no CDN assets
             index = data_docs_dir / "index.html"
             docs_index = index if index.is_file() else None
         raw = _json_safe(result.to_json_dict())
