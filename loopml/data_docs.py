@@ -68,19 +68,29 @@ _ASSET_REFERENCE = re.compile(
 )
 
 
-def localize_data_docs(site_dir: str | Path) -> list[Path]:
-    """Copy the bundled assets into ``site_dir`` and point every page of the site at them.
+def localize_data_docs(site_dir: str | Path, *, since: float | None = None) -> list[Path]:
+    """Copy the bundled assets into ``site_dir`` and point the site's pages at them.
 
-    Idempotent: pages already rewritten are left as they are. A CDN reference this module does
-    not know (a newer GX) is left in place, so a test that looks for remote references fails.
+    Idempotent: assets already there are not copied again, pages already rewritten are left
+    as they are. A CDN reference this module does not know (a newer GX) is left in place, so a
+    test that looks for remote references fails.
+
+    Args:
+        site_dir: the Data Docs site (where ``index.html`` is).
+        since: only pages written at or after this time (``time.time()``) are read: a site
+            grows by a page per validation, and the earlier ones were rewritten then.
 
     Returns:
         The HTML pages that were rewritten.
     """
     site_dir = Path(site_dir)
-    shutil.copytree(ASSETS_DIR, site_dir / SITE_ASSETS, dirs_exist_ok=True)
+    shutil.copytree(
+        ASSETS_DIR, site_dir / SITE_ASSETS, dirs_exist_ok=True, copy_function=_copy_if_changed
+    )
     rewritten = []
     for page in site_dir.rglob("*.html"):
+        if since is not None and page.stat().st_mtime < since:
+            continue
         html = page.read_text(encoding="utf-8")
         # Pages sit at different depths (index.html, validations/<suite>/<run>/.../x.html).
         to_root = Path(*[".."] * (len(page.relative_to(site_dir).parts) - 1))
@@ -89,6 +99,12 @@ def localize_data_docs(site_dir: str | Path) -> list[Path]:
             page.write_text(localized, encoding="utf-8")
             rewritten.append(page)
     return rewritten
+
+
+def _copy_if_changed(source: str, target: str) -> str:
+    if Path(target).is_file() and Path(target).stat().st_size == Path(source).stat().st_size:
+        return target
+    return shutil.copy2(source, target)
 
 
 def _local(match: re.Match[str], to_root: Path) -> str:
