@@ -228,6 +228,9 @@ def test_training_run_shows_its_datasets_and_every_search_trial(trained, tmp_pat
     schema = json.loads(datasets["training"].schema)["mlflow_colspec"]
     assert "churn" in {column["name"] for column in schema}
 
+    # The tag that makes the MLflow UI's Artifacts tab offer "View as table" for the file.
+    logged_tables = json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "search_trials.json", "type": "table"} in logged_tables
     local = Path(client.download_artifacts(run.info.run_id, "search_trials.json", str(tmp_path)))
     logged = json.loads(local.read_text())
     trials = pd.DataFrame(logged["data"], columns=logged["columns"])
