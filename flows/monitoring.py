@@ -102,6 +102,8 @@ def monitor_flow(
         serving=serving,
         drift=drift,
         performance=performance,
+        verdict=result,
+        estimated=estimated,
     )
     links = {**result["links"], **report.links}
     return {**result, "evidently_run": report.run_id, "links": links}

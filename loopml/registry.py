@@ -11,7 +11,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
@@ -38,6 +38,8 @@ CHALLENGER = "challenger"
 TAG_PREFIX = "loopml."
 MODEL_ARTIFACT = "model"
 REFERENCE_DIR = "reference"
+# The search's trials, one table artifact on the training run (``search_trials.json``).
+SEARCH_TRIALS_TABLE = "search_trials"
 SERVING_PACKAGES = ("scikit-learn", "skops", "pandas", "numpy", "scipy", "pyarrow")
 SAFE_FORMAT = "skops"
 TAG_MODEL_SHA256 = f"{TAG_PREFIX}model_sha256"
@@ -48,6 +50,23 @@ GATE_PENDING = "pending"
 GATE_FAILED = "failed"
 # A version or run owned by another machine is only presumed dead after this long.
 FOREIGN_OWNER_GRACE_SECONDS = 6 * 3600
+
+
+@dataclass(frozen=True)
+class LoggedDataset:
+    """A table the run used, shown in the MLflow UI's Datasets column of the run.
+
+    Attributes:
+        frame: the rows, as the run saw them.
+        context: MLflow's dataset context: ``"training"`` or ``"evaluation"``.
+        name: the dataset's name in the UI.
+        target: its target column, when it has one.
+    """
+
+    frame: pd.DataFrame
+    context: str
+    name: str
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,9 +121,16 @@ def log_and_register(
     figures: dict[str, Any],
     reference_files: dict[str, Path],
     run_name: str,
+    datasets: Sequence[LoggedDataset] = (),
+    tables: dict[str, pd.DataFrame] | None = None,
 ) -> RegisteredVersion:
     """Log one training run (params, metrics, figures, reference data, model) and register
-    the model as a new version of ``name`` carrying ``version_tags``."""
+    the model as a new version of ``name`` carrying ``version_tags``.
+
+    ``datasets`` go on the run as MLflow dataset inputs (``mlflow.log_input``, with their
+    context); each of ``tables`` becomes a table artifact ``NAME.json`` (``mlflow.log_table``),
+    which the run's Artifacts tab shows as a table.
+    """
     signature = infer_signature(input_example, model.predict(input_example))
     owner = {TAG_OWNER: process_owner()}
     with (
@@ -119,6 +145,13 @@ def log_and_register(
             mlflow.log_figure(figure, f"plots/{figure_name}.png")
         for path in reference_files.values():
             mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
+        for dataset in datasets:
+            mlflow.log_input(
+                mlflow.data.from_pandas(dataset.frame, targets=dataset.target, name=dataset.name),
+                context=dataset.context,
+            )
+        for table_name, table in (tables or {}).items():
+            mlflow.log_table(table, artifact_file=f"{table_name}.json")
         logged = mlflow.sklearn.log_model(
             model,
             name=MODEL_ARTIFACT,

@@ -8,10 +8,12 @@ docs/monitoring.md for the sampling error bound).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ def build_monitoring_report(
     random_state: int = 0,
     tags: Sequence[str] = (),
     metadata: dict[str, str] | None = None,
+    estimates: Mapping[str, float | None] | None = None,
+    reference_estimates: Mapping[str, float | None] | None = None,
 ) -> Snapshot:
     """Run Evidently's data drift preset, plus the task's performance preset when labels exist.
 
@@ -60,6 +64,12 @@ def build_monitoring_report(
         tags: Tags of the snapshot (the Evidently UI lists and filters reports by them).
         metadata: Key-value notes shown with the snapshot, e.g. loopml's own verdict, so the
             report says what loopml decided and why.
+        estimates: loopml's estimated performance of the batch (no labels needed), e.g.
+            ``{"estimated_roc_auc": 0.81, "estimated_roc_auc_lower": 0.77, ...}``. Each known
+            value becomes a constant column of the current side, reported with Evidently's
+            ``MeanValue`` (without its default test), so the dashboard can plot it per batch.
+        reference_estimates: the same keys on the reference side (the estimate on the
+            champion's held-out rows); a key missing here is NaN there.
 
     Returns:
         The Evidently snapshot (``save_report_html``, ``evidently_column_drift``,
@@ -73,7 +83,7 @@ def build_monitoring_report(
         Regression,
         Report,
     )
-    from evidently.metrics import ValueDrift
+    from evidently.metrics import MeanValue, ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
     features = [*numeric_columns, *categorical_columns]
@@ -126,14 +136,25 @@ def build_monitoring_report(
             numeric_output = output == probability or task == "regression"
             kind = "numerical_columns" if numeric_output else "categorical_columns"
             definition_kwargs[kind].append(output)
-    definition = DataDefinition(**definition_kwargs)
     reference_sample = _sample(reference[kept], sample_rows, random_state)
     current_sample = _sample(current[kept], sample_rows, random_state)
+    known = {name: value for name, value in (estimates or {}).items() if value is not None}
+    for name, value in known.items():
+        current_sample[name] = float(value)
+        baseline = (reference_estimates or {}).get(name)
+        reference_sample[name] = np.nan if baseline is None else float(baseline)
+        definition_kwargs["numerical_columns"].append(name)
+        metrics.append(MeanValue(column=name, tests=[]))
+    definition = DataDefinition(**definition_kwargs)
     report = Report(metrics, include_tests=True, tags=list(tags), metadata=dict(metadata or {}))
-    return report.run(
-        current_data=Dataset.from_pandas(current_sample, data_definition=definition),
-        reference_data=Dataset.from_pandas(reference_sample, data_definition=definition),
-    )
+    with warnings.catch_warnings():
+        # A reference side without an estimate (NaN column) makes Evidently divide by zero
+        # in its column statistics; the report shows it as missing, which it is.
+        warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+        return report.run(
+            current_data=Dataset.from_pandas(current_sample, data_definition=definition),
+            reference_data=Dataset.from_pandas(reference_sample, data_definition=definition),
+        )
 
 
 def _preset_options(policy: Any) -> dict[str, Any]:
@@ -157,6 +178,27 @@ def _sample(frame: pd.DataFrame, sample_rows: int | None, random_state: int) -> 
     if sample_rows is None or len(frame) <= sample_rows:
         return frame.reset_index(drop=True)
     return frame.sample(n=sample_rows, random_state=random_state).reset_index(drop=True)
+
+
+def snapshot_tags(verdict: Mapping[str, Any]) -> list[str]:
+    """The tags a batch's snapshot carries, from loopml's published verdict (the
+    ``loopml monitor --json`` keys): ``batch:ID``, ``model:vN`` and ``verdict:WORDS``, where
+    WORDS joins with ``+`` what fired (``drift``, ``degraded`` or ``estimated-degraded``), else
+    ``ok`` (or ``insufficient-data``). The Evidently UI lists and filters reports by them."""
+    fired = []
+    if verdict.get("drift_detected"):
+        fired.append("drift")
+    if verdict.get("performance_degraded"):
+        fired.append("degraded")
+    elif verdict.get("estimated_degraded"):
+        fired.append("estimated-degraded")
+    if not fired:
+        fired.append("insufficient-data" if verdict.get("status") == "insufficient_data" else "ok")
+    return [
+        f"batch:{verdict['batch_id']}",
+        f"model:v{verdict['model_version']}",
+        f"verdict:{'+'.join(fired)}",
+    ]
 
 
 def save_report_html(snapshot: Snapshot, path: str | Path) -> Path:
@@ -231,9 +273,9 @@ def add_to_workspace(
 ) -> str:
     """Store a snapshot in the Evidently workspace so ``evidently ui --workspace PATH`` shows it.
 
-    The project is found by name, or created once when missing together with its dashboard
-    (:func:`dashboard_panels`): without panels the Evidently UI shows an empty dashboard however
-    many snapshots it holds.
+    The project is found by name, or created once when missing; its dashboard gets the
+    :func:`dashboard_panels` it lacks (without panels the Evidently UI shows an empty dashboard
+    however many snapshots it holds).
 
     Returns:
         The id of the stored run (snapshot).
@@ -243,8 +285,10 @@ def add_to_workspace(
     workspace = Workspace.create(str(workspace_path))
     projects = workspace.search_project(project_name)
     project = projects[0] if projects else workspace.create_project(project_name)
-    if not project.dashboard.model().panels:
-        for panel in dashboard_panels(prediction_column, performance_metric):
+    # Panels a newer loopml knows are added to older projects too (matched by title).
+    present = {panel.title for panel in project.dashboard.model().panels}
+    for panel in dashboard_panels(prediction_column, performance_metric):
+        if panel.title not in present:
             project.dashboard.add_panel(panel, tab=DASHBOARD_TAB)
     return str(workspace.add_run(project.id, snapshot).id)
 
@@ -276,59 +320,77 @@ _EVIDENTLY_METRICS = {
 }
 
 
+def estimated_column(metric: str, bound: str = "") -> str:
+    """The name of an estimate in the snapshot (``estimated_roc_auc``, ``..._lower``,
+    ``..._upper``): the ``loopml monitor --json`` key of the same value."""
+    return f"estimated_{metric}" + (f"_{bound}" if bound else "")
+
+
 def dashboard_panels(prediction_column: str | None, performance_metric: str | None) -> list[Any]:
-    """The project's panels over time: drift share, drifted columns, prediction drift and the
-    performance metric loopml judges by (when Evidently computes it).
+    """The project's panels over time: drift share, drifted columns, prediction drift, the
+    performance metric loopml judges by (realised, when Evidently computes it) and beside it
+    the same metric estimated without labels, with its interval.
 
     Points come from each snapshot's metrics, so a panel fills as batches are monitored.
     """
     from evidently.sdk.models import PanelMetric
     from evidently.sdk.panels import line_plot_panel
 
-    # (title, legend, Evidently metric, its labels, subtitle)
-    specs: list[tuple[str, str, str, dict[str, str], str]] = [
+    # (title, subtitle, [(legend, Evidently metric, its labels)])
+    specs: list[tuple[str, str, list[tuple[str, str, dict[str, str]]]]] = [
         (
             "Drift share",
-            "share",
-            "DriftedColumnsCount",
-            {"value_type": "share"},
             "share of the checked columns that drifted, per batch",
+            [("share", "DriftedColumnsCount", {"value_type": "share"})],
         ),
         (
             "Drifted columns",
-            "count",
-            "DriftedColumnsCount",
-            {"value_type": "count"},
             "number of drifted columns, per batch",
+            [("count", "DriftedColumnsCount", {"value_type": "count"})],
         ),
     ]
     if prediction_column:
         specs.append(
             (
                 "Prediction drift",
-                prediction_column,
-                "ValueDrift",
-                {"column": prediction_column},
                 f"drift score of the model's output ({prediction_column})",
+                [(prediction_column, "ValueDrift", {"column": prediction_column})],
             )
         )
     evidently_metric = _EVIDENTLY_METRICS.get(performance_metric or "")
-    if evidently_metric:
+    if performance_metric and evidently_metric:
         specs.append(
             (
                 f"Performance: {performance_metric}",
-                f"{performance_metric} (realised)",
-                evidently_metric,
-                {},
                 "on the batch's labelled rows (batches without labels add no point)",
+                [(f"{performance_metric} (realised)", evidently_metric, {})],
+            )
+        )
+    if performance_metric:
+        specs.append(
+            (
+                f"Performance: {performance_metric} (estimated)",
+                "estimated from the model's outputs without labels, on every batch the "
+                "champion has an estimator for; the bounds are the estimate's interval",
+                [
+                    (
+                        f"{performance_metric} {bound or '(estimated)'}",
+                        "MeanValue",
+                        {"column": estimated_column(performance_metric, bound)},
+                    )
+                    for bound in ("", "lower", "upper")
+                ],
             )
         )
     return [
         line_plot_panel(
             title,
-            [PanelMetric(legend=legend, metric=metric, metric_labels=labels)],
+            [
+                PanelMetric(legend=legend, metric=metric, metric_labels=labels)
+                for legend, metric, labels in series
+            ],
             description=subtitle,
             size="half",
         )
-        for title, legend, metric, labels, subtitle in specs
+        for title, subtitle, series in specs
     ]

@@ -19,6 +19,7 @@ The pipelines themselves (families, preprocessing, the threshold wrapper) are in
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import time
 import warnings
@@ -738,6 +739,31 @@ def _best_complete(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 def _plain_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {name.split("__", 1)[1]: value for name, value in params.items() if name != "family"}
+
+
+def trials_table(result: SearchResult) -> pd.DataFrame:
+    """Every finished trial of the search as one table for people (the MLflow run logs it):
+    trial number, family, state, the mean CV score (``cv_METRIC``), seconds and the
+    estimator parameters as JSON text, best score first."""
+    trials = result.trials
+    ascending = result.direction == "minimize"
+    return pd.DataFrame(
+        {
+            "trial": trials["number"].astype(int),
+            "family": trials["family"],
+            "state": trials["state"],
+            f"cv_{result.metric}": trials["value"].astype(float),
+            "seconds": trials["duration_seconds"].astype(float).round(2),
+            "params": [
+                json.dumps(params, sort_keys=True, default=str) for params in trials["params"]
+            ],
+        }
+    ).sort_values(
+        [f"cv_{result.metric}", "trial"],
+        ascending=[ascending, True],
+        na_position="last",
+        ignore_index=True,
+    )
 
 
 def _search_result(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from loopml.data import write_parquet
+from loopml.data_docs import localize_data_docs
 from loopml.errors import ConfigError
 from loopml.profiling import NUMERIC_TYPE_LIST, coerce_numeric
 
@@ -200,8 +202,11 @@ def validate_frame(
                     result_format=RESULT_FORMAT,
                 )
             )
+            # A second early: a coarse file-system clock must not make this build's pages look old.
+            build_started = time.time() - 1
             checkpoint_result = checkpoint.run(batch_parameters={"dataframe": frame})
             result = next(iter(checkpoint_result.run_results.values()))
+            localize_data_docs(data_docs_dir, since=build_started)  # open offline: no CDNs
             index = data_docs_dir / "index.html"
             docs_index = index if index.is_file() else None
         raw = _json_safe(result.to_json_dict())

@@ -263,6 +263,8 @@ def evidently_report(
     serving: ServingModel,
     drift: dict[str, Any],
     performance: dict[str, Any] | None,
+    verdict: dict[str, Any],
+    estimated: dict[str, Any] | None = None,
 ) -> EvidentlyRun:
     """Evidently's own report (drift, and performance when labels exist) on the config's
     ``monitoring.report_rows`` rows of each sample, written to ``path`` and linked (its page in
@@ -270,7 +272,9 @@ def evidently_report(
     not wait for it) and carries loopml's verdict (the rule that fired) as metadata and tags.
 
     With labels, the reference is the champion's held-out split (the rows loopml's performance
-    verdict compares with), scored here; else its training sample.
+    verdict compares with), scored here; else its training sample. ``verdict`` (the published
+    one) gives the snapshot's tags; ``estimated`` (the estimation verdict) puts the estimated
+    performance metric and its interval into the snapshot for the dashboard's panel.
     """
     config = runtime.config
     reason = verdict_reason(config, drift, performance)
@@ -318,7 +322,11 @@ def evidently_report(
         positive_label=config.positive_label if config.is_binary else None,
         sample_rows=config.monitoring.report_rows,
         drift_policy=config.monitoring.drift,
-        tags=[f"batch:{batch_id}", f"model:v{serving.version}", drift["status"]],
+        tags=reports.snapshot_tags(verdict),
+        estimates=_estimates_for_report(config.performance_metric, estimated),
+        reference_estimates={
+            reports.estimated_column(config.performance_metric): (estimated or {}).get("baseline")
+        },
         metadata={
             "loopml_verdict": reason,
             "batch_id": batch_id,
@@ -354,6 +362,15 @@ def evidently_report(
         description=f"Evidently report (data drift, prediction drift, performance): {reason}",
     )
     return EvidentlyRun(run_id=run_id, links={name: url for name, url in page_links.items() if url})
+
+
+def _estimates_for_report(metric: str, estimated: dict[str, Any] | None) -> dict[str, Any]:
+    """The performance metric's estimate and bounds under their ``--json`` names."""
+    entry = ((estimated or {}).get("estimates") or {}).get(metric) or {}
+    return {
+        reports.estimated_column(metric, bound): entry.get(key)
+        for bound, key in (("", "value"), ("lower", "lower"), ("upper", "upper"))
+    }
 
 
 @task(name="keep-labelled-batch", cache_policy=NO_CACHE)

@@ -25,8 +25,10 @@ from loopml.registry import (
     CHALLENGER,
     CHAMPION,
     GATE_FAILED,
+    SEARCH_TRIALS_TABLE,
     TAG_GATE,
     TAG_PREFIX,
+    LoggedDataset,
     RegisteredVersion,
     clear_alias,
     dangling_runs,
@@ -40,6 +42,7 @@ from loopml.registry import (
     version_by_alias,
 )
 from loopml.runtime import Runtime
+from loopml.search import trials_table
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
 from tasks.logs import library_output_to_log
@@ -153,6 +156,13 @@ def register_candidate(
             figures=evaluation.figures,
             reference_files=reference_files,
             run_name=_run_name(runtime, candidate.family),
+            datasets=[
+                LoggedDataset(train, "training", f"{config.name}-training", config.target),
+                LoggedDataset(
+                    evaluation.test, "evaluation", f"{config.name}-held-out", config.target
+                ),
+            ],
+            tables={SEARCH_TRIALS_TABLE: trials_table(candidate.search)},
         )
     with promotion_lock(runtime.settings.home, config.name):
         set_alias(runtime.mlflow, config.name, CHALLENGER, registered.version)

@@ -172,6 +172,26 @@ def test_one_verdict_line_in_the_artifact_the_event_and_the_evidently_snapshot(p
     assert snapshot.metadata["loopml_verdict"] == reason
     assert f"batch:{result['batch_id']}" in snapshot.tags
     assert f"model:v{result['model_version']}" in snapshot.tags
+    assert "verdict:drift" in snapshot.tags or "verdict:drift+estimated-degraded" in snapshot.tags
+
+
+def test_evidently_snapshot_carries_the_estimated_performance(project, shifted):
+    """The dashboard's estimated panel plots what ``loopml monitor --json`` reports."""
+    from evidently.ui.workspace import Workspace
+
+    result = shifted["result"]
+    assert result["estimated_roc_auc"] is not None, result.get("estimated_performance")
+    workspace = Workspace(str(project.home / "evidently"))
+    snapshot = workspace.get_run(workspace.search_project(NAME)[0].id, result["evidently_run"])
+
+    means = {}
+    for metric in snapshot.dict()["metric_results"].values():
+        params = metric["metric_value_location"]["metric"]["params"]
+        if params["type"].endswith(":MeanValue"):
+            means[params["column"]] = metric["value"]
+    for key in ("estimated_roc_auc", "estimated_roc_auc_lower", "estimated_roc_auc_upper"):
+        if result[key] is not None:
+            assert means[key] == pytest.approx(result[key]), key
 
 
 def test_evidently_project_has_its_dashboard_panels_once(project, shifted):
@@ -187,6 +207,7 @@ def test_evidently_project_has_its_dashboard_panels_once(project, shifted):
         "Drifted columns",
         "Prediction drift",
         "Performance: roc_auc",
+        "Performance: roc_auc (estimated)",
     ], titles
 
 

@@ -212,6 +212,40 @@ def test_training_run_has_params_metrics_plots_and_reference_data(trained, tmp_p
 
 
 @slow
+def test_training_run_shows_its_datasets_and_every_search_trial(trained, tmp_path):
+    client, result = trained.client, trained.result
+    run = client.get_run(result["run_id"])
+
+    datasets = {}
+    for dataset_input in run.inputs.dataset_inputs:
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        datasets[tags["mlflow.data.context"]] = dataset_input.dataset
+    assert set(datasets) == {"training", "evaluation"}
+    assert datasets["training"].name == f"{trained.name}-training"
+    assert datasets["evaluation"].name == f"{trained.name}-held-out"
+    rows = {context: json.loads(d.profile)["num_rows"] for context, d in datasets.items()}
+    assert rows == {"training": 1600, "evaluation": 400}
+    schema = json.loads(datasets["training"].schema)["mlflow_colspec"]
+    assert "churn" in {column["name"] for column in schema}
+
+    # The tag that makes the MLflow UI's Artifacts tab offer "View as table" for the file.
+    logged_tables = json.loads(run.data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "search_trials.json", "type": "table"} in logged_tables
+    local = Path(client.download_artifacts(run.info.run_id, "search_trials.json", str(tmp_path)))
+    logged = json.loads(local.read_text())
+    trials = pd.DataFrame(logged["data"], columns=logged["columns"])
+    assert list(trials.columns) == ["trial", "family", "state", "cv_roc_auc", "seconds", "params"]
+    assert sorted(trials["trial"]) == list(range(TRIALS))
+    assert set(trials["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
+    complete = trials[trials["state"] == "COMPLETE"]
+    assert not complete.empty
+    assert complete["cv_roc_auc"].is_monotonic_decreasing  # best first
+    assert (trials["seconds"] > 0).all()
+    for params in trials["params"]:
+        assert isinstance(json.loads(params), dict)
+
+
+@slow
 def test_champion_alias_loads_predicts_and_reproduces_its_held_out_score(trained, tmp_path):
     name = trained.name
     config = load_config(name, trained.project_dir)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,8 @@ from loopml.reports import (
     build_monitoring_report,
     evidently_column_drift,
     save_report_html,
+    snapshot_tags,
+    workspace_project_id,
 )
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -130,10 +134,90 @@ def test_workspace_keeps_one_project_and_every_run(classification_snapshot, tmp_
         "Drifted columns",
         "Prediction drift",
         "Performance: roc_auc",
+        "Performance: roc_auc (estimated)",
     ]
     assert panels[3].values[0].metric == "evidently:metric_v2:RocAuc"
     runs = {str(run) for run in workspace.list_runs(projects[0].id)}
     assert runs == {first, second}
+
+
+def _dashboard_series(workspace_path, project: str, panel_title: str) -> dict[str, list[float]]:
+    """A panel's points as the Evidently UI computes them (its own local data storage)."""
+    from evidently.ui.service.base import SeriesFilter
+    from evidently.ui.service.storage.local.base import InMemoryDataStorage
+    from evidently.ui.workspace import Workspace
+
+    panels = Workspace(str(workspace_path)).search_project(project)[0].dashboard.model().panels
+    panel = next(panel for panel in panels if panel.title == panel_title)
+    filters = [
+        SeriesFilter(tags=[], metadata={}, metric=value.metric, metric_labels=value.metric_labels)
+        for value in panel.values
+    ]
+    project_id = uuid.UUID(workspace_project_id(workspace_path, project))
+    response = asyncio.run(
+        InMemoryDataStorage(str(workspace_path)).get_data_series(project_id, filters, None, None)
+    )
+    return {series.params["column"]: series.values for series in response.series}
+
+
+def test_estimated_performance_has_its_panel_with_a_point_per_batch(scored_telco, tmp_path):
+    reference, current = scored_telco
+    workspace = tmp_path / "evidently"
+    # A project made before the estimated panel existed (no performance metric then).
+    add_to_workspace(workspace, "churn", _drift_only(reference, current, {}))
+    batches = [(0.81, 0.78, 0.84), (0.74, 0.70, 0.78)]
+    for value, lower, upper in batches:
+        estimates = {
+            "estimated_roc_auc": value,
+            "estimated_roc_auc_lower": lower,
+            "estimated_roc_auc_upper": upper,
+        }
+        snapshot = _drift_only(reference, current, estimates)
+        add_to_workspace(
+            workspace, "churn", snapshot, prediction_column=None, performance_metric="roc_auc"
+        )
+
+    series = _dashboard_series(workspace, "churn", "Performance: roc_auc (estimated)")
+
+    assert set(series) == {
+        "estimated_roc_auc",
+        "estimated_roc_auc_lower",
+        "estimated_roc_auc_upper",
+    }
+    assert series["estimated_roc_auc"] == pytest.approx([b[0] for b in batches])
+    assert series["estimated_roc_auc_lower"] == pytest.approx([b[1] for b in batches])
+    assert series["estimated_roc_auc_upper"] == pytest.approx([b[2] for b in batches])
+    # The estimate is reported, not tested: Evidently's default test would invent its own rule.
+    tests = snapshot.dict()["tests"]
+    assert not [t for t in tests if "estimated_roc_auc" in t["metric_config"]["params"].values()]
+
+
+def _drift_only(reference, current, estimates):
+    return build_monitoring_report(
+        reference,
+        current,
+        numeric_columns=NUMERIC,
+        categorical_columns=CATEGORICAL,
+        probability="churn_probability",
+        estimates=estimates,
+        reference_estimates={"estimated_roc_auc": 0.83},
+    )
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected"),
+    [
+        ({"drift_detected": True, "performance_degraded": True}, "verdict:drift+degraded"),
+        ({"drift_detected": False, "estimated_degraded": True}, "verdict:estimated-degraded"),
+        ({"drift_detected": True, "estimated_degraded": False}, "verdict:drift"),
+        ({"status": "no_drift"}, "verdict:ok"),
+        ({"status": "insufficient_data"}, "verdict:insufficient-data"),
+    ],
+)
+def test_snapshot_tags_name_batch_model_and_verdict(verdict, expected) -> None:
+    tags = snapshot_tags({"batch_id": "b1", "model_version": "3", **verdict})
+
+    assert tags == ["batch:b1", "model:v3", expected]
 
 
 def test_verdict_reason_names_the_rule_that_fired() -> None:

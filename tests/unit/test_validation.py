@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import great_expectations as gx
@@ -251,6 +252,45 @@ def test_data_docs_are_written(telco_frame, telco_suite, tmp_path):
     pages = list((docs_dir / "validations").rglob("*.html"))
     assert pages, "no validation page in the Data Docs site"
     assert "tenure" in pages[0].read_text()
+
+
+class _AssetReferences(HTMLParser):
+    """The files a page loads: stylesheets, scripts and images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.references: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "link" and "stylesheet" in (attributes.get("rel") or ""):
+            self.references.append(attributes.get("href") or "")
+        elif tag in ("script", "img") and attributes.get("src"):
+            self.references.append(attributes["src"])
+
+
+def test_data_docs_open_offline(telco_frame, telco_suite, tmp_path):
+    docs_dir = tmp_path / "docs"
+
+    # Two validations into one site: the second finds the assets in place and still rewrites.
+    validate_frame(telco_frame.head(200), telco_suite, data_docs_dir=docs_dir)
+    validate_frame(telco_frame.tail(200), telco_suite, data_docs_dir=docs_dir)
+
+    pages = sorted(docs_dir.rglob("*.html"))
+    assert docs_dir / "index.html" in pages
+    assert list((docs_dir / "validations").rglob("*.html"))
+    for page in pages:
+        parser = _AssetReferences()
+        parser.feed(page.read_text(encoding="utf-8"))
+        stylesheets = [ref for ref in parser.references if ref.endswith(".css")]
+        assert stylesheets, f"{page.name} loads no stylesheet"
+        assert any("bootstrap" in ref for ref in stylesheets)
+        for reference in parser.references:
+            assert not reference.startswith(("http://", "https://", "//")), (page, reference)
+            assert (page.parent / reference).resolve().is_file(), (page, reference)
+    # Font Awesome's fonts come along with its stylesheet.
+    fonts = list(docs_dir.rglob("fa-solid-900.woff2"))
+    assert fonts
 
 
 def test_quarantine_copies_the_file_and_leaves_the_source(telco_suite, telco_csv_sample, tmp_path):
