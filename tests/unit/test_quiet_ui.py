@@ -120,6 +120,9 @@ def test_each_new_outcome_is_printed_once(watched) -> None:
     watcher.look(state, now=0.0)
     watcher.look(state, now=1.0)
     assert printed == [f"inbox {PROJECT}: a.csv (batch b1) quarantined: bad rows"]
+    record_outcome(state.folder, {**entry, "file": "b.csv", "batch_id": "b2"})
+    watcher.stop()  # recorded after the last look, before the stop: still printed
+    assert printed[1:] == [f"inbox {PROJECT}: b.csv (batch b2) quarantined: bad rows"]
 
 
 @pytest.mark.parametrize(

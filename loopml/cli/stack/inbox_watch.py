@@ -13,6 +13,7 @@ file) are printed as they appear.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -70,10 +71,14 @@ class InboxWatcher:
         return self
 
     def stop(self) -> None:
+        """Stop watching; outcomes recorded since the last look are still printed."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        for watched in self._watched:
+            with contextlib.suppress(OSError):
+                self._print_outcomes(watched)
 
     def _loop(self) -> None:
         while not self._stop.wait(TICK_SECONDS):
