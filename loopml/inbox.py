@@ -129,3 +129,21 @@ def outcome_line(entry: dict[str, Any], project: str | None = None) -> str:
     if status == "retry":
         return f"{head}: attempt {entry.get('attempts')} of {MAX_ATTEMPTS} failed: {reason}"
     return f"{head}: {reason}" if reason else head
+
+
+def inbox_state(folder: Path) -> dict[str, Any]:
+    """The inbox at a glance for ``loopml status``: files waiting in it, files parked in
+    ``failed/`` and ``quarantined/``, and the last outcome recorded."""
+    entries = read_jsonl(folder / STATE_FILE)
+    last = next((entry for entry in reversed(entries) if entry.get("status") != "retry"), None)
+    return {
+        "inbox_dir": str(folder),
+        "waiting": len(ready_files(folder, settle_seconds=0)),
+        "failed": _count_files(folder / FAILED),
+        "quarantined": _count_files(folder / QUARANTINED),
+        "last": last,
+    }
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for path in folder.iterdir() if path.is_file()) if folder.is_dir() else 0

@@ -153,6 +153,7 @@ def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
 
     connected = connect_prefect(settings)
     _console_without_tracebacks()
+    _progress_on_stderr()
     project = parameters.get("project")
     tagged = project_tags(project) if project else contextlib.nullcontext()
     try:
@@ -211,6 +212,27 @@ class _NoRunErrors:
         if record.name == "py.warnings":  # a library's warning: not a loopml line
             return False
         return not str(record.msg).startswith("Still processing items")
+
+
+class _NoRunProgress:
+    """A console log filter while progress is shown: a run's INFO lines are written by the
+    progress handler instead, and libraries' INFO lines (GX's temporary docs folder) stay off."""
+
+    def filter(self, record: Any) -> bool:
+        return record.levelno >= 30  # WARNING and above
+
+
+def _progress_on_stderr() -> None:
+    """Stage and trial lines with the elapsed time on stderr (:mod:`loopml.cli.progress`), for a
+    person at a terminal or with ``LOOPML_PROGRESS=1``; stdout keeps only the result."""
+    from loopml.settings import show_progress
+
+    if not show_progress():
+        return
+    from loopml.cli.progress import install_progress
+
+    install_progress()
+    _filter_console(_NoRunProgress)
 
 
 def _console_without_tracebacks() -> None:

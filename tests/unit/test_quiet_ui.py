@@ -1,19 +1,22 @@
-"""A quiet Prefect UI (issue 14, item 4), the parts without servers: the inbox watcher starts a
-run only when ready files change, outcome lines, event labels the Prefect UI's Details tab
-shows."""
+"""A quiet Prefect UI and a talkative CLI (issue 14, items 4 and 7), the parts without servers:
+the inbox watcher starts a run only when ready files change, outcome and status lines, event
+labels the Prefect UI's Details tab shows, and the progress lines of a command."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
+from loopml.cli.registry import status_lines
 from loopml.cli.stack.inbox_watch import InboxWatcher, _Watched
 from loopml.config import ColumnsConfig, ProjectConfig, ScheduleConfig
 from loopml.events import event_resource
-from loopml.inbox import outcome_line, record_outcome
+from loopml.inbox import inbox_state, outcome_line, record_outcome
 
 PROJECT = "churn"
 DEPLOYMENT = f"inbox/inbox-{PROJECT}"
@@ -157,6 +160,64 @@ def test_outcome_lines(entry, line) -> None:
     assert outcome_line(entry, PROJECT) == line
 
 
+def test_inbox_state_counts_waiting_failed_quarantined_and_names_the_last(tmp_path) -> None:
+    folder = tmp_path / PROJECT
+    folder.mkdir()
+    _drop(folder, "waiting.csv")
+    for sub, count in (("failed", 1), ("quarantined", 2)):
+        (folder / sub).mkdir()
+        for index in range(count):
+            (folder / sub / f"{index}.csv").write_text("x\n")
+    record_outcome(folder, {"file": "a.csv", "batch_id": "b1", "status": "processed"})
+    record_outcome(folder, {"file": "b.csv", "batch_id": "b2", "status": "retry"})
+    state = inbox_state(folder)
+    assert (state["waiting"], state["failed"], state["quarantined"]) == (1, 1, 2)
+    assert state["last"]["file"] == "a.csv"
+
+
+def test_status_lines_round_numbers_and_show_inbox_and_quarantine() -> None:
+    result = {
+        "champion": {"version": "2", "family": "logistic", "metrics": {"roc_auc": 0.84123456}},
+        "challenger": None,
+        "last_monitoring": {
+            "checked_at": "2026-12-03T10:00:00+00:00",
+            "batch_id": "b1",
+            "drift_detected": False,
+            "drift_share": 0.10526315789473684,
+            "performance_degraded": False,
+        },
+        "history": [],
+        "inbox": {
+            "inbox_dir": "/h/inbox/churn",
+            "waiting": 2,
+            "failed": 1,
+            "quarantined": 1,
+            "last": {
+                "at": "2026-12-03T10:00:00+00:00",
+                "file": "a.csv",
+                "batch_id": "b1",
+                "status": "processed",
+                "rows": 10,
+                "model_version": "2",
+                "drift_detected": False,
+                "drift_share": 0.10526315789473684,
+            },
+        },
+        "quarantine": {
+            "quarantine_dir": "/h/quarantine/churn",
+            "batches": 1,
+            "latest": [{"at": "2026-12-03T09:00:00+00:00", "batch_id": "b9", "reason": "no x"}],
+        },
+    }
+    text = "\n".join(status_lines(result))
+    assert not re.search(r"\d\.\d{5,}", text), text
+    assert "share=0.11" in text
+    assert "inbox: 2 file(s) waiting, 1 failed, 1 quarantined (/h/inbox/churn)" in text
+    assert "  last: 2026-12-03T10:00:00+00:00 a.csv (batch b1) processed: 10 rows, v2" in text
+    assert "quarantine: 1 batch(es) (/h/quarantine/churn)" in text
+    assert "  2026-12-03T09:00:00+00:00 batch b9: no x" in text
+
+
 def test_event_payload_values_become_labels_the_details_tab_shows() -> None:
     payload = {
         "batch_id": "b1",
@@ -173,3 +234,22 @@ def test_event_payload_values_become_labels_the_details_tab_shows() -> None:
     assert resource["loopml.drift_detected"] == "true"
     assert resource["loopml.drifted_columns"] == "tenure, contract"
     assert "loopml.performance" not in resource and "loopml.model_version" not in resource
+
+
+def test_progress_lines_name_the_run_and_stage_with_the_elapsed_time() -> None:
+    from loopml.cli.progress import progress_line
+
+    def record(message: str, **extra: str) -> logging.LogRecord:
+        made = logging.LogRecord("prefect.task_runs", logging.INFO, "", 0, message, (), None)
+        made.__dict__.update(extra)
+        return made
+
+    trial = record(
+        "trial 3 (logistic): roc_auc=0.8412", flow_run_name="train-churn", task_name="search"
+    )
+    assert progress_line(trial, 12.34) == (
+        "[  12.3s] train-churn > search: trial 3 (logistic): roc_auc=0.8412"
+    )
+    done = record("Finished in state Completed()", flow_run_name="train-churn", task_name="fit")
+    assert progress_line(done, 1.0) == "[   1.0s] train-churn > fit: done"
+    assert progress_line(record("Created task run 'fit-1'", flow_run_name="x"), 1.0) is None
