@@ -103,13 +103,16 @@ def project_deployments(config: ProjectConfig, project_dir: Path) -> list[Runner
     Schedules come from the project's config. Retraining runs one at a time per project
     (``concurrency_limit`` 1, ENQUEUE); the inbox never overlaps itself (CANCEL_NEW). The
     monitor deployment has no schedule: it needs a batch (``data``), which the inbox deployment
-    passes for every new file.
+    passes for every new file. The inbox deployment has no schedule either: ``loopml up``
+    watches the inbox folders and starts a run only when a file is ready
+    (loopml/cli/stack/inbox_watch.py), so an idle inbox makes no flow runs.
     """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
 
     from flows.inbox import inbox_flow
     from flows.monitoring import monitor_flow
+    from flows.naming import tags_of
     from flows.retraining import retrain_flow
     from flows.scoring import score_flow
     from flows.training import train_flow
@@ -117,7 +120,7 @@ def project_deployments(config: ProjectConfig, project_dir: Path) -> list[Runner
     name = config.name
     common: dict[str, Any] = {
         "parameters": {"project": name, "project_dir": str(project_dir.resolve())},
-        "tags": ["loopml", f"project:{name}"],
+        "tags": tags_of(name),
         "entrypoint_type": EntrypointType.MODULE_PATH,  # flows/ is installed: no file paths
         "paused": False,
     }
@@ -155,7 +158,6 @@ def project_deployments(config: ProjectConfig, project_dir: Path) -> list[Runner
         inbox_flow.to_deployment(
             name=deployment_name("inbox", name),
             description=f"Score and monitor new batches dropped into inbox/{name}/.",
-            interval=schedules.inbox_poll_seconds,
             concurrency_limit=ConcurrencyLimitConfig(
                 limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
             ),

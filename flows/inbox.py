@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from flows.naming import run_name
+from flows.naming import project_tags, run_name
 from loopml.errors import ValidationFailed
 from loopml.inbox import (
     FAILED,
@@ -92,10 +92,11 @@ def _process(
     logger = get_run_logger()
     outcome: dict[str, Any] = {"file": path.name, "batch_id": batch_id}
     try:
-        scored = score_flow(project=project, data=str(path), project_dir=project_dir)
-        monitored = monitor_flow(
-            project=project, data=str(path), project_dir=project_dir, batch_id=batch_id
-        )
+        with project_tags(project):  # a deployment's tags do not pass to its subflows
+            scored = score_flow(project=project, data=str(path), project_dir=project_dir)
+            monitored = monitor_flow(
+                project=project, data=str(path), project_dir=project_dir, batch_id=batch_id
+            )
     except ValidationFailed as exc:
         logger.warning("%s: quarantined: %s", path.name, exc)
         quarantine = getattr(exc, "quarantine_path", None)

@@ -1,15 +1,36 @@
-"""Flow run names that say what a run does (``monitor-telco-b88327``), not Prefect's random pair.
+"""Flow run names that say what a run does (``monitor-telco-b88327``), not Prefect's random pair,
+and the tags every run of a project carries (``loopml``, ``project:NAME``).
 
 Each flow passes ``flow_run_name=run_name("monitor")``; the name is built when the run starts,
 from its parameters: the project, then the batch id, the data file's name or the version.
+A deployment's runs get the tags from the deployment; a run started from the CLI and a subflow
+get them from :func:`project_tags` around the call (Prefect tags a new run, subflows too, with
+the tags of the context it is created in).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from prefect import tags
 from prefect.runtime import flow_run
+
+LOOPML_TAG = "loopml"
+
+
+def tags_of(project: str) -> list[str]:
+    """The tags of every run of ``project``."""
+    return [LOOPML_TAG, f"project:{project}"]
+
+
+@contextlib.contextmanager
+def project_tags(project: str) -> Iterator[None]:
+    """Runs created inside the block (a CLI's flow run, a flow's subflows) carry the project's
+    tags."""
+    with tags(*tags_of(project)):
+        yield
 
 
 def run_name(kind: str) -> Callable[[], str]:

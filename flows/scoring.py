@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from flows.naming import run_name
+from flows.states import quarantined
 from loopml.data import file_hash
+from loopml.errors import ValidationFailed
 from loopml.runtime import open_runtime
 from loopml.scoring import check_output_path
 from tasks.parallel import parallel_workers, score_in_partitions
@@ -27,9 +30,11 @@ def score_flow(
     out: str | None = None,
     project_dir: str = ".",
     reasons: int | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Score the batch ``data`` (CSV/Parquet) with ``models:/project@champion``; with
-    ``reasons``, each output row also gets its ``reasons`` strongest contributions."""
+    ``reasons``, each output row also gets its ``reasons`` strongest contributions. A batch
+    that fails validation is quarantined and the run ends ``Quarantined`` (calling the flow
+    raises ValidationFailed)."""
     out_path = None if out is None else Path(out)
     if out_path is not None:
         check_output_path(out_path)  # before the champion is loaded or a row is validated
@@ -37,7 +42,10 @@ def score_flow(
     source = Path(data)
     batch_id = "b" + file_hash(source)
     serving = load_champion(runtime)
-    validate_file(runtime, source, batch_id=batch_id, require_target=False)
+    try:
+        validate_file(runtime, source, batch_id=batch_id, require_target=False)
+    except ValidationFailed as error:
+        return quarantined(error)  # the inbox files the batch under quarantined/
     background = None if reasons is None else load_reasons_background(runtime, serving)
     score_batch = score_in_partitions if parallel_workers(runtime.settings) > 1 else score_file
     return score_batch(

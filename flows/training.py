@@ -7,9 +7,12 @@ from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows.naming import run_name
+from flows.states import quarantined
 from loopml.data import frame_hash
+from loopml.errors import ValidationFailed
 from loopml.features import labelled_rows
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
@@ -37,18 +40,23 @@ def train_flow(
     trials: int | None = None,
     timeout: float | None = None,
     trigger: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train, register and gate a new version of ``project``'s model."""
+) -> dict[str, Any] | State:
+    """Train, register and gate a new version of ``project``'s model (training data that fails
+    the suite is quarantined and the run ends ``Quarantined``; calling the flow raises
+    ValidationFailed)."""
     runtime = open_runtime(project, project_dir)
     source = data_location(runtime.project_dir, data or runtime.config.data, runtime.config.sql_url)
     frame, batch_id = load_table(source, runtime.config.sql_url)
-    validate_batch(
-        runtime,
-        frame,
-        source=_as_file(source, runtime.config.sql_url),
-        batch_id=batch_id,
-        require_target=True,
-    )
+    try:
+        validate_batch(
+            runtime,
+            frame,
+            source=_as_file(source, runtime.config.sql_url),
+            batch_id=batch_id,
+            require_target=True,
+        )
+    except ValidationFailed as error:
+        return quarantined(error)  # nothing trained: the run ends Quarantined, not Failed
     train, test = split_data(runtime, labelled_rows(frame, runtime.config))
     study_name = f"{project}-{flow_run.get_id()}"
     search = search_candidates(

@@ -6,8 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from flows.naming import run_name
+from flows.states import quarantined
+from loopml.errors import ValidationFailed
 from loopml.runtime import open_runtime
 from tasks.ingest import load_table
 from tasks.validation import validate_batch
@@ -16,16 +19,20 @@ from tasks.validation import validate_batch
 @flow(name="validate", flow_run_name=run_name("validate"), log_prints=False)
 def validate_flow(
     project: str, data: str, project_dir: str = ".", require_target: bool | None = None
-) -> dict[str, Any]:
-    """Validate ``data``; raises ValidationFailed (after quarantining) when it fails."""
+) -> dict[str, Any] | State:
+    """Validate ``data``; a failing batch is quarantined and the run ends ``Quarantined``
+    (calling the flow raises ValidationFailed)."""
     runtime = open_runtime(project, project_dir)
     frame, batch_id = load_table(data)
     with_target = (
         runtime.config.target in frame.columns if require_target is None else require_target
     )
-    report = validate_batch(
-        runtime, frame, source=Path(data), batch_id=batch_id, require_target=with_target
-    )
+    try:
+        report = validate_batch(
+            runtime, frame, source=Path(data), batch_id=batch_id, require_target=with_target
+        )
+    except ValidationFailed as error:
+        return quarantined(error)
     return {
         "project": project,
         "batch_id": batch_id,

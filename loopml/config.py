@@ -296,11 +296,16 @@ class RetrainingConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    """Cron schedules for the deployments ``loopml up`` serves (``None`` disables one)."""
+    """Cron schedules for the deployments ``loopml up`` serves (``None`` disables one), and how
+    ``loopml up`` watches the inbox: it lists ``inbox/NAME/`` every ``inbox_poll_seconds`` (a
+    local directory listing, no flow run) and starts an inbox run only when a file is ready;
+    files left waiting (no champion yet, a failed attempt) get another run after
+    ``inbox_sweep_seconds``."""
 
     monitor: str | None = "0 * * * *"
     retrain: str | None = "0 3 * * 0"
     inbox_poll_seconds: int = Field(15, ge=1)
+    inbox_sweep_seconds: int = Field(600, ge=10)
 
 
 class ColumnsConfig(_Strict):

@@ -29,3 +29,35 @@ def project_resource(project: str) -> dict[str, str]:
         "prefect.resource.name": project,
         "loopml.project": project,
     }
+
+
+LABEL_MAX_CHARACTERS = 200
+
+
+def event_resource(project: str, payload: dict) -> dict[str, str]:
+    """The project's resource with the payload's plain values as labels (``loopml.KEY``).
+
+    Why: the Prefect UI's event Details tab shows the resource's labels, not the payload (that
+    is only in the Raw tab); the payload stays whole for automations' templates. Numbers keep
+    4 significant digits, lists of plain values are joined, nested values stay in the payload.
+    """
+    labels = dict(project_resource(project))
+    for key, value in payload.items():
+        text = _label_text(value)
+        if text is not None:
+            labels[f"loopml.{key}"] = text[:LABEL_MAX_CHARACTERS]
+    return labels
+
+
+def _label_text(value: object) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int | str):
+        return str(value)
+    if isinstance(value, list | tuple) and all(
+        isinstance(item, str | int | float) and not isinstance(item, bool) for item in value
+    ):
+        return ", ".join(_label_text(item) or "" for item in value)
+    return None

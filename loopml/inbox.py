@@ -93,3 +93,57 @@ def inbox_lock(folder: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ready_signature(folder: Path, settle_seconds: float) -> tuple[tuple[str, int, int], ...]:
+    """What is ready in ``folder`` now, as ``(name, size, mtime_ns)`` per file: a watcher starts
+    an inbox run when this changes (and is not empty), not on every look."""
+    signature = []
+    for path in ready_files(folder, settle_seconds):
+        with contextlib.suppress(FileNotFoundError):  # taken by a run meanwhile
+            stat = path.stat()
+            signature.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
+
+
+def outcome_line(entry: dict[str, Any], project: str | None = None) -> str:
+    """One inbox outcome as a line, e.g. ``telco: a.csv (batch b1f2) processed: 500 rows, v3,
+    drift detected (share 0.56)`` (without ``project``, no ``telco:``)."""
+    head = f"{entry.get('file')} (batch {entry.get('batch_id')}) {entry.get('status')}"
+    head = f"{project}: {head}" if project else head
+    status = entry.get("status")
+    if status == PROCESSED:
+        drift = "drift detected" if entry.get("drift_detected") else "no drift"
+        share = entry.get("drift_share")
+        details = [
+            f"{entry.get('rows')} rows",
+            f"v{entry.get('model_version')}",
+            drift + ("" if share is None else f" (share {share:.2f})"),
+        ]
+        if entry.get("performance_degraded"):
+            details.append("performance degraded")
+        return f"{head}: {', '.join(details)}"
+    if status == "duplicate":
+        return f"{head}: these bytes were processed before; filed under processed/"
+    reason = " ".join(str(entry.get("reason") or "").split())
+    if status == "retry":
+        return f"{head}: attempt {entry.get('attempts')} of {MAX_ATTEMPTS} failed: {reason}"
+    return f"{head}: {reason}" if reason else head
+
+
+def inbox_state(folder: Path) -> dict[str, Any]:
+    """The inbox at a glance for ``loopml status``: files waiting in it, files parked in
+    ``failed/`` and ``quarantined/``, and the last outcome recorded."""
+    entries = read_jsonl(folder / STATE_FILE)
+    last = next((entry for entry in reversed(entries) if entry.get("status") != "retry"), None)
+    return {
+        "inbox_dir": str(folder),
+        "waiting": len(ready_files(folder, settle_seconds=0)),
+        "failed": _count_files(folder / FAILED),
+        "quarantined": _count_files(folder / QUARANTINED),
+        "last": last,
+    }
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for path in folder.iterdir() if path.is_file()) if folder.is_dir() else 0

@@ -179,6 +179,7 @@ def project_status(
     project: str, project_dir: Path, settings: Settings, *, history: int = 10
 ) -> dict[str, Any]:
     """Champion, challenger, last monitoring verdict and the latest promotion history."""
+    from loopml.inbox import inbox_state
     from loopml.registry import (
         CHALLENGER,
         CHAMPION,
@@ -188,6 +189,7 @@ def project_status(
         version_by_alias,
         version_metrics,
     )
+    from loopml.validation import quarantine_state
 
     load_config(project, project_dir)
     client = mlflow_client(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
@@ -214,5 +216,7 @@ def project_status(
         "last_monitoring": last_monitoring(settings, project),
         **estimation_status(settings.monitoring_dir, project, history),
         "history": decisions[-history:] if history > 0 else decisions,
+        "inbox": inbox_state(settings.inbox_dir / project),
+        "quarantine": quarantine_state(settings.quarantine_dir / project),
         "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
     }

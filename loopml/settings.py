@@ -147,7 +147,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     )
 
 
-def _show_progress() -> bool:
+def show_progress() -> bool:
+    """Whether commands show progress on stderr: at a terminal, or as LOOPML_PROGRESS=1/0 says."""
     forced = os.environ.get("LOOPML_PROGRESS")
     if forced is not None:
         return forced.strip().lower() not in {"0", "false", "no", ""}
@@ -187,7 +188,7 @@ def prefect_environment(settings: Settings) -> dict[str, str]:
         # INFO reaches the Prefect UI (run logs); the console shows it as progress only to a
         # person at a terminal (LOOPML_PROGRESS=1/0 forces it), so scripts get one error line.
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO" if _show_progress() else "WARNING",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "INFO" if show_progress() else "WARNING",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "DO_NOT_TRACK": "1",
         # Read by OpenMP/BLAS when they load: set before scikit-learn is imported.

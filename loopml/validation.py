@@ -14,6 +14,7 @@ import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,32 @@ def quarantine_batch(
     record = {"batch_id": batch_id, "source": source_text, **report.summary(), "result": report.raw}
     (folder / "validation.json").write_text(json.dumps(record, indent=2, default=str))
     return folder
+
+
+def quarantine_state(quarantine_dir: Path, latest: int = 3) -> dict[str, Any]:
+    """A project's quarantine at a glance (``loopml status``): how many batches it holds and
+    the ``latest`` ones (batch id, when, the source file, the first failed expectation)."""
+    folder = Path(quarantine_dir)
+    records = []
+    for record_path in folder.glob("*/validation.json") if folder.is_dir() else ():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):  # a half-written record: counted, described by its folder
+            record = {}
+        messages = record.get("messages") or []
+        records.append(
+            {
+                "batch_id": record.get("batch_id", record_path.parent.name),
+                "at": datetime.fromtimestamp(record_path.stat().st_mtime, UTC).isoformat(
+                    timespec="seconds"
+                ),
+                "source": record.get("source"),
+                "reason": messages[0] if messages else None,
+                "folder": str(record_path.parent),
+            }
+        )
+    records.sort(key=lambda entry: entry["at"], reverse=True)
+    return {"quarantine_dir": str(folder), "batches": len(records), "latest": records[:latest]}
 
 
 # --- building the GX objects --------------------------------------------------------------------

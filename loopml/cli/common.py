@@ -6,6 +6,7 @@ Errors are one line on stderr and a non-zero exit; set ``LOOPML_DEBUG=1`` for tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -146,13 +147,17 @@ def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
 
     Validate the command's inputs before calling it: a typo's error then needs no server.
     """
+    from flows.naming import project_tags
     from flows.runner import with_runner
     from loopml.cli.stack.deployments import prefect_api
 
     connected = connect_prefect(settings)
     _console_without_tracebacks()
+    _progress_on_stderr()
+    project = parameters.get("project")
+    tagged = project_tags(project) if project else contextlib.nullcontext()
     try:
-        with prefect_api(connected.prefect_api_url, connected.prefect_auth_string):
+        with prefect_api(connected.prefect_api_url, connected.prefect_auth_string), tagged:
             return with_runner(flow, connected)(**parameters)
     finally:
         if not connected.prefect_api_from_user:  # the idle time counts from the last use
@@ -209,10 +214,36 @@ class _NoRunErrors:
         return not str(record.msg).startswith("Still processing items")
 
 
+class _NoRunProgress:
+    """A console log filter while progress is shown: a run's INFO lines are written by the
+    progress handler instead, and libraries' INFO lines (GX's temporary docs folder) stay off."""
+
+    def filter(self, record: Any) -> bool:
+        return record.levelno >= 30  # WARNING and above
+
+
+def _progress_on_stderr() -> None:
+    """Stage and trial lines with the elapsed time on stderr (:mod:`loopml.cli.progress`), for a
+    person at a terminal or with ``LOOPML_PROGRESS=1``; stdout keeps only the result."""
+    from loopml.settings import show_progress
+
+    if not show_progress():
+        return
+    from loopml.cli.progress import install_progress
+
+    install_progress()
+    _filter_console(_NoRunProgress)
+
+
 def _console_without_tracebacks() -> None:
     """Keep run errors off the console (the Prefect UI keeps them); ``LOOPML_DEBUG`` shows them."""
     if os.environ.get("LOOPML_DEBUG"):
         return
+    _filter_console(_NoRunErrors)
+
+
+def _filter_console(kind: type) -> None:
+    """Add a ``kind`` filter to every Prefect console handler (once)."""
     import logging
 
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -225,6 +256,6 @@ def _console_without_tracebacks() -> None:
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, PrefectConsoleHandler) and not any(
-                isinstance(existing, _NoRunErrors) for existing in handler.filters
+                isinstance(existing, kind) for existing in handler.filters
             ):
-                handler.addFilter(_NoRunErrors())
+                handler.addFilter(kind())

@@ -63,7 +63,6 @@ def status(
     json_output: JsonFlag = False,
 ) -> None:
     """Champion, challenger, last monitoring verdict and promotion history."""
-    from loopml.estimation_view import estimation_status_lines
     from loopml.project import project_status
 
     def action() -> dict[str, Any]:
@@ -71,34 +70,71 @@ def status(
         return project_status(name, project_dir.resolve(), settings, history=history)
 
     def render(result: dict[str, Any]) -> None:
-        for alias in ("champion", "challenger"):
-            entry = result[alias]
-            if entry is None:
-                typer.echo(f"{alias}: none")
-            else:
-                metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(entry["metrics"].items()))
-                typer.echo(f"{alias}: v{entry['version']} ({entry.get('family')}) {metrics}")
-        monitoring = result.get("last_monitoring")
-        if monitoring:
-            share = monitoring.get("drift_share")
-            share_text = "n/a" if share is None else f"{share:.2f}"
-            typer.echo(
-                f"last monitoring: {monitoring.get('checked_at')} "
-                f"batch {monitoring.get('batch_id')}"
-                f" drift={monitoring.get('drift_detected')} share={share_text}"
-                f" degraded={monitoring.get('performance_degraded')}"
-            )
-            if monitoring.get("reason"):
-                typer.echo(f"  rule: {monitoring['reason']}")
-        else:
-            typer.echo("last monitoring: none")
-        for line in estimation_status_lines(result):
+        for line in status_lines(result):
             typer.echo(line)
-        typer.echo("history:")
-        for entry in result["history"]:
-            typer.echo("  " + history_line(entry))
 
     run(action, json_output, render)
+
+
+def status_lines(result: dict[str, Any]) -> list[str]:
+    """``loopml status`` as text: aliases, last monitoring, estimates, inbox, quarantine,
+    history (numbers rounded; ``--json`` keeps them whole)."""
+    from loopml.estimation_view import estimation_status_lines
+
+    lines = []
+    for alias in ("champion", "challenger"):
+        entry = result[alias]
+        if entry is None:
+            lines.append(f"{alias}: none")
+        else:
+            metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(entry["metrics"].items()))
+            lines.append(f"{alias}: v{entry['version']} ({entry.get('family')}) {metrics}")
+    monitoring = result.get("last_monitoring")
+    if monitoring:
+        lines.append(
+            f"last monitoring: {monitoring.get('checked_at')} "
+            f"batch {monitoring.get('batch_id')}"
+            f" drift={monitoring.get('drift_detected')}"
+            f" share={_number(monitoring.get('drift_share'))}"
+            f" degraded={monitoring.get('performance_degraded')}"
+        )
+        if monitoring.get("reason"):
+            lines.append(f"  rule: {monitoring['reason']}")
+    else:
+        lines.append("last monitoring: none")
+    lines += estimation_status_lines(result)
+    lines += inbox_lines(result.get("inbox"), result.get("quarantine"))
+    lines.append("history:")
+    lines += ["  " + history_line(entry) for entry in result["history"]]
+    return lines
+
+
+def inbox_lines(inbox: dict[str, Any] | None, quarantine: dict[str, Any] | None) -> list[str]:
+    """The inbox (waiting, failed, last processed) and the quarantine, a few lines."""
+    from loopml.inbox import outcome_line
+
+    lines = []
+    if inbox is not None:
+        lines.append(
+            f"inbox: {inbox['waiting']} file(s) waiting, {inbox['failed']} failed, "
+            f"{inbox['quarantined']} quarantined ({inbox['inbox_dir']})"
+        )
+        last = inbox.get("last")
+        if last:
+            lines.append(f"  last: {last.get('at')} " + outcome_line(last))
+    if quarantine is not None:
+        lines.append(
+            f"quarantine: {quarantine['batches']} batch(es) ({quarantine['quarantine_dir']})"
+        )
+        for entry in quarantine["latest"]:
+            reason = f": {entry['reason']}" if entry.get("reason") else ""
+            lines.append(f"  {entry['at']} batch {entry['batch_id']}{reason}")
+    return lines
+
+
+def _number(value: Any) -> str:
+    """A share or score for a person: two decimals, ``n/a`` when missing."""
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def history_line(entry: dict[str, Any]) -> str:

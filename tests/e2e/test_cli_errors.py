@@ -64,6 +64,20 @@ def flow_error(result, *fragments: str) -> str:
     return lines[-1]
 
 
+def flow_runs(flow: str, **parameters: str) -> list:
+    """Runs of ``flow`` in the session's Prefect API whose parameters include ``parameters``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+    return [
+        run
+        for run in runs
+        if all(run.parameters.get(key) == value for key, value in parameters.items())
+    ]
+
+
 def registered_models(home: Path) -> list[str]:
     database = home / "mlflow.db"
     if not database.exists():
@@ -304,6 +318,10 @@ def test_training_data_that_fails_the_suite_is_quarantined(
     assert json.loads((folder / "validation.json").read_text())["success"] is False
     assert registered_models(loopml_home) == []
     assert project_files(project_dir, "churn") == before
+    # In the Prefect UI: its own state, not a red Failed with a failure notification; tagged.
+    (run,) = flow_runs("train", data=str(bad.resolve()))
+    assert (run.state_name, run.state_type.value) == ("Quarantined", "FAILED")
+    assert {"loopml", "project:churn"} <= set(run.tags)
 
 
 def test_a_feature_column_that_became_all_null_fails_validation(

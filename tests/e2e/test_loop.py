@@ -477,23 +477,41 @@ def test_the_same_batch_never_retrains_twice(closed_loop) -> None:
     assert _registered_versions(closed_loop) == versions_before
 
 
-def test_failures_and_promotions_reach_the_notification_sink(closed_loop) -> None:
+def test_promotions_reach_the_notification_sink_and_a_quarantine_is_no_failure(
+    closed_loop,
+) -> None:
+    """The invalid batch's score run ends in its own state, Quarantined (tagged with the
+    project), and no failure notification names it; the promotions are notified."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with _prefect(closed_loop), get_client(sync_client=True) as client:
+        score_runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["score"]))
+        )
+    quarantined = [run for run in score_runs if run.parameters["data"].endswith("invalid.csv")]
+    assert [run.state_name for run in quarantined] == ["Quarantined"]
+    assert {"loopml", f"project:{PROJECT}"} <= set(quarantined[0].tags)
+
     path = Path(closed_loop.stack["notifications_file"])
+    promoted = [e for e in _ledger(closed_loop) if e["action"] == "promoted"]
+    expected = [
+        f"{PROJECT} v{entry['version']} promoted to champion"
+        for entry in promoted
+        if (entry.get("trigger") or {}).get("batch_id")
+    ]
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while True:  # the promotions come after the quarantine: their notes arrive after its
         notes = (
             [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
         )
-        if any("score" in n["subject"] and "Failed" in n["subject"] for n in notes):
+        subjects = [n["subject"] for n in notes]
+        if all(any(e in s for s in subjects) for e in expected) or time.monotonic() > deadline:
             break
         time.sleep(2)
-    subjects = [n["subject"] for n in notes]
-    assert any("score" in s and "Failed" in s for s in subjects), subjects
-    promoted = [e for e in _ledger(closed_loop) if e["action"] == "promoted"]
-    for entry in promoted:
-        if (entry.get("trigger") or {}).get("batch_id"):
-            expected = f"{PROJECT} v{entry['version']} promoted to champion"
-            assert any(expected in s for s in subjects), subjects
+    for text in expected:
+        assert any(text in s for s in subjects), subjects
+    assert not [s for s in subjects if quarantined[0].name in s], subjects
 
 
 def _registered_versions(loop: ClosedLoop) -> list[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loopml.data import file_hash
 from tests.conftest import BIN, REPO, SAMPLE, free_port, init_project, last_json
 
 pytestmark = pytest.mark.timeout(300)
@@ -99,7 +100,10 @@ def test_prefect_deploy_all_creates_every_deployment(prefect_server, tmp_path) -
     assert [s.schedule.cron for s in retrain.schedules] == ["0 3 * * 0"]
     assert retrain.global_concurrency_limit.limit == 1
     assert retrain.concurrency_options.collision_strategy.value == "ENQUEUE"
-    assert [s.schedule.interval.total_seconds() for s in inbox.schedules] == [15]
+    # No polling: `loopml up` starts inbox runs when a file is ready; the sweep stays inactive.
+    assert [(s.schedule.interval.total_seconds(), s.active) for s in inbox.schedules] == [
+        (15, False)
+    ]
     assert inbox.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert [(s.schedule.cron, s.active) for s in monitor.schedules] == [("0 * * * *", False)]
 
@@ -412,6 +416,24 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
             == (stack["prefect_server_supervisor_pid"])
         )
 
+        # No polling: a ready file starts the inbox's first and only run, which files it (a
+        # batch seen before) and up prints its outcome.
+        credentials = json.loads((home / "credentials.json").read_text())
+        inbox_runs = _inbox_runs(stack, credentials)
+        assert inbox_runs == []
+        inbox = home / "inbox" / "upped"
+        seen = inbox / "seen.csv"
+        seen.write_text(SAMPLE.read_text()[:5000].rsplit("\n", 1)[0] + "\n")
+        batch_id = "b" + file_hash(seen)
+        (inbox / "inbox.jsonl").write_text(
+            json.dumps({"file": "old.csv", "batch_id": batch_id, "status": "processed"}) + "\n"
+        )
+        outcome = _wait_for_outcome(inbox / "inbox.jsonl", "duplicate", timeout=120)
+        assert outcome["batch_id"] == batch_id
+        inbox_runs = _inbox_runs(stack, credentials)
+        assert [run.state_name for run in inbox_runs] == ["Completed"]
+        assert {"loopml", "project:upped"} <= set(inbox_runs[0].tags)
+
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=120)
@@ -427,6 +449,7 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
     assert last_json(stdout)["stopped"] is True
     assert last_json(stdout)["signal"] == "SIGTERM"
     assert stderr.index("deployment runner: stopped") < stderr.index("Prefect server: stopped")
+    assert f"inbox upped: seen.csv (batch {batch_id}) duplicate" in stderr
     assert not (home / "stack.json").exists()
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in children.values()) and time.monotonic() < deadline:
@@ -490,6 +513,40 @@ def _assert_locked(stack: dict, credentials: dict) -> None:
     assert _status(sink, {"subject": "from loopml"}, bearer)[0] == 204
     written = Path(stack["notifications_file"]).read_text()
     assert "from loopml" in written and "forged" not in written
+
+
+def _inbox_runs(stack: dict, credentials: dict) -> list:
+    """Runs of the inbox deployment that started (a run the watcher created may still be
+    scheduled: wait for the one that ran; none at all is returned at once)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    from loopml.cli.stack.deployments import prefect_api
+
+    deadline = time.monotonic() + 60
+    with prefect_api(stack["prefect_api_url"], credentials["prefect_auth_string"]):
+        while True:
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=["inbox"]))
+                )
+            if all(run.state is not None and run.state.is_final() for run in runs):
+                return runs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"inbox runs not finished: {[r.state_name for r in runs]}")
+            time.sleep(0.5)
+
+
+def _wait_for_outcome(path: Path, status: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for line in lines:
+            entry = json.loads(line)
+            if entry.get("status") == status:
+                return entry
+        time.sleep(0.5)
+    raise AssertionError(f"no {status} outcome in {path} within {timeout} s")
 
 
 def _wait_for_stack(stack_file: Path, process: subprocess.Popen, timeout: float) -> dict:

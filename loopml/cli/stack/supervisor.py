@@ -8,6 +8,7 @@ One process (``loopml up``) owns everything and stops it in order on Ctrl-C or S
     Evidently UI     evidently ui --workspace $LOOPML_HOME/evidently
     notification sink  a tiny HTTP receiver appending to $LOOPML_HOME/notifications.jsonl
     runner           ``loopml serve``: every project's deployments served with their schedules
+    inbox watcher    a thread starting an inbox run when a file is ready, printing each outcome
     automations      rendered from deployments/automations/*.yaml, created by name
 
 Process management here is plain Python. The few Prefect calls (deployments, blocks,
@@ -41,6 +42,7 @@ from loopml.cli.stack.deployments import (
     release_orphaned_runs,
     wait_for_deployments,
 )
+from loopml.cli.stack.inbox_watch import InboxWatcher
 from loopml.cli.stack.local_server import LocalServer, ensure_local_server, stop_local_server
 from loopml.cli.stack.notifications import NotificationSink
 from loopml.cli.stack.processes import (
@@ -90,6 +92,7 @@ class Stack:
     sink: NotificationSink | None = None
     record: dict[str, Any] = field(default_factory=dict)
     server: LocalServer | None = None
+    watcher: InboxWatcher | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -242,6 +245,13 @@ class Stack:
                 retrain_deployment_ids=retrain_ids,
             )["automations"]
             self.progress(f"  automations: {len(automations)} applied")
+        self.watcher = InboxWatcher(
+            self.settings.inbox_dir,
+            self.configs,
+            start_run=self._start_inbox_run,
+            in_flight=lambda deployment: bool(self._in_flight([deployment])),
+            progress=self.progress,
+        ).start()
 
         self.record = {
             "pid": os.getpid(),
@@ -283,6 +293,17 @@ class Stack:
             }
         )
         return env
+
+    def _in_flight(self, deployment_names: list[str]) -> list[Any]:
+        with prefect_api(self.prefect_api_url):
+            return in_flight_runs(deployment_names)
+
+    def _start_inbox_run(self, deployment: str) -> None:
+        """A run of ``inbox/inbox-NAME`` (its default parameters), not waited for."""
+        from prefect.deployments import run_deployment
+
+        with prefect_api(self.prefect_api_url):
+            run_deployment(deployment, timeout=0)
 
     def _launch(
         self, name: str, label: str, command: list[str], env: dict[str, str]
@@ -339,6 +360,9 @@ class Stack:
     def stop(self) -> dict[str, int]:
         """Stop the runner first (it hangs if the server goes first), then the UIs, the server."""
         codes: dict[str, int] = {}
+        if self.watcher is not None:  # no new inbox run while the runner stops
+            self.watcher.stop()
+            self.watcher = None
         order = {"runner": 0, "evidently": 1, "mlflow": 2}
         for child in sorted(self.children, key=lambda c: order.get(c.name, 0)):
             started = time.monotonic()
