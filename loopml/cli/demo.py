@@ -183,10 +183,7 @@ def run_loop(
                 settings.ledger_dir, PROJECT, row["batch_id"], WAIT_FOR_RETRAIN_SECONDS, ledger
             )
             retrainings.append(decision)
-            progress(
-                f"[demo]   retraining -> v{decision.get('version')}: {decision.get('action')} "
-                f"({decision.get('reason')})"
-            )
+            progress(f"[demo]   {_retraining_line(decision)}")
     return {
         "project": PROJECT,
         "champion_v1": trained,
@@ -274,10 +271,7 @@ def print_summary(result: dict[str, Any], echo: Any) -> None:
         )
     lines.append("")
     for decision in result["retrainings"]:
-        lines.append(
-            f"retraining -> v{decision.get('version')}: {decision.get('action')}: "
-            f"{decision.get('reason')}"
-        )
+        lines.append(_retraining_line(decision))
     measured = result.get("recovery") or {}
     if measured:
         lines.append(
@@ -291,3 +285,10 @@ def print_summary(result: dict[str, Any], echo: Any) -> None:
         lines.append(f"  {label:<16} {url}")
     for line in lines:
         echo(line)
+
+
+def _retraining_line(decision: dict[str, Any]) -> str:
+    """``retraining -> vN: <reason>``; the gate's reason already starts with its action."""
+    action, reason = str(decision.get("action")), str(decision.get("reason"))
+    said = reason if reason.startswith(f"{action}:") else f"{action}: {reason}"
+    return f"retraining -> v{decision.get('version')}: {said}"

@@ -52,3 +52,13 @@ def test_the_strongest_drifting_batch_still_passes_the_suite_suggested_from_the_
     report = validate_frame(batch, load_suite(tmp_path / "expectations" / "telco.json"))
 
     assert report.success, report.summary()["messages"]
+
+
+def test_a_retraining_line_says_its_action_once():
+    from loopml.cli.demo import _retraining_line
+
+    gate = {"version": "2", "action": "promoted", "reason": "promoted: better on recent rows"}
+    other = {"version": "3", "action": "failed", "reason": "the suite refused the data"}
+
+    assert _retraining_line(gate) == "retraining -> v2: promoted: better on recent rows"
+    assert _retraining_line(other) == "retraining -> v3: failed: the suite refused the data"
