@@ -36,8 +36,7 @@ def score_flow(
     that fails validation is quarantined and the run ends ``Quarantined`` (calling the flow
     raises ValidationFailed)."""
     out_path = None if out is None else Path(out)
-    if out_path is not None:
-        check_output_path(out_path)  # before the champion is loaded or a row is validated
+    check_output_path(out_path)  # before the champion is loaded or a row is validated
     runtime = open_runtime(project, project_dir)
     source = Path(data)
     batch_id = "b" + file_hash(source)

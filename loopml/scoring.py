@@ -252,9 +252,10 @@ class PredictionLog:
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
-def check_output_path(path: Path) -> None:
-    """Refuse an output format loopml would not really write (``x.xlsx`` holding CSV bytes)."""
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+def check_output_path(path: Path | None) -> None:
+    """Refuse an output format loopml would not really write (``x.xlsx`` holding CSV bytes);
+    ``None`` (no output file) passes."""
+    if path is not None and path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(
             f"cannot write {path.name}: --out must end in .csv or .parquet "
             f"(not {path.suffix or 'no suffix'})"
@@ -324,8 +325,7 @@ def score_file(
     from loopml.data import iter_table_chunks
 
     check_reasons(reasons)
-    if out is not None:
-        check_output_path(out)
+    check_output_path(out)
     scored_at = now()
     with contextlib.ExitStack() as stack:
         write_log = stack.enter_context(log.batch_writer(batch_id)) if log is not None else None
