@@ -14,10 +14,9 @@ from prefect.states import State
 
 from flows.naming import run_name
 from flows.states import quarantined
-from loopml.data import file_hash
+from loopml.data import check_output_path, file_hash
 from loopml.errors import ValidationFailed
 from loopml.runtime import open_runtime
-from loopml.scoring import check_output_path
 from tasks.parallel import parallel_workers, score_in_partitions
 from tasks.scoring import load_champion, load_reasons_background, score_file
 from tasks.validation import validate_file

@@ -21,6 +21,18 @@ CSV_DELIMITERS = ",;\t|"  # the ones spreadsheets and databases export with
 SNIFF_BYTES = 64 * 1024
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def check_output_path(path: Path | None) -> None:
+    """Refuse an output format loopml would not really write (``x.xlsx`` holding CSV bytes);
+    ``None`` (no output file) passes."""
+    if path is not None and path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(
+            f"cannot write {path.name}: --out must end in .csv or .parquet "
+            f"(not {path.suffix or 'no suffix'})"
+        )
+
 
 def _table_kind(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]

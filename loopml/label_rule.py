@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from loopml.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _BOOLEAN_TEXT = frozenset({"true", "false"})
@@ -35,7 +38,7 @@ _BOOLEAN_TEXT = frozenset({"true", "false"})
 
 def label_key(value: Any) -> str | None:
     """The canonical text of a label (see the module docstring); ``None`` for a missing value."""
-    if value is None or value is pd.NA:
+    if value is None or value is _missing():
         return None
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
@@ -50,6 +53,16 @@ def label_key(value: Any) -> str | None:
     if _NUMBER_TEXT.fullmatch(text):
         return _number_key(float(text))
     return lowered
+
+
+def _missing() -> object:
+    """``pd.NA``, without importing pandas for a caller that never meets one (pandas, loaded
+    when a value could be ``pd.NA``, is already imported then)."""
+    pandas = sys.modules.get("pandas")
+    return pandas.NA if pandas is not None else _NOT_PANDAS
+
+
+_NOT_PANDAS = object()
 
 
 def _number_key(number: float) -> str | None:
@@ -69,6 +82,8 @@ def label_keys(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
 
     Typed columns are keyed once per distinct value; object columns value by value.
     """
+    import pandas as pd
+
     series = values.reset_index(drop=True) if isinstance(values, pd.Series) else pd.Series(values)
     missing = series.isna().to_numpy()
     if series.dtype == object:

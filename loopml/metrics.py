@@ -19,10 +19,28 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
-from sklearn import metrics as skmetrics
-from sklearn.exceptions import UndefinedMetricWarning
 
 from loopml.label_rule import is_label, label_keys
+
+
+class _ScikitLearnMetrics:
+    """``sklearn.metrics``, imported on first use: the config imports this module for the
+    metric names, and a ``loopml status`` must not pay scikit-learn's import for them."""
+
+    def __getattr__(self, name: str) -> Any:
+        from sklearn import metrics
+
+        return getattr(metrics, name)
+
+
+skmetrics = _ScikitLearnMetrics()
+
+
+def _undefined_metric_warning() -> type[Warning]:
+    from sklearn.exceptions import UndefinedMetricWarning
+
+    return UndefinedMetricWarning
+
 
 Direction = Literal["maximize", "minimize"]
 TaskKind = Literal["binary", "multiclass", "regression"]
@@ -284,9 +302,9 @@ def _binary_metrics() -> list[Metric]:
 
 
 def _multiclass_metrics() -> list[Metric]:
-    def macro(function: Callable[..., float]) -> Callable[[Outcomes], float]:
+    def macro(function: str) -> Callable[[Outcomes], float]:
         return _labels(
-            lambda o: function(
+            lambda o: getattr(skmetrics, function)(
                 _text(o.truth),
                 _text(o.predicted),
                 average="macro",
@@ -320,9 +338,9 @@ def _multiclass_metrics() -> list[Metric]:
                 lambda o: skmetrics.balanced_accuracy_score(_text(o.truth), _text(o.predicted))
             ),
         ),
-        Metric("f1_macro", "maximize", True, "labels", macro(skmetrics.f1_score)),
-        Metric("precision_macro", "maximize", True, "labels", macro(skmetrics.precision_score)),
-        Metric("recall_macro", "maximize", True, "labels", macro(skmetrics.recall_score)),
+        Metric("f1_macro", "maximize", True, "labels", macro("f1_score")),
+        Metric("precision_macro", "maximize", True, "labels", macro("precision_score")),
+        Metric("recall_macro", "maximize", True, "labels", macro("recall_score")),
         Metric(
             "log_loss",
             "minimize",
@@ -444,7 +462,7 @@ def compute(metrics: Sequence[str], outcomes: Outcomes) -> dict[str, float]:
     known = METRICS[outcomes.kind]
     with warnings.catch_warnings():
         # A single-class batch makes some metrics undefined: they come back NaN instead.
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", _undefined_metric_warning())
         warnings.simplefilter("ignore", UserWarning)
         return {name: float(known[name].compute(outcomes)) for name in metrics}
 
@@ -477,7 +495,7 @@ def standard_error(
     draw = min(rows, max_rows)
     generator = np.random.default_rng(random_state)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", _undefined_metric_warning())
         warnings.simplefilter("ignore", UserWarning)
         values = np.array(
             [function(outcomes.take(generator.integers(0, rows, draw))) for _ in range(resamples)]

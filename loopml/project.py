@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from loopml import ledger
 from loopml.config import (
     NAME_PATTERN,
     ColumnsConfig,
     ProjectConfig,
     config_path,
-    load_config,
     save_config,
     suite_path,
 )
@@ -22,7 +19,6 @@ from loopml.data import read_table
 from loopml.errors import ConfigError
 from loopml.fairness import propose_sensitive_columns
 from loopml.profiling import infer_profile, suggest_suite
-from loopml.settings import Settings
 
 
 def default_project_name(data: str) -> str:
@@ -150,73 +146,3 @@ def _has_literal_password(url: str) -> bool:
     except (ArgumentError, ValueError):
         return False
     return bool(password) and not str(password).startswith("$")
-
-
-def last_monitoring(settings: Settings, project: str) -> dict[str, Any] | None:
-    path = settings.monitoring_dir / project / "latest.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def estimation_status(monitoring_dir: Path, project: str, history: int) -> dict[str, Any]:
-    """Estimated vs realised performance of the latest batches, and the stream detector."""
-    from dataclasses import asdict
-
-    from loopml.estimation import EstimateStore
-    from loopml.stream import StreamState
-
-    pairs = EstimateStore(monitoring_dir, project).pairs()
-    path = monitoring_dir / project / "stream.json"
-    return {
-        "estimated_vs_realised": pairs[-history:] if history > 0 else pairs,
-        "stream": asdict(StreamState.load(path)) if path.is_file() else None,
-    }
-
-
-def project_status(
-    project: str, project_dir: Path, settings: Settings, *, history: int = 10
-) -> dict[str, Any]:
-    """Champion, challenger, last monitoring verdict and the latest promotion history."""
-    from loopml.inbox import inbox_state
-    from loopml.registry import (
-        CHALLENGER,
-        CHAMPION,
-        TAG_PREFIX,
-        list_versions,
-        mlflow_client,
-        version_by_alias,
-        version_metrics,
-    )
-    from loopml.validation import quarantine_state
-
-    load_config(project, project_dir)
-    client = mlflow_client(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
-
-    def describe(alias: str) -> dict[str, Any] | None:
-        version = version_by_alias(client, project, alias)
-        if version is None:
-            return None
-        return {
-            "version": str(version.version),
-            "family": version.tags.get(f"{TAG_PREFIX}family"),
-            "metrics": version_metrics(version),
-            "threshold": version.tags.get(f"{TAG_PREFIX}threshold"),
-            "run_id": version.run_id,
-        }
-
-    entries = ledger.read_entries(settings.ledger_dir, project)
-    decisions = [e for e in entries if e.get("action") != "registered"]
-    return {
-        "project": project,
-        "champion": describe(CHAMPION),
-        "challenger": describe(CHALLENGER),
-        "versions": [str(v.version) for v in list_versions(client, project)],
-        "last_monitoring": last_monitoring(settings, project),
-        **estimation_status(settings.monitoring_dir, project, history),
-        "history": decisions[-history:] if history > 0 else decisions,
-        "inbox": inbox_state(settings.inbox_dir / project),
-        "quarantine": quarantine_state(settings.quarantine_dir / project),
-        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
-    }

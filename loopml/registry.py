@@ -32,10 +32,10 @@ from mlflow.tracking import MlflowClient
 from sklearn.model_selection import FixedThresholdClassifier
 
 from loopml.errors import ModelRefused, RegistryError
+from loopml.registry_view import TAG_PREFIX, tag_metrics
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-TAG_PREFIX = "loopml."
 MODEL_ARTIFACT = "model"
 REFERENCE_DIR = "reference"
 # The search's trials, one table artifact on the training run (``search_trials.json``).
@@ -336,12 +336,7 @@ def end_run_failed(client: MlflowClient, run_id: str) -> None:
 
 def version_metrics(model_version: ModelVersion, prefix: str = "test_") -> dict[str, float]:
     """Held-out metrics recorded as ``loopml.test_<metric>`` tags on a version."""
-    start = f"{TAG_PREFIX}{prefix}"
-    return {
-        key[len(start) :]: float(value)
-        for key, value in model_version.tags.items()
-        if key.startswith(start)
-    }
+    return tag_metrics(model_version.tags, prefix)
 
 
 def list_versions(client: MlflowClient, name: str) -> list[ModelVersion]:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from sklearn.model_selection import FixedThresholdClassifier
 
 from loopml.config import ProjectConfig
-from loopml.data import write_parquet
+from loopml.data import check_output_path, write_parquet
 from loopml.errors import DataError
 from loopml.features import prepare_features
 from loopml.label_rule import label_index
@@ -247,19 +247,6 @@ class PredictionLog:
         if not frames:
             return pd.DataFrame(columns=columns or [ROW_ID, PREDICTION, MODEL_VERSION, BATCH_ID])
         return pd.concat(frames, ignore_index=True)
-
-
-OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
-
-
-def check_output_path(path: Path | None) -> None:
-    """Refuse an output format loopml would not really write (``x.xlsx`` holding CSV bytes);
-    ``None`` (no output file) passes."""
-    if path is not None and path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(
-            f"cannot write {path.name}: --out must end in .csv or .parquet "
-            f"(not {path.suffix or 'no suffix'})"
-        )
 
 
 def write_output_chunks(chunks: Iterator[pd.DataFrame], path: Path) -> int:

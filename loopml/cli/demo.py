@@ -15,9 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from loopml import demo as stream_data
 from loopml.cli.common import JsonFlag, call_flow, process_settings, run
-from loopml.config import ScheduleConfig, load_config, save_config
 
 PROJECT = "telco"
 WAIT_FOR_BATCH_SECONDS = 240
@@ -90,6 +88,8 @@ def prepare_project(project_dir: Path, *, trials: int, seed: int, progress: Any)
     """A fresh demo project: history table, config tuned for a quick loop, suggested suite."""
     import pandas as pd
 
+    from loopml import demo as stream_data
+    from loopml.config import ScheduleConfig, load_config, save_config
     from loopml.data import bundled_sample_path
     from loopml.project import initialise_project
 
@@ -135,6 +135,7 @@ def run_loop(
 ) -> dict[str, Any]:
     """Train the first champion, then feed the stream and follow what the stack does with it."""
     from flows.training import train_flow
+    from loopml import demo as stream_data
     from loopml import ledger
 
     progress("[demo] training the first champion...")
@@ -198,6 +199,7 @@ def measure_recovery(project_dir: Path, pool: Any, drifted: list[Any], seed: int
     import numpy as np
     import pandas as pd
 
+    from loopml import demo as stream_data
     from loopml.comparison import load_scorer
     from loopml.recovery import oracle_error, recovery, scorer_error
     from loopml.registry import CHAMPION, version_by_alias

@@ -185,7 +185,7 @@ def score(
         fail(f"--reasons must be at least 1 (got {reasons})")
 
     def action() -> dict[str, Any]:
-        from loopml.scoring import check_output_path
+        from loopml.data import check_output_path
 
         check_output_path(out)  # before any server starts or any row is validated
         project = checked_project(name, project_dir, (data,))

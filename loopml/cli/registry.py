@@ -11,7 +11,6 @@ from loopml.cli.common import (
     JsonFlag,
     ProjectDir,
     checked_project,
-    process_settings,
     run,
 )
 
@@ -63,11 +62,13 @@ def status(
     json_output: JsonFlag = False,
 ) -> None:
     """Champion, challenger, last monitoring verdict and promotion history."""
-    from loopml.project import project_status
+    from loopml.status import project_status
 
     def action() -> dict[str, Any]:
-        settings = process_settings()
-        return project_status(name, project_dir.resolve(), settings, history=history)
+        from loopml.settings import load_settings
+
+        # Reads only: no Prefect, no MLflow import on the embedded default (see loopml.status).
+        return project_status(name, project_dir.resolve(), load_settings(), history=history)
 
     def render(result: dict[str, Any]) -> None:
         for line in status_lines(result):

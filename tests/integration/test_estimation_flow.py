@@ -82,7 +82,7 @@ def test_unlabelled_shifted_batch_is_estimated_and_the_labels_land_inside_the_in
 
     realised = roc_auc_score(shifted["churn"] == "Yes", scored["probability"])
     assert lower <= realised <= upper, (lower, realised, upper)
-    from loopml.project import project_status
+    from loopml.status import project_status
 
     status = project_status(NAME, project.project_dir, project.settings())
     pair = next(p for p in status["estimated_vs_realised"] if p["batch_id"] == result["batch_id"])

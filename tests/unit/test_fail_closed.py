@@ -178,8 +178,8 @@ def test_pickle_is_always_off_and_the_retry_budget_yields_to_the_user():
 
 
 def test_an_output_loopml_cannot_really_write_is_refused(tmp_path):
+    from loopml.data import check_output_path
     from loopml.errors import DataError
-    from loopml.scoring import check_output_path
 
     check_output_path(tmp_path / "scores.csv")
     check_output_path(tmp_path / "scores.parquet")
