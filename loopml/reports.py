@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -270,7 +271,7 @@ def add_to_workspace(
     *,
     prediction_column: str | None = None,
     performance_metric: str | None = None,
-) -> str:
+) -> WorkspaceRun:
     """Store a snapshot in the Evidently workspace so ``evidently ui --workspace PATH`` shows it.
 
     The project is found by name, or created once when missing; its dashboard gets the
@@ -278,7 +279,8 @@ def add_to_workspace(
     however many snapshots it holds).
 
     Returns:
-        The id of the stored run (snapshot).
+        The ids of the project and of the stored run (snapshot): the UI's pages are addressed
+        by them.
     """
     from evidently.ui.workspace import Workspace
 
@@ -290,7 +292,15 @@ def add_to_workspace(
     for panel in dashboard_panels(prediction_column, performance_metric):
         if panel.title not in present:
             project.dashboard.add_panel(panel, tab=DASHBOARD_TAB)
-    return str(workspace.add_run(project.id, snapshot).id)
+    return WorkspaceRun(str(project.id), str(workspace.add_run(project.id, snapshot).id))
+
+
+@dataclass(frozen=True)
+class WorkspaceRun:
+    """Where a snapshot went in the Evidently workspace."""
+
+    project_id: str
+    run_id: str
 
 
 def workspace_project_id(workspace_path: str | Path, project_name: str) -> str | None:

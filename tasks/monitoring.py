@@ -340,14 +340,14 @@ def evidently_report(
     run_id = project_id = None
     try:
         workspace = runtime.settings.evidently_workspace
-        run_id = reports.add_to_workspace(
+        stored = reports.add_to_workspace(
             workspace,
             runtime.name,
             snapshot,
             prediction_column=PROBABILITY if config.is_binary else PREDICTION,
             performance_metric=config.performance_metric,
         )
-        project_id = reports.workspace_project_id(workspace, runtime.name)
+        run_id, project_id = stored.run_id, stored.project_id
     except Exception as exc:  # the HTML report stands on its own; the dashboard is a bonus
         get_run_logger().warning("could not add the report to the Evidently workspace: %s", exc)
     urls = links.ui_urls(runtime.settings.stack_file)

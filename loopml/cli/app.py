@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from loopml.cli import demo, explain, project, registry
+from loopml.cli import demo, explain, project, registry, warm
 from loopml.cli.stack import commands as stack
 
 app = typer.Typer(
@@ -47,8 +47,17 @@ for command in (
 
 
 def main() -> None:
-    """Console-script entry point (``loopml``) and ``python -m loopml.cli``."""
+    """Console-script entry point (``loopml``) and ``python -m loopml.cli``.
+
+    A command the home's warm process can run goes there (:mod:`loopml.cli.warm`): same
+    output, same exit code, without paying the libraries' imports again.
+    """
+    warm.remember_environment()
     try:
+        code = warm.try_forward(sys.argv[1:])
+        if code is not None:
+            sys.stdout.flush()
+            raise SystemExit(code)
         app()
     except BrokenPipeError:
         sys.stderr.close()

@@ -161,9 +161,11 @@ def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
             return with_runner(flow, connected)(**parameters)
     finally:
         if not connected.prefect_api_from_user:  # the idle time counts from the last use
+            from loopml.cli import warm
             from loopml.cli.stack.local_server import used_file
 
             used_file(connected).touch()
+            warm.start_in_background(connected.home)  # later commands skip the imports
 
 
 @dataclass(frozen=True)
@@ -190,9 +192,8 @@ def checked_project(
 ) -> CheckedProject:
     """Settings applied to the process (:func:`process_settings`) and the inputs checked
     (:func:`check_inputs`): import the command's flow after this, then ``run_flow`` it."""
-    settings = process_settings()
-    check_inputs(name, project_dir, files, version=version)
-    return CheckedProject(name, project_dir, settings)
+    check_inputs(name, project_dir, files, version=version)  # first: a typo's error is instant
+    return CheckedProject(name, project_dir, process_settings())
 
 
 def resolve_path(path: Path | None) -> str | None:

@@ -208,3 +208,71 @@ def test_commands_share_one_server_that_down_and_idleness_stop(home, project) ->
         assert time.monotonic() < deadline, server_log.read_text()[-1500:]
         time.sleep(0.5)
     assert "idle for 0.5 min" in server_log.read_text()
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_later_commands_run_in_the_warm_process_as_they_would_alone(home, project) -> None:
+    """The first command leaves a warm process; later ones run there (its log says so) with the
+    same output, exit code and recorded flow run as in their own process; ``down`` stops it."""
+    project_dir, batch = project
+    env = _environment(home)
+    code, first_out, stderr = _finish(
+        _loopml("validate", "local", "--data", str(batch), cwd=project_dir, env=env)
+    )
+    assert code == 0, stderr
+    warm_file, warm_log = home / "warm.json", home / "logs" / "warm.log"
+    _wait_for(warm_file.exists, 180, f"the warm process ({warm_log})")
+    warm = json.loads(warm_file.read_text())
+    assert warm_file.stat().st_mode & 0o777 == 0o600 and _alive(warm["pid"])
+
+    bad = project_dir / "bad.csv"
+    bad.write_text(batch.read_text().replace(",Month-to-month,", ",Weekly,"))
+    commands = [
+        ("validate", "local", "--data", str(batch)),
+        ("validate", "local", "--data", str(bad), "--json"),  # quarantined: exit 1
+        ("validate", "local"),  # a usage error Typer reports
+    ]
+    alone_env = {**env, "LOOPML_WARM": "0"}
+    for command in commands:
+        warm_result = _finish(_loopml(*command, cwd=project_dir, env=env))
+        alone_result = _finish(_loopml(*command, cwd=project_dir, env=alone_env))
+        assert warm_result[0] == alone_result[0], (command, warm_result, alone_result)
+        assert _comparable(warm_result[1]) == _comparable(alone_result[1]), command
+        assert _comparable(warm_result[2]) == _comparable(alone_result[2]), command
+    served = warm_log.read_text()
+    assert served.count("loopml warm: validate local -> exit 0") == 1, served
+    assert served.count("loopml warm: validate local -> exit 1") == 1, served
+    assert served.count("loopml warm: validate local -> exit 2") == 1, served
+    assert json.loads(warm_file.read_text())["pid"] == warm["pid"]  # one warm process
+
+    # Every run is in the API, whichever process ran it: 1 + 2 + 2 validations.
+    record = json.loads((home / "server.json").read_text())
+    auth = json.loads((home / "credentials.json").read_text())["prefect_auth_string"]
+    states = sorted(state for _, state in _runs(record["api_url"], auth).values())
+    assert len(states) == 5 and states.count("COMPLETED") >= 3, states
+
+    down = subprocess.run(
+        [str(BIN / "loopml"), "down"], cwd=project_dir, env=env, capture_output=True, text=True
+    )
+    assert down.returncode == 0, down.stderr
+    _wait_for(lambda: not _alive(warm["pid"]), 30, "the warm process to stop")
+    assert not warm_file.exists()
+
+
+def _comparable(text: str) -> str:
+    """Output with what differs between any two runs (batch ids are not: same file) removed:
+    run URLs, timestamps and durations."""
+    import re
+
+    text = re.sub(r"flow-run/[0-9a-f-]+", "flow-run/ID", text)
+    text = re.sub(r"\d{8}T\d{6}", "STAMP", text)
+    varying = "checked_at|validated_at|flow_run_id|run_id|quarantine_path|report_path|data_docs"
+    text = re.sub(rf'"({varying})": "[^"]*"', r'"\1": "X"', text)
+    return re.sub(r"\d+\.\d+ ?s\b", "N s", text)

@@ -138,7 +138,8 @@ def test_workspace_keeps_one_project_and_every_run(classification_snapshot, tmp_
     ]
     assert panels[3].values[0].metric == "evidently:metric_v2:RocAuc"
     runs = {str(run) for run in workspace.list_runs(projects[0].id)}
-    assert runs == {first, second}
+    assert runs == {first.run_id, second.run_id}
+    assert first.project_id == second.project_id == str(projects[0].id)
 
 
 def _dashboard_series(workspace_path, project: str, panel_title: str) -> dict[str, list[float]]:

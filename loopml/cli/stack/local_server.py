@@ -216,6 +216,9 @@ def stop_local_server(settings: Settings, timeout: float = 40.0) -> dict[str, An
 
     Returns ``None`` when none was running.
     """
+    from loopml.cli import warm
+
+    warm.stop(settings.home)  # it serves commands on this server only
     record = read_server_record(settings.server_file)
     if record is None:
         return None
