@@ -184,7 +184,9 @@ def apply_calibration(scores: np.ndarray, knots: dict[str, Any]) -> np.ndarray:
     if method == "identity":
         return np.clip(scores, 0.0, 1.0)
     if method == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-(knots["slope"] * _logit(scores) + knots["intercept"])))
+        from scipy.special import expit  # the logistic function, without exp's overflow
+
+        return expit(knots["slope"] * _logit(scores) + knots["intercept"])
     return np.interp(scores, knots["x"], knots["y"])
 
 
