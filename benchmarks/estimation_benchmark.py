@@ -10,12 +10,15 @@ rows, held-out rows (CBPE's calibration / DLE's loss model, as at registration) 
 Figures printed:
 1. estimated vs realised metric per batch (MAE, interval coverage) on 20-batch streams under
    covariate shift (rows re-weighted by exp(s x key column z-score), s from 0 to 1.5: P(y | x)
-   unchanged) and under concept drift (a growing share of labels flipped: CBPE cannot see it);
+   unchanged) and under concept drift (a growing share of labels flipped: CBPE cannot see it),
+   beside the noise floor (the mean |realised - expected| a perfect estimator still has on a
+   batch of that size, simulated from the calibrated probabilities) and the bias (mean
+   estimate - mean realised); ``--splits`` repeats them over random splits;
 2. stream detector: false alarms over 100 clean batches (drift from the pool, reference = the
    training rows, exactly as ``loopml monitor`` does with the champion's training data);
 3. batches to detection of a slow drift adding 0.05 reference SD per batch to one key column.
 
-    .venv/bin/python benchmarks/estimation_benchmark.py [--batches 20] [--clean 100]
+    .venv/bin/python benchmarks/estimation_benchmark.py [--batches 20] [--clean 100] [--splits 1]
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def tables() -> list[Table]:
             "randhie (regression)",
             randhie,
             _config("randhie", "mdvis", "regression", randhie_columns, []),
-            "linc",
+            "disea",
         )
     )
     return found
@@ -147,6 +150,25 @@ def split(frame: pd.DataFrame, seed: int = 0):
     shuffled = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     a, b = int(0.5 * len(frame)), int(0.7 * len(frame))
     return shuffled[:a], shuffled[a:b], shuffled[b:].reset_index(drop=True)
+
+
+def fit_split(table: Table, seed: int):
+    """(training rows, held-out rows, pool, model, estimator) of one random split."""
+    train, held_out, pool = split(table.frame, seed)
+    return (train, held_out, pool, *fit(table, train, held_out))
+
+
+def stream_summary(rows: np.ndarray) -> str:
+    """MAE of estimate vs realised beside what no estimator can remove (the noise floor) and
+    what a better one could (the bias: mean estimate - mean realised)."""
+    error = np.abs(rows[:, 0] - rows[:, 3])
+    covered = np.mean((rows[:, 1] <= rows[:, 3]) & (rows[:, 3] <= rows[:, 2]))
+    bias = np.nanmean(rows[:, 0] - rows[:, 3])
+    return (
+        f"MAE {np.nanmean(error):.4f} (max {np.nanmax(error):.4f}), "
+        f"noise floor {np.nanmean(rows[:, 4]):.4f}, bias {bias:+.4f}, "
+        f"95% interval holds {covered:.0%}"
+    )
 
 
 def fit(table: Table, train: pd.DataFrame, held_out: pd.DataFrame):
@@ -185,7 +207,12 @@ def judged_metric(config: ProjectConfig) -> str:
 
 
 def estimation_stream(table, model, estimator, pool, *, batches, concept: bool, seed=0):
-    """(estimated, lower, upper, realised) of the judged metric per batch."""
+    """(estimated, lower, upper, realised, noise) of the judged metric per batch.
+
+    ``noise`` is the floor no estimator can beat on that batch: the mean |realised - expected|
+    over label sets drawn from the calibrated probabilities (CBPE), or E|N(0, standard error)|
+    for DLE (its standard error is the realised loss's spread around the predicted one).
+    """
     from loopml.features import prepare_features, prepare_target
 
     config = table.config
@@ -215,7 +242,12 @@ def estimation_stream(table, model, estimator, pool, *, batches, concept: bool, 
         outputs = estimation.model_outputs(model, features, config)
         estimate = estimator.estimate(outputs, features, metric=metric)[metric]
         realised = realised_metrics(config, truth, outputs).get(metric)
-        rows.append((estimate["value"], estimate["lower"], estimate["upper"], realised))
+        if estimator.method == "cbpe":
+            draws = estimator.realised_draws(outputs)[metric]
+            noise = float(np.mean(np.abs(draws - draws.mean())))
+        else:
+            noise = float(estimate["standard_error"] or np.nan) * np.sqrt(2 / np.pi)
+        rows.append((estimate["value"], estimate["lower"], estimate["upper"], realised, noise))
     return np.array(rows, dtype=float)
 
 
@@ -266,30 +298,45 @@ def main() -> None:
     parser.add_argument("--clean", type=int, default=100)
     parser.add_argument("--drift-batches", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--splits",
+        type=int,
+        default=1,
+        help="random train/held-out/pool splits per table (the streams' MAE then averages over "
+        "the pool's own luck, which every batch of one split shares)",
+    )
+    parser.add_argument(
+        "--estimation-only", action="store_true", help="skip the stream detector's runs"
+    )
     args = parser.parse_args()
     print(f"batch rows {BATCH_ROWS}; stream detector arl0 500 (expected clean batches per alarm)")
     for table in tables():
         started = time.perf_counter()
-        train, held_out, pool = split(table.frame)
-        model, estimator = fit(table, train, held_out)
+        fitted = [fit_split(table, seed) for seed in range(args.splits)]
+        train, _, pool, model, estimator = fitted[0]  # the stream detector's runs use split 0
         metric = judged_metric(table.config)
         line = [f"{table.name:<22} {estimator.method} {metric}"]
         for concept in (False, True):
             rows = np.vstack(
                 [
                     estimation_stream(
-                        table, model, estimator, pool, batches=args.batches, concept=concept, seed=s
+                        table,
+                        split_model,
+                        split_estimator,
+                        split_pool,
+                        batches=args.batches,
+                        concept=concept,
+                        seed=s,
                     )
+                    for _, _, split_pool, split_model, split_estimator in fitted
                     for s in range(args.repeats)
                 ]
             )
-            error = np.abs(rows[:, 0] - rows[:, 3])
-            covered = np.mean((rows[:, 1] <= rows[:, 3]) & (rows[:, 3] <= rows[:, 2]))
             label = "concept drift" if concept else "covariate shift"
-            line.append(
-                f"{label}: MAE {np.nanmean(error):.4f} (max {np.nanmax(error):.4f}), "
-                f"95% interval holds {covered:.0%}"
-            )
+            line.append(f"{label}: {stream_summary(rows)}")
+        if args.estimation_only:
+            print("\n  ".join(line), flush=True)
+            continue
         false_alarms = [
             detector_run(
                 table, model, estimator, train, pool, batches=args.clean, drift_per_batch=0, seed=s

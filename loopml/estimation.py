@@ -91,30 +91,111 @@ def model_outputs(model: Any, features: pd.DataFrame, config: ProjectConfig) -> 
 # --------------------------------------------------------------------------- calibration
 
 
-def fit_calibration(scores: np.ndarray, outcomes: np.ndarray) -> dict[str, list[float]]:
-    """An isotonic map from a class's scores to calibrated probabilities, as JSON-able knots.
+CALIBRATION_METHODS = ("identity", "sigmoid", "isotonic")
+CALIBRATION_FOLDS = 5
+# Scores are clipped this far from 0 and 1 before the logit (a tree can output exactly 0 or 1).
+LOGIT_EPSILON = 1e-6
 
-    Isotonic regression (not Platt) because tree ensembles are mis-calibrated in shapes a
-    sigmoid cannot follow; applying it is a linear interpolation between the knots, exactly
-    what scikit-learn's ``IsotonicRegression.predict`` does.
+
+def fit_calibration(
+    scores: np.ndarray, outcomes: np.ndarray, method: str | None = None
+) -> dict[str, Any]:
+    """A map from a class's scores to calibrated probabilities, as JSON.
+
+    Three candidates, each a monotone map (so the rows' order, and the realised ROC-AUC, is
+    the model's own): ``identity`` (the scores are already calibrated), ``sigmoid`` (Platt's
+    logistic regression on the score's logit: two parameters, smooth) and ``isotonic`` (any
+    monotone shape, as a step function whose steps are coarse where positives are few). With
+    ``method`` None the one with the lowest cross-validated log loss on these rows is kept — a
+    proper scoring rule judges calibration, and held-out folds keep the flexible isotonic map
+    from winning by fitting noise. NannyML always fits isotonic; on a few hundred or thousand
+    held-out rows its steps cost accuracy where the sigmoid holds (docs/monitoring.md).
+
+    Args:
+        scores: the model's scores for the class.
+        outcomes: 1 where the row is of the class, else 0.
+        method: one of :data:`CALIBRATION_METHODS`, or None to choose by cross-validation.
     """
+    scores, outcomes = np.asarray(scores, dtype=float), np.asarray(outcomes, dtype=float)
+    if method is None:
+        method = select_calibration(scores, outcomes)
+    if method == "identity":
+        return {"method": "identity"}
+    if method == "sigmoid":
+        from sklearn.linear_model import LogisticRegression
+
+        if len(np.unique(outcomes)) < 2:  # one class only: the map is that constant
+            return _isotonic_map(scores, outcomes)
+        logistic = LogisticRegression(C=1e6, max_iter=1_000)  # no shrinkage: 2 parameters
+        logistic.fit(_logit(scores)[:, None], outcomes)
+        return {
+            "method": "sigmoid",
+            "slope": float(logistic.coef_[0, 0]),
+            "intercept": float(logistic.intercept_[0]),
+        }
+    return _isotonic_map(scores, outcomes)
+
+
+def select_calibration(scores: np.ndarray, outcomes: np.ndarray) -> str:
+    """The calibration method with the lowest out-of-fold log loss (ties: the simpler one).
+
+    Fewer than two rows of either outcome leave nothing to cross-validate: isotonic, as before.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    outcomes = np.asarray(outcomes, dtype=int)
+    folds = min(CALIBRATION_FOLDS, int(np.bincount(outcomes, minlength=2).min()))
+    if folds < 2:
+        return "isotonic"
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
+    losses = {}
+    for method in CALIBRATION_METHODS:
+        total = 0.0
+        for fitted, judged in splitter.split(scores[:, None], outcomes):
+            knots = fit_calibration(scores[fitted], outcomes[fitted], method)
+            probabilities = np.clip(apply_calibration(scores[judged], knots), 1e-6, 1 - 1e-6)
+            truth = outcomes[judged]
+            total -= float(
+                np.sum(truth * np.log(probabilities) + (1 - truth) * np.log(1 - probabilities))
+            )
+        losses[method] = total
+    return min(CALIBRATION_METHODS, key=losses.__getitem__)  # a tie keeps the simpler one
+
+
+def _isotonic_map(scores: np.ndarray, outcomes: np.ndarray) -> dict[str, Any]:
+    """Isotonic regression's knots; applying them is a linear interpolation between the knots,
+    exactly what scikit-learn's ``IsotonicRegression.predict`` does."""
     from sklearn.isotonic import IsotonicRegression
 
     isotonic = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    isotonic.fit(np.asarray(scores, dtype=float), np.asarray(outcomes, dtype=float))
+    isotonic.fit(scores, outcomes)
     return {
+        "method": "isotonic",
         "x": [float(v) for v in isotonic.X_thresholds_],
         "y": [float(v) for v in isotonic.y_thresholds_],
     }
 
 
-def apply_calibration(scores: np.ndarray, knots: dict[str, list[float]]) -> np.ndarray:
-    return np.interp(np.asarray(scores, dtype=float), knots["x"], knots["y"])
+def apply_calibration(scores: np.ndarray, knots: dict[str, Any]) -> np.ndarray:
+    """Calibrated probabilities; a map without ``method`` is isotonic knots (the stored format
+    before the method was chosen)."""
+    scores = np.asarray(scores, dtype=float)
+    method = knots.get("method", "isotonic")
+    if method == "identity":
+        return np.clip(scores, 0.0, 1.0)
+    if method == "sigmoid":
+        from scipy.special import expit  # the logistic function, without exp's overflow
+
+        return expit(knots["slope"] * _logit(scores) + knots["intercept"])
+    return np.interp(scores, knots["x"], knots["y"])
 
 
-def calibrated_probabilities(
-    probabilities: np.ndarray, maps: list[dict[str, list[float]]]
-) -> np.ndarray:
+def _logit(scores: np.ndarray) -> np.ndarray:
+    clipped = np.clip(np.asarray(scores, dtype=float), LOGIT_EPSILON, 1 - LOGIT_EPSILON)
+    return np.log(clipped / (1 - clipped))
+
+
+def calibrated_probabilities(probabilities: np.ndarray, maps: list[dict[str, Any]]) -> np.ndarray:
     """Per-class calibrated probabilities; several classes are renormalised to sum to one."""
     if len(maps) == 1:  # binary: the positive class's map
         return apply_calibration(probabilities, maps[0])
@@ -155,20 +236,27 @@ def expected_binary_metrics(
 
 
 def expected_roc_auc(scores: np.ndarray, calibrated: np.ndarray) -> float | None:
-    """Area under the expected ROC curve: expected TPR and FPR at every score cut.
+    """Expected concordant (positive, negative) pairs over expected pairs, in score order.
 
-    Tied scores form one step (half their pairs count, as in the realised AUC).
+    This is the area under the expected ROC curve (expected TPR and FPR at every score cut, as
+    NannyML computes it) less one term: that area pairs each row with itself (p x (1 - p)),
+    a pair no label set has — a row is positive or negative, never both. Left in, it pulls the
+    estimate towards 0.5 by about (AUC - 0.5) x sum p(1 - p) / (sum p x sum (1 - p)), which
+    grows as batches shrink. Tied scores form one step (half their pairs count, as in the
+    realised AUC).
     """
-    frame = pd.DataFrame({"score": np.asarray(scores, dtype=float), "p": calibrated})
+    p = np.asarray(calibrated, dtype=float)
+    frame = pd.DataFrame({"score": np.asarray(scores, dtype=float), "p": p})
     grouped = frame.groupby("score", sort=True)["p"].agg(["sum", "count"])[::-1]
     positives = grouped["sum"].to_numpy()
     negatives = grouped["count"].to_numpy() - positives
-    total_positive, total_negative = positives.sum(), negatives.sum()
-    if total_positive <= 0 or total_negative <= 0:
+    self_pairs = float(np.sum(p * (1 - p)))
+    pairs = positives.sum() * negatives.sum() - self_pairs
+    if pairs <= 1e-12:
         return None
     positives_above = np.cumsum(positives) - positives
-    concordant = np.sum(negatives * (positives_above + positives / 2))
-    return float(concordant / (total_positive * total_negative))
+    concordant = np.sum(negatives * (positives_above + positives / 2)) - self_pairs / 2
+    return float(concordant / pairs)
 
 
 def expected_multiclass_metrics(calibrated: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -302,7 +390,8 @@ class PerformanceEstimator:
         task: ``classification`` or ``regression``.
         classes: the model's classes (``classes_``), as their text; positive class for binary.
         positive_index: column of the positive class in ``predict_proba`` (binary only).
-        calibration: isotonic knots, one map (binary) or one per class (multiclass).
+        calibration: calibration maps (:func:`fit_calibration`), one (binary) or one per class
+            (multiclass).
         calibration_resamples: the same maps fitted on bootstrap resamples of the held-out rows;
             the spread of the estimate over them is the calibration's own error.
         reference_estimated: the estimate on the held-out rows themselves (the stream
@@ -316,8 +405,8 @@ class PerformanceEstimator:
     task: str
     classes: list[str] = field(default_factory=list)
     positive_index: int | None = None
-    calibration: list[dict[str, list[float]]] = field(default_factory=list)
-    calibration_resamples: list[list[dict[str, list[float]]]] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+    calibration_resamples: list[list[dict[str, Any]]] = field(default_factory=list)
     reference_estimated: dict[str, float] = field(default_factory=dict)
     reference_realised: dict[str, float] = field(default_factory=dict)
     loss_spread: dict[str, float] = field(default_factory=dict)
@@ -403,7 +492,7 @@ class PerformanceEstimator:
         draws: dict[str, np.ndarray] = {}
         calibration_spread: dict[str, float] = {}
         if self.method == "cbpe" and rows:
-            draws = simulated_metric_draws(*self._calibrated(outputs))
+            draws = self.realised_draws(outputs)
             calibration_spread = self._calibration_spread(outputs)
         result: dict[str, dict[str, float | None]] = {}
         for name, value in values.items():
@@ -431,6 +520,12 @@ class PerformanceEstimator:
             metric: np.clip(model.predict(frame), 0.0, None)
             for metric, model in self.loss_models.items()
         }
+
+    def realised_draws(self, outputs: ModelOutputs) -> dict[str, np.ndarray]:
+        """CBPE: each metric's realised value on label sets drawn from the calibrated
+        probabilities — how far a batch's realised metric strays from its expectation even
+        when the probabilities are right (the interval's label noise; the benchmark's floor)."""
+        return simulated_metric_draws(*self._calibrated(outputs))
 
     def _calibrated(self, outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         probabilities = outputs.probabilities
@@ -529,42 +624,32 @@ def fit_estimator(
     resamples = [
         generator.integers(0, len(observed), len(observed)) for _ in range(CALIBRATION_RESAMPLES)
     ]
-    if config.is_binary:
-        index = _class_index(classes, config.positive_label)
+    index = _class_index(classes, config.positive_label) if config.is_binary else None
+    # Binary: the positive class's map only; multiclass: one map per class (one-vs-rest).
+    calibrated_columns = [index] if index is not None else list(range(len(classes)))
+    columns = [
+        (probabilities[:, i], is_label(observed, classes[i]).astype(float))
+        for i in calibrated_columns
+    ]
+    maps = [fit_calibration(scores, outcomes) for scores, outcomes in columns]
 
-        def fitted(at: np.ndarray) -> list[dict[str, list[float]]]:
-            return [
-                fit_calibration(probabilities[at, index], is_label(observed[at], classes[index]))
-            ]
+    def refitted(at: np.ndarray) -> list[dict[str, Any]]:
+        # The method chosen on all rows, refitted: the spread is the map's estimation error.
+        return [
+            fit_calibration(scores[at], outcomes[at], knots["method"])
+            for (scores, outcomes), knots in zip(columns, maps, strict=True)
+        ]
 
-        maps = fitted(np.arange(len(observed)))
-        estimator = PerformanceEstimator(
-            method="cbpe",
-            task=config.task,
-            classes=[str(c) for c in classes],
-            positive_index=index,
-            calibration=maps,
-            reference_realised=realised,
-            rows=int(known.sum()),
-        )
-    else:
-
-        def fitted(at: np.ndarray) -> list[dict[str, list[float]]]:
-            return [
-                fit_calibration(probabilities[at, i], is_label(observed[at], label))
-                for i, label in enumerate(classes)
-            ]
-
-        maps = fitted(np.arange(len(observed)))
-        estimator = PerformanceEstimator(
-            method="cbpe",
-            task=config.task,
-            classes=[str(c) for c in classes],
-            calibration=maps,
-            reference_realised=realised,
-            rows=int(known.sum()),
-        )
-    estimator.calibration_resamples = [fitted(at) for at in resamples]
+    estimator = PerformanceEstimator(
+        method="cbpe",
+        task=config.task,
+        classes=[str(c) for c in classes],
+        positive_index=index,
+        calibration=maps,
+        reference_realised=realised,
+        rows=int(known.sum()),
+    )
+    estimator.calibration_resamples = [refitted(at) for at in resamples]
     estimator.reference_estimated = estimator.estimate_metrics(outputs)
     return estimator
 
