@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from flows.naming import project_tags, run_name
+from flows.naming import project_tags, run_name, untagged_tasks
 from loopml.errors import ValidationFailed
 from loopml.inbox import (
     FAILED,
@@ -39,6 +39,7 @@ from tasks.inbox import file_away, fingerprint, has_champion, list_ready_files
 
 
 @flow(name="inbox", flow_run_name=run_name("inbox"), log_prints=False)
+@untagged_tasks
 def inbox_flow(project: str, project_dir: str = ".", settle_seconds: float = 2.0) -> dict[str, Any]:
     """Score and monitor every complete new batch in ``inbox/PROJECT/``, oldest first."""
     logger = get_run_logger()

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.naming import run_name
+from flows.naming import run_name, untagged_tasks
 from loopml.runtime import open_runtime
 from tasks.estimation import record_realised
 from tasks.ingest import load_table
@@ -15,6 +15,7 @@ from tasks.retraining import rollback_on_new_labels
 
 
 @flow(name="label", flow_run_name=run_name("label"), log_prints=False)
+@untagged_tasks
 def label_flow(project: str, data: str, project_dir: str = ".") -> dict[str, Any]:
     """Store labels for scored rows; report performance per model version."""
     runtime = open_runtime(project, project_dir)

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.naming import run_name
+from flows.naming import run_name, untagged_tasks
 from loopml.data import file_hash
 from loopml.runtime import open_runtime
 from tasks.estimation import estimate_performance, estimation_fields, watch_stream
@@ -29,6 +29,7 @@ from tasks.scoring import load_champion
 
 
 @flow(name="monitor", flow_run_name=run_name("monitor"), log_prints=False)
+@untagged_tasks
 def monitor_flow(
     project: str,
     data: str,

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.naming import run_name
+from flows.naming import run_name, untagged_tasks
 from loopml import ledger
 from loopml.errors import RegistryError
 from loopml.registry import CHAMPION, version_by_alias
@@ -15,6 +15,7 @@ from tasks.registry import promote_version
 
 
 @flow(name="promote", flow_run_name=run_name("promote"), log_prints=False)
+@untagged_tasks
 def promote_flow(
     project: str, version: str, reason: str = "manual promotion", project_dir: str = "."
 ) -> dict[str, Any]:
@@ -26,6 +27,7 @@ def promote_flow(
 
 
 @flow(name="rollback", flow_run_name=run_name("rollback"), log_prints=False)
+@untagged_tasks
 def rollback_flow(project: str, project_dir: str = ".") -> dict[str, Any]:
     """Give ``champion`` back to the version that held it before the current one."""
     runtime = open_runtime(project, project_dir)

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import deployment, flow_run
 
-from flows.naming import run_name
+from flows.naming import run_name, untagged_tasks
 from loopml.data import frame_hash
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
@@ -37,6 +37,7 @@ from tasks.validation import validate_batch
     on_failure=[release_claim],
     on_crashed=[release_claim],
 )
+@untagged_tasks
 def retrain_flow(
     project: str,
     project_dir: str = ".",

@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import State
 
-from flows.naming import run_name
+from flows.naming import run_name, untagged_tasks
 from flows.states import quarantined
 from loopml.data import check_output_path, file_hash
 from loopml.errors import ValidationFailed
@@ -23,6 +23,7 @@ from tasks.validation import validate_file
 
 
 @flow(name="score", flow_run_name=run_name("score"), log_prints=False)
+@untagged_tasks
 def score_flow(
     project: str,
     data: str,

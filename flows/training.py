@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.naming import run_name
+from flows.naming import run_name, untagged_tasks
 from flows.states import quarantined
 from loopml.data import frame_hash
 from loopml.errors import ValidationFailed
@@ -33,6 +33,7 @@ from tasks.validation import validate_batch
 
 
 @flow(name="train", flow_run_name=run_name("train"), log_prints=False)
+@untagged_tasks
 def train_flow(
     project: str,
     project_dir: str = ".",

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import State
 
-from flows.naming import run_name
+from flows.naming import run_name, untagged_tasks
 from flows.states import quarantined
 from loopml.errors import ValidationFailed
 from loopml.runtime import open_runtime
@@ -17,6 +17,7 @@ from tasks.validation import validate_batch
 
 
 @flow(name="validate", flow_run_name=run_name("validate"), log_prints=False)
+@untagged_tasks
 def validate_flow(
     project: str, data: str, project_dir: str = ".", require_target: bool | None = None
 ) -> dict[str, Any] | State:

@@ -1,7 +1,8 @@
 """A quiet Prefect UI and a talkative CLI (issue 14, items 4 and 7), against a real Prefect
 server and a trained champion: a quarantined batch ends in its own state (no failure), every
-run of a project is tagged, event values show as labels, ``status`` tells about the inbox and
-the quarantine, and a command's progress goes to stderr while its JSON stays last on stdout.
+run of a project is tagged (its task runs are not), event values show as labels, ``status``
+tells about the inbox and the quarantine, and a command's progress goes to stderr while its
+JSON stays last on stdout.
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ def _runs(flow: str, project: MaintainedProject) -> list:
     return [run for run in runs if run.parameters.get("project") == project.name]
 
 
+def _task_runs(flow_run_ids: list) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids))
+        )
+
+
 def _aged(path: Path) -> Path:
     then = time.time() - 60  # settled: the inbox takes it at once
     os.utime(path, (then, then))
@@ -74,6 +85,9 @@ def test_an_inbox_batch_failing_validation_ends_quarantined_and_every_subflow_is
     assert [run.parameters["batch_id"] for run in monitor_runs] == [clean_id]
     for run in [*score_runs.values(), *monitor_runs]:
         assert set(run.tags) >= TAGS, (run.name, run.tags)
+    # ... and their task runs are not: each tagged task run costs a concurrency-limit check.
+    task_runs = _task_runs([run.id for run in monitor_runs])
+    assert len(task_runs) >= 10 and all(not run.tags for run in task_runs), task_runs[0].tags
 
     # The event's values are labels of its resource: the Details tab shows them.
     quarantined = project.wait_for_event(
