@@ -9,6 +9,7 @@ on with the new champion. Progress is printed as it happens; a summary table end
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -115,7 +116,7 @@ def prepare_project(project_dir: Path, *, trials: int, seed: int, progress: Any)
     )
     config = load_config(PROJECT, project_dir)  # typed: each assignment below is validated
     config.search.trials, config.search.timeout_seconds = trials, 90
-    config.schedules = ScheduleConfig(inbox_poll_seconds=3, monitor=None, retrain=None)
+    config.schedules = ScheduleConfig(inbox_poll_seconds=1, monitor=None, retrain=None)
     # A short cooldown, so each drifting batch of the demo may start its own retraining.
     config.retraining.cooldown_seconds, config.retraining.window_rows = DEMO_COOLDOWN_SECONDS, 3000
     save_config(config, project_dir)
@@ -137,6 +138,7 @@ def run_loop(
     from flows.training import train_flow
     from loopml import demo as stream_data
     from loopml import ledger
+    from loopml.cli.stack.inbox_watch import SETTLE_SECONDS
 
     progress("[demo] training the first champion...")
     trained = call_flow(train_flow, settings, project=PROJECT, project_dir=str(project_dir))
@@ -157,6 +159,10 @@ def run_loop(
         staging = inbox / f".{name}.part"
         batch.to_csv(staging, index=False)
         staging.rename(inbox / name)
+        # Written whole, then renamed: complete at once, so it need not wait out the inbox's
+        # settle time (meant for files still being copied in) before it is taken.
+        settled = time.time() - SETTLE_SECONDS
+        os.utime(inbox / name, (settled, settled))
         progress(f"[demo] dropped {name} ({len(batch)} rows) into the inbox")
         if kind == "drifting":
             drifted.append(batch)
