@@ -272,7 +272,8 @@ class Stack:
             self.settings.inbox_dir,
             self.configs,
             start_run=self._start_inbox_run,
-            in_flight=lambda deployment: bool(self._in_flight([deployment])),
+            # A run started but not yet picked up counts: a second one would find no file.
+            in_flight=lambda deployment: bool(self._in_flight([deployment], scheduled=True)),
             progress=self.progress,
         ).start()
 
@@ -317,9 +318,9 @@ class Stack:
         )
         return env
 
-    def _in_flight(self, deployment_names: list[str]) -> list[Any]:
+    def _in_flight(self, deployment_names: list[str], scheduled: bool = False) -> list[Any]:
         with prefect_api(self.prefect_api_url):
-            return in_flight_runs(deployment_names)
+            return in_flight_runs(deployment_names, scheduled=scheduled)
 
     def _start_inbox_run(self, deployment: str) -> None:
         """A run of ``inbox/inbox-NAME`` (its default parameters), not waited for."""
