@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from loopml.data import bundled_sample_path
 
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli_project import LOOPML, cli_environment, init_small_project, scratch  # noqa: E402
+
 PROJECT = "latency"
 BARE_SCRIPT = """
 import sys
@@ -64,27 +64,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="loopml-latency-"))
-    home, project_dir = root / "home", root / "project"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI"}
-    }
-    env.update({"LOOPML_HOME": str(home), "LOOPML_SERVER_PORT": "0", "OMP_NUM_THREADS": "1"})
-    loopml = str(BIN / "loopml")
+    root, home, project_dir = scratch("loopml-latency-")
+    env, loopml = cli_environment(home), LOOPML
 
+    init_small_project(project_dir, PROJECT, env)
     frame = pd.read_csv(bundled_sample_path())
-    project_dir.mkdir(parents=True)
     score_rows, monitor_rows = root / "score_200.csv", root / "monitor_500.csv"
     frame.sample(200, random_state=1).to_csv(score_rows, index=False)
     frame.sample(500, random_state=2).to_csv(monitor_rows, index=False)
-    init = [loopml, "init", str(bundled_sample_path()), "--target", "churn", "--name", PROJECT]
-    timed([*init, "--positive-label", "Yes"], project_dir, env)
-    config_path = project_dir / "configs" / f"{PROJECT}.yaml"
-    config = yaml.safe_load(config_path.read_text())
-    config["search"].update({"families": ["logistic"], "trials": 2})
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     try:
         first = timed([loopml, "train", PROJECT], project_dir, env)

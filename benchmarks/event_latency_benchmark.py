@@ -76,7 +76,7 @@ def main() -> None:
     print(
         f"median over {args.events}: event -> retrain run created "
         f"{statistics.median(created):.2f} s, -> started {statistics.median(started):.2f} s "
-        f"(runner poll {supervisor.RUNNER_POLL_SECONDS} s)"
+        f"(runner poll {supervisor.runner_poll_seconds()} s)"
     )
 
 

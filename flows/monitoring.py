@@ -22,6 +22,7 @@ from tasks.monitoring import (
     keep_labelled_batch,
     load_reference,
     publish_verdict,
+    publish_verdict_artifact,
     report_location,
 )
 from tasks.retraining import rollback_if_worse
@@ -106,5 +107,10 @@ def monitor_flow(
         verdict=result,
         estimated=estimated,
     )
-    links = {**result["links"], **report.links}
-    return {**result, "evidently_run": report.run_id, "links": links}
+    result = {
+        **result,
+        "evidently_run": report.run_id,
+        "links": {**result["links"], **report.links},
+    }
+    publish_verdict_artifact(runtime, result)
+    return result

@@ -7,9 +7,12 @@ from typing import Any
 
 from prefect import flow
 from prefect.runtime import deployment, flow_run
+from prefect.states import State
 
 from flows.naming import run_name, untagged_tasks
+from flows.states import quarantined
 from loopml.data import frame_hash
+from loopml.errors import ValidationFailed
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
@@ -46,11 +49,13 @@ def retrain_flow(
     trials: int | None = None,
     timeout: float | None = None,
     as_of: datetime | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Retrain ``project``; promote the challenger only if the gate says so.
 
     ``batch_id``/``event`` name what triggered the run (an automation passes them); the same
-    batch never causes two retrainings. ``as_of`` defaults to the run's scheduled start time.
+    batch never causes two retrainings. Retraining data that fails the suite is quarantined and
+    the run ends ``Quarantined`` (calling the flow raises ValidationFailed). ``as_of`` defaults
+    to the run's scheduled start time.
     """
     runtime = open_runtime(project, project_dir)
     as_of = as_of or flow_run.get_scheduled_start_time()
@@ -65,14 +70,19 @@ def retrain_flow(
         if skipped:
             return {"project": project, "skipped": True, "batch_id": batch_id, "reason": skipped}
         data = gather_data(runtime, as_of)
-        validate_batch(
-            runtime,
-            data.train,
-            source=None,
-            batch_id=f"retrain-{frame_hash(data.train)}",
-            require_target=True,
-            require_id=False,
-        )
+        try:
+            validate_batch(
+                runtime,
+                data.train,
+                source=None,
+                batch_id=f"retrain-{frame_hash(data.train)}",
+                require_target=True,
+                require_id=False,
+            )
+        except ValidationFailed as error:
+            # Nothing trained: the run ends Quarantined (Failed-type, so release_claim gives
+            # the trigger batch back), like train, validate and score.
+            return quarantined(error)
         study_name = f"{project}-retrain-{flow_run.get_id()}"
 
         def search(frame: Any, name: str, budget: int, seconds: float | None) -> Any:

@@ -386,9 +386,9 @@ def keep_labelled_batch(runtime: Runtime, current_sample: pd.DataFrame, batch_id
 
 @task(name="publish-verdict", cache_policy=NO_CACHE)
 def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
-    """Build the verdict from the checks' ``parts`` (``monitoring.verdict_record``), record it,
-    publish the artifacts and emit the events the automations react to; returns the verdict as
-    the flow's (and ``--json``'s) result."""
+    """Build the verdict from the checks' ``parts`` (``monitoring.verdict_record``), record it
+    and emit the events the automations react to; returns the verdict as the flow's (and
+    ``--json``'s) result. Its artifact follows the report (:func:`publish_verdict_artifact`)."""
     config = runtime.config
     reference: Reference = parts.pop("reference_data")
     urls = links.ui_urls(runtime.settings.stack_file)
@@ -404,11 +404,6 @@ def publish_verdict(runtime: Runtime, **parts: Any) -> dict[str, Any]:
         **parts,
     )
     monitoring.record_result(runtime.settings.monitoring_dir, verdict)
-    create_markdown_artifact(
-        key=artifact_key(config.name, "monitoring"),
-        markdown=_verdict_markdown(verdict),
-        description=f"{config.name}: batch {verdict.batch_id} monitoring verdict",
-    )
     if verdict.drift_detected:
         emit(config.name, events.DRIFT_DETECTED, verdict.event_payload())
     if verdict.performance_degraded:
@@ -456,9 +451,24 @@ def _estimation_markdown(result: dict[str, Any]) -> str:
     return "".join(f"- {line}\n" for line in estimation_lines(result))
 
 
-def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
-    status = "DRIFT DETECTED" if verdict.drift_detected else "no drift"
-    performance = verdict.performance
+@task(name="publish-verdict-artifact", cache_policy=NO_CACHE)
+def publish_verdict_artifact(runtime: Runtime, verdict: dict[str, Any]) -> None:
+    """The verdict as the ``monitoring`` markdown artifact, once its report is built: with a
+    running stack its links (the report among them) open UI pages over HTTP.
+
+    Args:
+        verdict: the monitor flow's result (:meth:`MonitoringVerdict.to_dict` with every link).
+    """
+    create_markdown_artifact(
+        key=artifact_key(runtime.config.name, "monitoring"),
+        markdown=_verdict_markdown(verdict),
+        description=f"{runtime.config.name}: batch {verdict['batch_id']} monitoring verdict",
+    )
+
+
+def _verdict_markdown(verdict: dict[str, Any]) -> str:
+    status = "DRIFT DETECTED" if verdict["drift_detected"] else "no drift"
+    performance = verdict["performance"]
     perf_text = "no labels for this batch"
     if performance:
         metric = performance["metric"]
@@ -467,7 +477,8 @@ def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
             f"{(performance['reference'] or {}).get(metric) or float('nan'):.4f}"
             f" ({'DEGRADED' if performance['degraded'] else 'ok'})"
         )
-    columns = verdict.drift["columns"]
+    columns = verdict["columns"]
+    drifted = verdict["drifted_columns"]
     rows = [
         {
             "column": column,
@@ -475,22 +486,24 @@ def _verdict_markdown(verdict: monitoring.MonitoringVerdict) -> str:
             "method": columns[column]["method"],
             "p_value": columns[column]["p_value"],
         }
-        for column in verdict.drifted_columns
+        for column in drifted
     ]
-    report = Path(verdict.report_path)
-    weighted = verdict.drift.get("weighted_drift_share")
+    report = Path(verdict["report_path"])
+    # Served over HTTP when the stack runs: a browser will not open a file:// link from a page.
+    report_url = verdict["links"].get("Evidently report") or report.as_uri()
+    weighted = verdict.get("weighted_drift_share")
     weighted_text = "" if weighted is None else f", weighted share {weighted:.2f}"
-    page_links = links.markdown_links(verdict.links)
+    page_links = links.markdown_links(verdict["links"])
     return (
-        f"# Batch `{verdict.batch_id}`: {status}\n\n"
-        f"**Rule:** {verdict.reason}\n\n"
+        f"# Batch `{verdict['batch_id']}`: {status}\n\n"
+        f"**Rule:** {verdict['reason']}\n\n"
         + (f"**Open:** {page_links}\n\n" if page_links else "")
-        + f"- rows: {verdict.rows}, model v{verdict.model_version}\n"
-        f"- drifted columns: {len(verdict.drifted_columns)} "
-        f"(share {verdict.drift['drift_share']:.2f}{weighted_text})\n"
-        f"- prediction drift: {verdict.prediction_drift.get('drifted')}\n"
+        + f"- rows: {verdict['rows']}, model v{verdict['model_version']}\n"
+        f"- drifted columns: {len(drifted)} "
+        f"(share {verdict['drift_share']:.2f}{weighted_text})\n"
+        f"- prediction drift: {verdict['prediction_drift'].get('drifted')}\n"
         f"- performance: {perf_text}\n"
-        f"{_estimation_markdown(verdict.estimated_performance)}"
-        f"- report: [{report.name}]({report.as_uri()})\n\n"
+        f"{_estimation_markdown(verdict)}"
+        f"- report: [{report.name}]({report_url})\n\n"
         f"{markdown_table(rows)}\n"
     )

@@ -236,10 +236,12 @@ def apply_gate(
             "trigger": trigger,
             **(details or {}),
         }
+        # The gate's reason may already start with its action ("promoted: ..."): say it once.
+        reason = decision.reason.removeprefix(f"{entry['action']}: ")
         describe_decision(
             runtime,
             registered.version,
-            f"{entry['action'].capitalize()} by the promotion gate: {decision.reason}",
+            f"{entry['action'].capitalize()} by the promotion gate: {reason}",
         )
         # Alias before tag: a process dying in between leaves a champion whose gate tag is
         # still "pending", which the next run records as promoted (not as failed).

@@ -60,6 +60,7 @@ def demo(
             configs=deployments.discover_projects(project_dir, [PROJECT]),
             ports=supervisor.StackPorts(prefect_port, mlflow_port, evidently_port),
             progress=progress,
+            runner_poll=1,
         )
         record = running.start()
         try:

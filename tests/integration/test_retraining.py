@@ -310,10 +310,28 @@ def test_a_failed_retraining_does_not_use_up_its_trigger_batch(project):
             _retrain(project, "suite-refused")
     finally:
         suite_path.write_text(suite_text)
+    # In the Prefect UI the run is in its own named state, as train/validate/score runs are.
+    (refused,) = _retrain_runs(project, "suite-refused")
+    assert (refused.state_name, refused.state_type.value) == ("Quarantined", "FAILED")
+    assert "quarantined" in refused.state.message
 
     retried = _retrain(project, "suite-refused")
 
     assert retried["skipped"] is False
+    assert sorted(run.state_name for run in _retrain_runs(project, "suite-refused")) == [
+        "Completed",
+        "Quarantined",
+    ]
+
+
+def _retrain_runs(project: MaintainedProject, batch_id: str) -> list:
+    """The retrain flow runs of ``batch_id`` on the project's Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])))
+    return [run for run in runs if run.parameters.get("batch_id") == batch_id]
 
 
 @pytest.mark.slow

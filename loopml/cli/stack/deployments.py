@@ -129,28 +129,30 @@ def wait_for_deployments(
             time.sleep(0.25)
 
 
-def _in_flight_filter() -> Any:
-    """A flow-run filter for runs that hold a slot or a process (:data:`IN_FLIGHT_STATES`)."""
+def _in_flight_filter(states: tuple[str, ...] = IN_FLIGHT_STATES) -> Any:
+    """A flow-run filter for runs in ``states`` (by default those that hold a slot or a
+    process, :data:`IN_FLIGHT_STATES`)."""
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
 
-    return FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(IN_FLIGHT_STATES)))
-    )
+    return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states))))
 
 
-def in_flight_runs(deployment_names: list[str]) -> list[Any]:
-    """Flow runs of these deployments that are pending, running or cancelling right now."""
+def in_flight_runs(deployment_names: list[str], *, scheduled: bool = False) -> list[Any]:
+    """Flow runs of these deployments that are pending, running or cancelling right now; with
+    ``scheduled``, also those created but not yet picked up by the runner (it polls every few
+    seconds)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     names = [name.split("/", 1)[-1] for name in deployment_names]
+    states = IN_FLIGHT_STATES + (("SCHEDULED",) if scheduled else ())
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
-            flow_run_filter=_in_flight_filter(),
+            flow_run_filter=_in_flight_filter(states),
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=names)),
         )
 

@@ -33,6 +33,25 @@ def child_environment(settings: Settings, prefect_api_url: str | None) -> dict[s
     return env
 
 
+# Loop intervals of the Prefect server's services that an idle single-machine stack need not
+# run every few seconds (Prefect's defaults: 5-20 s). Each wake-up queries the database;
+# together they cost an idle server ~0.3% of a core (benchmarks/idle_cpu_benchmark.py). What
+# they do: mark runs Late, expire pauses, reclaim expired concurrency leases (the retrain
+# slot), mark silent workers/deployments offline (the runner polls every 5 s; the timeout is
+# 60 s), clean up cancelled runs and worker queues, schedule new deployments' runs. The event
+# persister and task-run recorder keep their defaults: events and task runs show in the UI and
+# the API within seconds. A value the user sets in the environment wins.
+QUIET_SERVICE_SECONDS = {
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "30",
+    "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "30",
+    "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "30",
+    "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS": "60",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "30",
+}
+
+
 def prefect_server_environment(
     settings: Settings, port: int, credentials: Credentials
 ) -> dict[str, str]:
@@ -57,6 +76,8 @@ def prefect_server_environment(
             "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": origin,
         }
     )
+    for name, seconds in QUIET_SERVICE_SECONDS.items():
+        env.setdefault(name, seconds)
     return env
 
 

@@ -71,9 +71,29 @@ from loopml.credentials import CREDENTIALS_FILE, load_or_create_credentials
 from loopml.errors import StackError
 from loopml.settings import Settings, read_server_record
 
-RUNNER_POLL_SECONDS = 1  # how soon a triggered or scheduled run starts
+# How soon a triggered or scheduled run starts (LOOPML_RUNNER_POLL_SECONDS). Each poll is an
+# API call the Prefect server answers: at 1 s the polls alone cost an idle stack ~1.2% of a core
+# (benchmarks/idle_cpu_benchmark.py); at 5 s a run starts 2.5 s later on average.
+RUNNER_POLL_SECONDS = 5
+RUNNER_POLL_VARIABLE = "LOOPML_RUNNER_POLL_SECONDS"
 WAIT_POLL_SECONDS = 0.25
 STARTUP_TIMEOUTS = {"prefect": 120.0, "mlflow": 90.0, "evidently": 60.0, "runner": 120.0}
+
+
+def runner_poll_seconds(environ: dict[str, str] | None = None) -> int:
+    """``LOOPML_RUNNER_POLL_SECONDS`` (whole seconds, at least 1), else :data:`RUNNER_POLL_SECONDS`.
+
+    Raises:
+        StackError: the value is not a whole number of seconds >= 1.
+    """
+    raw = (os.environ if environ is None else environ).get(RUNNER_POLL_VARIABLE, "").strip()
+    if not raw:
+        return RUNNER_POLL_SECONDS
+    if not raw.isdigit() or int(raw) < 1:
+        raise StackError(
+            f"{RUNNER_POLL_VARIABLE} must be a whole number of seconds >= 1, not {raw!r}"
+        )
+    return int(raw)
 
 
 # --------------------------------------------------------------------------- the stack
@@ -93,6 +113,9 @@ class Stack:
     record: dict[str, Any] = field(default_factory=dict)
     server: LocalServer | None = None
     watcher: InboxWatcher | None = None
+    # The runner's poll in seconds; None: LOOPML_RUNNER_POLL_SECONDS or the default (the demo
+    # polls every second: a short run, not an idle stack).
+    runner_poll: int | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -249,7 +272,8 @@ class Stack:
             self.settings.inbox_dir,
             self.configs,
             start_run=self._start_inbox_run,
-            in_flight=lambda deployment: bool(self._in_flight([deployment])),
+            # A run started but not yet picked up counts: a second one would find no file.
+            in_flight=lambda deployment: bool(self._in_flight([deployment], scheduled=True)),
             progress=self.progress,
         ).start()
 
@@ -285,7 +309,7 @@ class Stack:
         env = child_environment(self.settings, self.prefect_api_url)
         env.update(
             {
-                "PREFECT_RUNNER_POLL_FREQUENCY": str(RUNNER_POLL_SECONDS),
+                "PREFECT_RUNNER_POLL_FREQUENCY": str(self.runner_poll or runner_poll_seconds()),
                 # Served runs log at INFO so their steps show in the Prefect UI.
                 "PREFECT_LOGGING_LEVEL": "INFO",
                 AUTOMATIONS_DIR_VARIABLE: str(automations_dir()),
@@ -294,9 +318,9 @@ class Stack:
         )
         return env
 
-    def _in_flight(self, deployment_names: list[str]) -> list[Any]:
+    def _in_flight(self, deployment_names: list[str], scheduled: bool = False) -> list[Any]:
         with prefect_api(self.prefect_api_url):
-            return in_flight_runs(deployment_names)
+            return in_flight_runs(deployment_names, scheduled=scheduled)
 
     def _start_inbox_run(self, deployment: str) -> None:
         """A run of ``inbox/inbox-NAME`` (its default parameters), not waited for."""
