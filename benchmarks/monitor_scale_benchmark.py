@@ -16,6 +16,10 @@ Measured, in the same run:
   whole command (interpreter, imports, model and reference loading, the drift over every row, the
   verdict, its events, and the Evidently HTML report of a sample, built after the verdict). The
   Prefect server is started before timing (a command reuses the running one) and not counted.
+- ``--warm``: the command as a user's later commands run, in the home's warm process
+  (``loopml.cli.warm``, started by the training before timing, with the home's local server):
+  the client's wall time, and the warm process's own CPU time and peak RSS (its VmHWM, which
+  includes every library it holds loaded).
 - Evidently's ``Report([DataDriftPreset()])`` with its defaults on the same two files, in its own
   process (``drift_benchmark.py --measure evidently``): wall, CPU and peak RSS.
 - The drifted columns of both: loopml's verdict must name the same columns.
@@ -80,11 +84,33 @@ def time_v(command: list[str], env: dict[str, str], cwd: Path) -> dict:
     }
 
 
+def wait_for_warm_process(home: Path, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while not (home / "warm.json").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no warm process; see {home / 'logs' / 'warm.log'}")
+        time.sleep(0.2)
+    return int(json.loads((home / "warm.json").read_text())["pid"])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="reference and current rows")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--skip-evidently", action="store_true")
+    parser.add_argument("--warm", action="store_true", help="run it in the home's warm process")
     arguments = parser.parse_args()
 
     workdir = arguments.workdir or Path(tempfile.mkdtemp(prefix="loopml-monitor-benchmark-"))
@@ -97,7 +123,10 @@ def main() -> None:
         write_synthetic_parquet(current, arguments.rows, seed=2, shift=KEY_SHIFT)
 
     env = benchmark_environment(workdir / "home")
-    server = prefect_api(workdir, env)
+    if arguments.warm:
+        env.pop("PREFECT_API_URL", None)
+        env["LOOPML_SERVER_PORT"] = "0"
+    server = None if arguments.warm else prefect_api(workdir, env)
     try:
         project_dir = workdir / "project"
         if not (project_dir / "configs" / f"{PROJECT}.yaml").exists():
@@ -107,11 +136,18 @@ def main() -> None:
             subprocess.run([*setup, "--name", PROJECT], env=env, cwd=project_dir, check=True)
         train = [str(BIN / "loopml"), "train", PROJECT, "--trials", "2", "--json"]
         subprocess.run(train, env=env, cwd=project_dir, check=True, capture_output=True)
+        warm_pid = wait_for_warm_process(workdir / "home") if arguments.warm else None
+        cpu_before = process_cpu_seconds(warm_pid) if warm_pid else 0.0
         monitor = [str(BIN / "loopml"), "monitor", PROJECT, "--data", str(current)]
         ours = time_v([*monitor, "--reference", str(reference), "--json"], env, project_dir)
+        if warm_pid:
+            ours["cpu_s"] += process_cpu_seconds(warm_pid) - cpu_before
+            ours["peak_rss_mb"] = max(ours["peak_rss_mb"], peak_rss_mb(warm_pid))
     finally:
         if server is not None:
             stop(server)
+        if arguments.warm:
+            subprocess.run([str(BIN / "loopml"), "down"], env=env, capture_output=True)
 
     verdict = ours["result"]
     print(
