@@ -66,8 +66,9 @@ def build_monitoring_report(
         tags: Tags of the snapshot (the Evidently UI lists and filters reports by them).
         metadata: Key-value notes shown with the snapshot, e.g. loopml's own verdict, so the
             report says what loopml decided and why.
-        estimates: loopml's estimated performance of the batch (no labels needed), e.g.
-            ``{"estimated_roc_auc": 0.81, "estimated_roc_auc_lower": 0.77, ...}``. Each known
+        estimates: loopml's own values of the batch: its estimated performance (no labels
+            needed) and its weighted drift share, e.g. ``{"estimated_roc_auc": 0.81,
+            "estimated_roc_auc_lower": 0.77, ..., "weighted_drift_share": 0.55}``. Each known
             value becomes a constant column of the current side, reported with Evidently's
             ``MeanValue`` (without its default test), so the dashboard can plot it per batch.
         reference_estimates: the same keys on the reference side (the estimate on the
@@ -341,6 +342,9 @@ _EVIDENTLY_METRICS = {
 }
 
 
+WEIGHTED_DRIFT_COLUMN = "weighted_drift_share"  # the ``loopml monitor --json`` key
+
+
 def estimated_column(metric: str, bound: str = "") -> str:
     """The name of an estimate in the snapshot (``estimated_roc_auc``, ``..._lower``,
     ``..._upper``): the ``loopml monitor --json`` key of the same value."""
@@ -363,6 +367,12 @@ def dashboard_panels(prediction_column: str | None, performance_metric: str | No
             "Drift share",
             "share of the checked columns that drifted, per batch",
             [("share", "DriftedColumnsCount", {"value_type": "share"})],
+        ),
+        (
+            "Weighted drift share",
+            "loopml's share with each drifted column weighted by its importance to the model "
+            "(the rule that flags a batch when its key columns move)",
+            [("weighted share", "MeanValue", {"column": WEIGHTED_DRIFT_COLUMN})],
         ),
         (
             "Drifted columns",

@@ -323,7 +323,10 @@ def evidently_report(
         sample_rows=config.monitoring.report_rows,
         drift_policy=config.monitoring.drift,
         tags=reports.snapshot_tags(verdict),
-        estimates=_estimates_for_report(config.performance_metric, estimated),
+        estimates={
+            **_estimates_for_report(config.performance_metric, estimated),
+            reports.WEIGHTED_DRIFT_COLUMN: drift.get("weighted_drift_share"),
+        },
         reference_estimates={
             reports.estimated_column(config.performance_metric): (estimated or {}).get("baseline")
         },

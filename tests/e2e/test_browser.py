@@ -178,6 +178,7 @@ def test_the_evidently_dashboard_shows_a_point_per_monitored_batch(
     _shoot(page, screenshots, "evidently-dashboard", full_page=True)
     series = {
         "Drift share": 1,
+        "Weighted drift share": 1,
         "Drifted columns": 1,
         "Prediction drift": 1,
         "Performance: roc_auc": 1,  # the drifted batch came labelled

@@ -131,12 +131,13 @@ def test_workspace_keeps_one_project_and_every_run(classification_snapshot, tmp_
     panels = projects[0].dashboard.model().panels  # created with the project, not per run
     assert [panel.title for panel in panels] == [
         "Drift share",
+        "Weighted drift share",
         "Drifted columns",
         "Prediction drift",
         "Performance: roc_auc",
         "Performance: roc_auc (estimated)",
     ]
-    assert panels[3].values[0].metric == "evidently:metric_v2:RocAuc"
+    assert panels[4].values[0].metric == "evidently:metric_v2:RocAuc"
     runs = {str(run) for run in workspace.list_runs(projects[0].id)}
     assert runs == {first.run_id, second.run_id}
     assert first.project_id == second.project_id == str(projects[0].id)
@@ -191,6 +192,19 @@ def test_estimated_performance_has_its_panel_with_a_point_per_batch(scored_telco
     # The estimate is reported, not tested: Evidently's default test would invent its own rule.
     tests = snapshot.dict()["tests"]
     assert not [t for t in tests if "estimated_roc_auc" in t["metric_config"]["params"].values()]
+
+
+def test_the_weighted_drift_share_has_its_panel_with_a_point_per_batch(scored_telco, tmp_path):
+    reference, current = scored_telco
+    workspace = tmp_path / "evidently"
+    shares = [0.12, 0.55, 0.31]
+    for share in shares:
+        snapshot = _drift_only(reference, current, {"weighted_drift_share": share})
+        add_to_workspace(workspace, "churn", snapshot, performance_metric="roc_auc")
+
+    series = _dashboard_series(workspace, "churn", "Weighted drift share")
+
+    assert series == {"weighted_drift_share": pytest.approx(shares)}
 
 
 def _drift_only(reference, current, estimates):
