@@ -317,13 +317,6 @@ class WorkspaceRun:
     run_id: str
 
 
-def workspace_project_id(workspace_path: str | Path, project_name: str) -> str | None:
-    """The id of the Evidently project named ``project_name`` (``None`` when missing): its UI
-    pages are addressed by it."""
-    projects = _workspace(str(workspace_path)).search_project(project_name)
-    return str(projects[0].id) if projects else None
-
-
 DASHBOARD_TAB = "Monitoring"
 # loopml's metric names -> Evidently 0.7 metric types (the ones its presets compute).
 _EVIDENTLY_METRICS = {

@@ -17,7 +17,6 @@ from loopml.reports import (
     evidently_column_drift,
     save_report_html,
     snapshot_tags,
-    workspace_project_id,
 )
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -149,13 +148,14 @@ def _dashboard_series(workspace_path, project: str, panel_title: str) -> dict[st
     from evidently.ui.service.storage.local.base import InMemoryDataStorage
     from evidently.ui.workspace import Workspace
 
-    panels = Workspace(str(workspace_path)).search_project(project)[0].dashboard.model().panels
+    (found,) = Workspace(str(workspace_path)).search_project(project)
+    panels = found.dashboard.model().panels
     panel = next(panel for panel in panels if panel.title == panel_title)
     filters = [
         SeriesFilter(tags=[], metadata={}, metric=value.metric, metric_labels=value.metric_labels)
         for value in panel.values
     ]
-    project_id = uuid.UUID(workspace_project_id(workspace_path, project))
+    project_id = uuid.UUID(str(found.id))
     response = asyncio.run(
         InMemoryDataStorage(str(workspace_path)).get_data_series(project_id, filters, None, None)
     )
