@@ -169,13 +169,13 @@ def try_forward(argv: list[str]) -> int | None:
     if "--help" in argv or "-h" in argv:
         return None
     _CLI_COMMAND[:] = argv[:1]
-    home = home_of(ORIGINAL_ENVIRON)
-    record = _read_record(home)
-    if record is None or record.get("fingerprint") != fingerprint(ORIGINAL_ENVIRON):
-        return None
     try:
+        home = home_of(ORIGINAL_ENVIRON)
+        record = _read_record(home)
+        if record is None or record.get("fingerprint") != fingerprint(ORIGINAL_ENVIRON):
+            return None
         connection = _handshake(record)
-    except (Unavailable, OSError):
+    except Exception:  # noqa: BLE001 - nothing was sent: the command runs here, as without it
         return None
     return _relay(connection, argv)
 
