@@ -204,6 +204,7 @@ def test_evidently_project_has_its_dashboard_panels_once(project, shifted):
 
     assert titles == [
         "Drift share",
+        "Weighted drift share",
         "Drifted columns",
         "Prediction drift",
         "Performance: roc_auc",
