@@ -52,3 +52,17 @@ def init_small_project(project_dir: Path, name: str, env: dict[str, str]) -> Non
     config = yaml.safe_load(config_path.read_text())
     config["search"].update({"families": ["logistic"], "trials": 2})
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def wait_for_warm_process(home: Path, timeout: float = 300.0) -> int:
+    """The pid of ``home``'s warm process, once its ``warm.json`` is written (the first command
+    on the local server starts it when it is done)."""
+    import json
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (home / "warm.json").exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no warm process; see {home / 'logs' / 'warm.log'}")
+        time.sleep(0.2)
+    return int(json.loads((home / "warm.json").read_text())["pid"])

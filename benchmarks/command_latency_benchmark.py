@@ -33,7 +33,13 @@ from loopml.data import bundled_sample_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _cli_project import LOOPML, cli_environment, init_small_project, scratch  # noqa: E402
+from _cli_project import (  # noqa: E402
+    LOOPML,
+    cli_environment,
+    init_small_project,
+    scratch,
+    wait_for_warm_process,
+)
 
 PROJECT = "latency"
 BARE_SCRIPT = """
@@ -78,10 +84,7 @@ def main() -> None:
         server = json.loads((home / "server.json").read_text())
         print(f"first command (train, starts the local server): {first:.1f} s")
         started = time.perf_counter()
-        while not (home / "warm.json").exists():
-            if time.perf_counter() - started > 300:
-                raise SystemExit(f"no warm process; see {home / 'logs' / 'warm.log'}")
-            time.sleep(0.2)
+        wait_for_warm_process(home)
         print(f"warm process ready {time.perf_counter() - started:.1f} s after it")
 
         figures = {

@@ -39,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli_project import wait_for_warm_process  # noqa: E402
 from _synthetic import KEY_SHIFT, write_synthetic_parquet  # noqa: E402
 from drift_benchmark import run_measure  # noqa: E402
 from train_benchmark import BIN, benchmark_environment, prefect_api, stop  # noqa: E402
@@ -82,15 +83,6 @@ def time_v(command: list[str], env: dict[str, str], cwd: Path) -> dict:
         "result": json.loads(completed.stdout.strip().splitlines()[-1]),
         "stderr": completed.stderr,
     }
-
-
-def wait_for_warm_process(home: Path, timeout: float = 300) -> int:
-    deadline = time.monotonic() + timeout
-    while not (home / "warm.json").exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no warm process; see {home / 'logs' / 'warm.log'}")
-        time.sleep(0.2)
-    return int(json.loads((home / "warm.json").read_text())["pid"])
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -236,10 +236,9 @@ def start_warm_process(env: dict[str, str], project_dir: Path, data: Path) -> st
         [str(BIN / "loopml"), "validate", PROJECT, "--data", str(data), "--json"], env, project_dir
     )
     home = Path(env["LOOPML_HOME"])
-    while not (home / "warm.json").exists():
-        if time.perf_counter() - started > 300:
-            raise SystemExit(f"no warm process; see {home / 'logs' / 'warm.log'}")
-        time.sleep(0.2)
+    from _cli_project import wait_for_warm_process
+
+    wait_for_warm_process(home)
     print(
         f"local server and warm process up in {time.perf_counter() - started:.1f} s (not counted)"
     )

@@ -32,10 +32,9 @@ from mlflow.tracking import MlflowClient
 from sklearn.model_selection import FixedThresholdClassifier
 
 from loopml.errors import ModelRefused, RegistryError
-from loopml.registry_view import TAG_PREFIX, tag_metrics
+from loopml.registry_view import CHALLENGER as CHALLENGER  # re-exported: callers import it here
+from loopml.registry_view import CHAMPION, TAG_PREFIX, tag_metrics
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 REFERENCE_DIR = "reference"
 # The search's trials, one table artifact on the training run (``search_trials.json``).

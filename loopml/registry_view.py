@@ -23,6 +23,8 @@ KNOWN_SCHEMA_REVISIONS = frozenset({"dc11669786a5"})
 DELETED_STAGE = "Deleted_Internal"  # how MLflow's SQL store marks a deleted version
 WORKSPACE = "default"
 TAG_PREFIX = "loopml."  # loopml's version tags (re-exported by loopml.registry)
+CHAMPION = "champion"  # the aliases loopml moves (re-exported by loopml.registry)
+CHALLENGER = "challenger"
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def _read_with_client(tracking_uri: str, registry_uri: str | None, name: str) ->
     ]
     aliases = {}
     if versions:
-        for alias in ("champion", "challenger"):
+        for alias in (CHAMPION, CHALLENGER):
             holder = version_by_alias(client, name, alias)
             if holder is not None:
                 aliases[alias] = str(holder.version)

@@ -14,7 +14,7 @@ from typing import Any
 
 from loopml import ledger
 from loopml.config import load_config
-from loopml.registry_view import TAG_PREFIX, read_model, tag_metrics
+from loopml.registry_view import CHALLENGER, CHAMPION, TAG_PREFIX, read_model, tag_metrics
 from loopml.settings import Settings
 
 
@@ -67,8 +67,8 @@ def project_status(
     decisions = [e for e in entries if e.get("action") != "registered"]
     return {
         "project": project,
-        "champion": describe("champion"),
-        "challenger": describe("challenger"),
+        "champion": describe(CHAMPION),
+        "challenger": describe(CHALLENGER),
         "versions": [v.version for v in model.versions],
         "last_monitoring": last_monitoring(settings, project),
         **estimation_status(settings.monitoring_dir, project, history),
