@@ -177,7 +177,7 @@ def try_forward(argv: list[str]) -> int | None:
         connection = _handshake(record)
     except Exception:  # noqa: BLE001 - nothing was sent: the command runs here, as without it
         return None
-    return _relay(connection, argv)
+    return _relay(connection, argv, record, home)
 
 
 def _handshake(record: dict[str, Any]) -> socket.socket:
@@ -195,9 +195,9 @@ def _handshake(record: dict[str, Any]) -> socket.socket:
     return connection
 
 
-def _relay(connection: socket.socket, argv: list[str]) -> int:
-    """Send the command, print what it writes, return its exit code."""
-    record = _read_record(home_of(ORIGINAL_ENVIRON)) or {}
+def _relay(connection: socket.socket, argv: list[str], record: dict[str, Any], home: Path) -> int:
+    """Send the command (with the secret of the record it connected by), print what it writes,
+    return its exit code."""
     request = {
         "token": record.get("token"),
         "argv": argv,
@@ -219,7 +219,7 @@ def _relay(connection: socket.socket, argv: list[str]) -> int:
         except KeyboardInterrupt:  # closing the connection interrupts the command there
             sys.stderr.write("loopml: error: interrupted\n")
             return 130
-    log = log_path(home_of(ORIGINAL_ENVIRON))
+    log = log_path(home)
     sys.stderr.write(f"loopml: error: the warm process ended before the command did (see {log})\n")
     return 1
 
