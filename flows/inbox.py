@@ -43,7 +43,8 @@ from tasks.inbox import file_away, fingerprint, has_champion, list_ready_files
 def inbox_flow(project: str, project_dir: str = ".", settle_seconds: float = 2.0) -> dict[str, Any]:
     """Score and monitor every complete new batch in ``inbox/PROJECT/``, oldest first."""
     logger = get_run_logger()
-    folder = load_settings().inbox_dir / project
+    settings = load_settings()  # this flow run's entry point (a deployment run has only its env)
+    folder = settings.inbox_dir / project
     summary: dict[str, Any] = {"project": project, "inbox": str(folder), "files": []}
     with inbox_lock(folder) as holding:
         if not holding:
@@ -60,7 +61,7 @@ def inbox_flow(project: str, project_dir: str = ".", settle_seconds: float = 2.0
                 summary["files"].append(file_away(folder, path, entry, PROCESSED))
             else:
                 batches.append((path, batch_id))
-        if batches and not has_champion(project, project_dir):
+        if batches and not has_champion(settings, project, project_dir):
             logger.warning("%s has no champion model yet: %d file(s) wait", project, len(batches))
             summary["waiting"] = len(batches)
             batches = []

@@ -42,9 +42,11 @@ class Runtime:
 
 
 def configure_process(settings: Settings) -> None:
-    """Point this process (and the Prefect runs it starts) at the installation in ``settings``.
+    """Point this process's libraries (and the processes it starts) at ``settings``.
 
-    Called once by an entry point before Prefect or MLflow's fluent API is used.
+    Called once by an entry point before Prefect or MLflow's fluent API is used. Prefect,
+    MLflow and OpenMP read their configuration from the environment, and a deployment run
+    started by the runner inherits it; loopml's own code is handed ``settings`` instead.
     """
     os.environ.update(prefect_environment(settings))
     os.environ.update(mlflow_environment())

@@ -1,6 +1,16 @@
 """Where loopml keeps its state, read from the environment once, in the entry point.
 
 Nothing here runs at import time: call :func:`load_settings` and pass the result down.
+
+The entry points are a CLI command (``loopml.cli.common.process_settings``) and a flow run
+(``loopml.runtime.open_runtime``, first in each flow body, and ``flows/inbox.py``): a deployment
+run's process has nothing but its environment. Below them settings travel as the
+:class:`Settings` (inside a ``Runtime``) object; no code below an entry point reads the
+environment back. Settings are deliberately not flow parameters: Prefect stores a flow run's
+parameters in its API and shows them in the UI, and these hold database URIs (with their
+passwords) and the API's auth string. The environment is written once per process
+(``loopml.runtime.configure_process``) for the libraries, which read their own configuration
+from it (Prefect, MLflow, OpenMP), and for the processes loopml starts.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ second (``benchmarks/command_latency_benchmark.py``).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -75,5 +74,5 @@ def project_status(
         "history": decisions[-history:] if history > 0 else decisions,
         "inbox": inbox_state(settings.inbox_dir / project),
         "quarantine": quarantine_state(settings.quarantine_dir / project),
-        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+        "tracking_uri": settings.mlflow_tracking_uri,
     }

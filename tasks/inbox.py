@@ -11,6 +11,7 @@ from prefect.logging import get_run_logger
 
 from loopml.data import file_hash
 from loopml.inbox import move_aside, ready_files, record_outcome
+from loopml.settings import Settings
 
 
 @task(name="list-inbox", cache_policy=NO_CACHE)
@@ -35,10 +36,10 @@ def file_away(folder: Path, path: Path, outcome: dict[str, Any], subfolder: str)
 
 
 @task(name="champion-check", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def has_champion(project: str, project_dir: str) -> bool:
+def has_champion(settings: Settings, project: str, project_dir: str) -> bool:
     """Whether there is a champion to score with (without one, batches wait in the inbox)."""
     from loopml.registry import CHAMPION, version_by_alias
     from loopml.runtime import open_runtime
 
-    runtime = open_runtime(project, project_dir)
+    runtime = open_runtime(project, project_dir, settings)
     return version_by_alias(runtime.mlflow, project, CHAMPION) is not None

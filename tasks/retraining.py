@@ -91,7 +91,11 @@ def claim_trigger(runtime: Runtime, trigger: dict[str, Any]) -> str | None:
 
 
 def release_claim(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow hook: a failed or crashed retraining gives back the batch it claimed, if any."""
+    """Flow hook: a failed or crashed retraining gives back the batch it claimed, if any.
+
+    Prefect calls it with the run alone (the flow's runtime is gone by then), so it is an
+    entry point of its own and reads the settings from the environment.
+    """
     from loopml.settings import load_settings
 
     parameters = flow_run.parameters or {}
