@@ -247,3 +247,37 @@ def test_multiclass_and_regression_figures():
     )
     assert set(figures) == {"predicted_vs_actual", "residuals", "permutation_importance"}
     assert all(_png_bytes(figure) > 1000 for figure in figures.values())
+
+
+@pytest.mark.parametrize("n_repeats", [1, 3])
+def test_permutation_importances_equal_scikit_learns(binary_case, n_repeats):
+    """Scored in batches, the shuffles and values are still scikit-learn's own."""
+    from sklearn.inspection import permutation_importance
+
+    from loopml.evaluation import metric_scorer
+
+    config, model, features, target = binary_case
+    ours = permutation_importances(
+        model, features, target, config, n_repeats=n_repeats, random_state=7
+    )
+    columns = [column for column in config.columns.features if column in features.columns]
+    theirs = permutation_importance(
+        model,
+        features[columns],
+        np.asarray(target),
+        scoring=metric_scorer(config),
+        n_repeats=n_repeats,
+        random_state=7,
+    )
+    expected = dict(zip(columns, theirs.importances_mean, strict=True))
+    assert ours == pytest.approx(expected, abs=1e-12)
+
+
+def test_permutation_importances_in_many_calls_equal_one_call(binary_case, monkeypatch):
+    """Wide tables are scored in several calls (bounded memory); the values do not change."""
+    import loopml.evaluation as evaluation
+
+    config, model, features, target = binary_case
+    whole = permutation_importances(model, features, target, config, random_state=3)
+    monkeypatch.setattr(evaluation, "PERMUTATION_CELLS_PER_CALL", features.size // 2)
+    assert permutation_importances(model, features, target, config, random_state=3) == whole
