@@ -86,8 +86,9 @@ def label_keys(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
 
     series = values.reset_index(drop=True) if isinstance(values, pd.Series) else pd.Series(values)
     missing = series.isna().to_numpy()
-    if series.dtype == object:
-        # Per value: hashing an object column would merge True with 1 before the rule sees them.
+    if series.dtype == object and not _hash_safe(series):
+        # Per value: hashing a mixed object column would merge True with 1 before the rule
+        # sees them. Columns of one kind (all text, say) are keyed per distinct value below.
         keys = np.array([label_key(value) for value in series], dtype=object)
     else:
         codes, uniques = pd.factorize(series, use_na_sentinel=True)
@@ -95,6 +96,17 @@ def label_keys(values: Sequence[Any] | np.ndarray | pd.Series) -> np.ndarray:
         keys = lookup[codes]
     keys[missing] = None
     return keys
+
+
+def _hash_safe(series: pd.Series) -> bool:
+    """Whether equal hashes mean equal keys in this object column: all its values are of one
+    kind (text, bools, integers, floats), so no True meets a 1 (``infer_dtype`` runs in C)."""
+    import pandas as pd
+
+    return pd.api.types.infer_dtype(series, skipna=True) in _ONE_KIND
+
+
+_ONE_KIND = frozenset({"string", "boolean", "integer", "floating", "empty"})
 
 
 def is_label(values: Sequence[Any] | np.ndarray | pd.Series, label: Any) -> np.ndarray:

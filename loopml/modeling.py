@@ -205,8 +205,10 @@ def _feature_names_out(transformer: BaseEstimator, input_features: Any) -> np.nd
 
 def category_text(column: pd.Series, missing_text: str = MISSING_CATEGORY) -> np.ndarray:
     """One column's values as canonical category strings (see :class:`CategoryText`)."""
-    if column.dtype == object or isinstance(column.dtype, pd.CategoricalDtype):
-        # Hashing would merge True with 1 in an object column; compare their texts instead.
+    mixed = column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) != "string"
+    if mixed or isinstance(column.dtype, pd.CategoricalDtype):
+        # Hashing would merge True with 1 in an object column; compare their texts instead
+        # (a column of text alone hashes safely as it is).
         column = column.astype(str).where(column.notna(), None)
     codes, uniques = pd.factorize(column, use_na_sentinel=True)
     texts = [_value_text(value) for value in uniques]

@@ -61,3 +61,25 @@ def test_keys_are_canonical_text():
     assert label_key(np.int64(3)) == label_key(3.0) == label_key("3.0") == "3"
     assert label_key("Churned ") == "churned"
     assert label_key(pd.NA) is None and label_key(np.nan) is None
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["Yes", "No", None, " yes", "YES"],
+        [True, False, None, True],
+        [1, 2, np.int64(1), None],
+        [1.0, 2.5, np.nan, 1],
+        [True, 1, 1.0, "1", None],
+        [False, 0, "0", 0.0],
+        ["1", 1, np.float64(1.0)],
+        [None, None],
+    ],
+)
+def test_object_columns_keyed_per_distinct_value_equal_the_rule_per_value(values):
+    """Object columns of one kind are keyed through their distinct values (fast); the keys are
+    still exactly the rule's, value by value, whatever the column mixes."""
+    from loopml.label_rule import label_key, label_keys
+
+    column = pd.Series(values, dtype=object)
+    assert list(label_keys(column)) == [label_key(value) for value in values]
