@@ -24,6 +24,7 @@ from loopml.config import ProjectConfig
 from loopml.data import read_table, write_table
 from loopml.errors import DataError, RegistryError
 from loopml.features import prepare_features, prepare_target
+from loopml.figures import png_bytes
 from loopml.model_card import PARTIAL_DEPENDENCE_COLUMNS, ModelCardContent, build_model_card
 from loopml.registry import (
     CHAMPION,
@@ -112,7 +113,7 @@ def document_version(
             logger.warning("no partial dependence plot: %s", exc)
     if partial_dependence is not None:
         path = folder / PARTIAL_DEPENDENCE_FILE
-        partial_dependence.savefig(path, dpi=80, bbox_inches="tight")
+        path.write_bytes(png_bytes(partial_dependence))  # the model card embeds the same PNG
         files[PARTIAL_DEPENDENCE_FILE] = path
     card = build_model_card(
         ModelCardContent(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from loopml.config import ProjectConfig
+from loopml.figures import png_bytes
 from loopml.label_rule import is_label
 
 SECTIONS = (
@@ -60,9 +60,7 @@ class ModelCardContent:
 
 def figure_data_uri(figure: Figure) -> str:
     """A figure as an inline ``data:image/png;base64,...`` URI."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(figure)).decode("ascii")
 
 
 def target_association(train: pd.DataFrame, config: ProjectConfig) -> dict[str, float]:

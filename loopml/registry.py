@@ -140,8 +140,7 @@ def log_and_register(
     ):
         mlflow.log_params({key: _param_text(value) for key, value in params.items()})
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-        for figure_name, figure in figures.items():
-            mlflow.log_figure(figure, f"plots/{figure_name}.png")
+        _log_figures(figures)
         for path in reference_files.values():
             mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
         for dataset in datasets:
@@ -200,6 +199,18 @@ def _fluent_api_on(client: MlflowClient) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _log_figures(figures: dict[str, Any]) -> None:
+    """Each figure as ``plots/NAME.png`` of the active run, from its one PNG rendering."""
+    if not figures:
+        return
+    from loopml.figures import png_bytes
+
+    with tempfile.TemporaryDirectory() as scratch:
+        for figure_name, figure in figures.items():
+            (Path(scratch) / f"{figure_name}.png").write_bytes(png_bytes(figure))
+        mlflow.log_artifacts(scratch, artifact_path="plots")
 
 
 def _param_text(value: Any) -> str:
@@ -387,9 +398,11 @@ def load_version(client: MlflowClient, model_version: ModelVersion) -> Any:
     name, version = model_version.name, str(model_version.version)
     with tempfile.TemporaryDirectory() as scratch:
         try:
+            # The client resolves the version's files: a ``models:/`` URI would be resolved
+            # against the process's registry URI, which need not be the client's.
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{version}",
+                    artifact_uri=client.get_model_version_download_uri(name, version),
                     dst_path=scratch,
                     tracking_uri=client.tracking_uri,
                 )
@@ -422,7 +435,24 @@ def load_version(client: MlflowClient, model_version: ModelVersion) -> Any:
                 version=version,
                 reason="hash_mismatch",
             )
-        return _load_skops(model_file, name=name, version=version, verified=expected is not None)
+        if expected is None:
+            return _load_skops(model_file, name=name, version=version, verified=False)
+        # The bytes were just checked against the registered hash: a model loaded from the same
+        # bytes before is the same model (the check itself runs at every load).
+        loaded = _verified_models.get(actual)
+        if loaded is None:
+            loaded = _load_skops(model_file, name=name, version=version, verified=True)
+            _verified_models[actual] = loaded
+            while len(_verified_models) > VERIFIED_MODELS_KEPT:
+                _verified_models.pop(next(iter(_verified_models)))
+        return loaded
+
+
+# Loaded models by the sha256 of their verified file, oldest first: a long-lived process (the
+# warm process, a runner) deserialises the champion once, not at every command. Callers share
+# the object and only predict with it (a refit works on a clone).
+VERIFIED_MODELS_KEPT = 4
+_verified_models: dict[str, Any] = {}
 
 
 # Types a loopml pipeline may hold; anything else in a skops file is refused before loading.
