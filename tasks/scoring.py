@@ -21,9 +21,6 @@ from tasks.ingest import transient
 from tasks.models import load_checked
 
 CHUNK_ROWS = 100_000
-# A registered version never changes: a process that serves many batches (the inbox runner)
-# loads each version once; one version (the champion in use) is kept per project and registry.
-_MODELS: dict[tuple[str, str], tuple[str, Any]] = {}
 
 
 @dataclass
@@ -42,12 +39,13 @@ class ServingModel:
     cache_policy=NO_CACHE,
 )
 def load_champion(runtime: Runtime) -> ServingModel:
-    """``models:/NAME@champion`` resolved to its version, so every row names the version used."""
+    """``models:/NAME@champion`` resolved to its version, so every row names the version used.
+
+    The artifact is checked at every load; a process that serves many batches (the inbox
+    runner, the warm process) deserialises each checked file once (``registry.load_version``).
+    """
     champion = require_champion(runtime.mlflow, runtime.name)
-    key, version = (runtime.settings.mlflow_registry_uri, runtime.name), str(champion.version)
-    if _MODELS.get(key, (None,))[0] != version:
-        _MODELS[key] = (version, load_checked(runtime, champion))
-    model = _MODELS[key][1]
+    model = load_checked(runtime, champion)
     get_run_logger().info("scoring with %s v%s", runtime.name, champion.version)
     return ServingModel(model, str(champion.version))
 
