@@ -103,7 +103,8 @@ def load_suite(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: no expectation suite there (create one with 'loopml init')")
     try:
-        suite_json = json.loads(path.read_text())
+        text = path.read_text()
+        suite_json = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(suite_json, dict) or not set(suite_json) >= SUITE_KEYS:
@@ -112,8 +113,13 @@ def load_suite(path: str | Path) -> dict:
         )
     if not isinstance(suite_json["expectations"], list):
         raise ConfigError(f"{path}: 'expectations' must be a list")
-    _build_suite(suite_json, source=str(path))  # fail now, with the file name, if GX rejects it
+    if text not in _accepted_suites:  # a text GX accepted once is accepted again
+        _build_suite(suite_json, source=str(path))  # fail now, with the file name, if GX rejects
+        _accepted_suites.add(text)
     return suite_json
+
+
+_accepted_suites: set[str] = set()
 
 
 def validate_frame(
