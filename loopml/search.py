@@ -124,10 +124,6 @@ PORTFOLIO: dict[str, list[dict[str, float]]] = {
         {"n_estimators": 150, "max_depth": 24, "min_samples_leaf": 2, "max_features": 0.3},
     ],
 }
-# The first portfolio entry of each family: its library defaults, where they fit a range.
-DEFAULT_PARAMS: dict[str, dict[str, float]] = {
-    family: configs[0] for family, configs in PORTFOLIO.items()
-}
 
 
 # --------------------------------------------------------------------------- search space
@@ -191,12 +187,6 @@ def _portfolio_trials(
         if params not in trials:
             trials.append(params)
     return trials
-
-
-def _default_trial_params(
-    family: str, overrides: Mapping[str, ParamRange] | None
-) -> dict[str, Any]:
-    return _portfolio_trials(family, overrides)[0]
 
 
 # --------------------------------------------------------------------------- search
