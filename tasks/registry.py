@@ -42,7 +42,7 @@ from loopml.registry import (
     version_by_alias,
 )
 from loopml.runtime import Runtime
-from loopml.search import trials_table
+from loopml.search.result import trials_table
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
 from tasks.logs import library_output_to_log
