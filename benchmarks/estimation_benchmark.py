@@ -32,8 +32,9 @@ import numpy as np
 import pandas as pd
 
 from loopml import stream
-from loopml.config import ProjectConfig
-from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
+from loopml.config import DriftPolicy, ProjectConfig
+from loopml.drift.profile import build_reference_profile
+from loopml.drift.verdict import detect_drift
 from loopml.estimation.fit import fit_estimator
 from loopml.estimation.outputs import model_outputs
 from loopml.modeling import build_pipeline

@@ -17,7 +17,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from loopml import events, ledger, links, modeling
-from loopml.drift import build_reference_profile
+from loopml.drift.profile import build_reference_profile
 from loopml.features import prepare_features
 from loopml.gate import GateDecision
 from loopml.ledger import promotion_lock
