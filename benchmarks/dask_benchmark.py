@@ -1,7 +1,7 @@
 """Search throughput with 1 vs 2 (or more) Dask workers on one shared Optuna study.
 
 The work of ``loopml train``'s search step when ``LOOPML_DASK_ADDRESS`` is set: every worker
-runs :func:`loopml.search.run_search` on the same study (same storage and study name, the
+runs :func:`loopml.search.study.run_search` on the same study (same storage and study name, the
 same total budget, one native thread each), exactly as ``tasks.parallel.search_shard`` does,
 on the training split of the bundled Telco sample. For each worker count a fresh Dask
 ``LocalCluster`` (one single-threaded process per worker, warmed up before timing) and a fresh
@@ -36,7 +36,7 @@ from loopml.config import ProjectConfig, load_config
 from loopml.data import bundled_sample_path
 from loopml.features import labelled_rows, prepare_features, prepare_target, split_holdout
 from loopml.project import initialise_project
-from loopml.search import run_search
+from loopml.search.study import run_search
 
 
 def telco_project(folder: Path) -> tuple[ProjectConfig, pd.DataFrame]:
@@ -97,7 +97,7 @@ def measure(
         Client(cluster) as client,
     ):
         # Imports and the first sklearn fit are paid before the clock starts.
-        client.run(lambda: __import__("loopml.search"))
+        client.run(lambda: __import__("loopml.search.study"))
         started = time.perf_counter()
         futures = [
             client.submit(shard, config, train, storage, study_name, trials, pure=False)

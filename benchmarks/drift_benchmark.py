@@ -62,7 +62,7 @@ def _current_rss_mb() -> float:
 def measure_profile(reference_path: Path, profile_path: Path) -> dict:
     import pandas as pd
 
-    from loopml.drift import build_reference_profile
+    from loopml.drift.profile import build_reference_profile
 
     baseline = _current_rss_mb()
     start = time.perf_counter()
@@ -108,7 +108,9 @@ def measure_detect(profile_path: Path, current_path: Path, reader: Path = Path("
     from evidently_defaults import evidently_default_columns
 
     from loopml.data import iter_table_chunks
-    from loopml.drift import ReferenceProfile, detect_drift, summarize_batch
+    from loopml.drift.batch import summarize_batch
+    from loopml.drift.profile import ReferenceProfile
+    from loopml.drift.verdict import detect_drift
 
     baseline = _current_rss_mb()
     start = time.perf_counter()

@@ -31,9 +31,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from loopml import estimation, stream
-from loopml.config import ProjectConfig
-from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
+from loopml import stream
+from loopml.config import DriftPolicy, ProjectConfig
+from loopml.drift.profile import build_reference_profile
+from loopml.drift.verdict import detect_drift
+from loopml.estimation.fit import fit_estimator
+from loopml.estimation.outputs import model_outputs
 from loopml.modeling import build_pipeline
 from loopml.monitoring import batch_metrics, batch_outcomes
 
@@ -186,9 +189,9 @@ def fit(table: Table, train: pd.DataFrame, held_out: pd.DataFrame):
     model.fit(prepare_features(train, config), prepare_target(train, config))
     features = prepare_features(held_out, config)
     truth = prepare_target(held_out, config)
-    outputs = estimation.model_outputs(model, features, config)
+    outputs = model_outputs(model, features, config)
     realised = realised_metrics(config, truth, outputs)
-    estimator = estimation.fit_estimator(config, outputs, truth, features, realised)
+    estimator = fit_estimator(config, outputs, truth, features, realised)
     return model, estimator
 
 
@@ -239,7 +242,7 @@ def estimation_stream(table, model, estimator, pool, *, batches, concept: bool, 
                 truth[flip] = truth[flip].map(swap)
             else:
                 truth[flip] = rng.choice(config.classes, int(flip.sum()))
-        outputs = estimation.model_outputs(model, features, config)
+        outputs = model_outputs(model, features, config)
         estimate = estimator.estimate(outputs, features, metric=metric)[metric]
         realised = realised_metrics(config, truth, outputs).get(metric)
         if estimator.method == "cbpe":
@@ -274,7 +277,7 @@ def detector_run(table, model, estimator, reference, pool, *, batches, drift_per
         observations = stream.column_observations(
             verdict["columns"], batch_rows=len(batch), reference_rows=profile.n_rows
         )
-        outputs = estimation.model_outputs(model, batch, config)
+        outputs = model_outputs(model, batch, config)
         entry = estimator.estimate(outputs, batch, metric=metric)[metric]
         from loopml.gate import improvement
 

@@ -2,7 +2,7 @@
 
 Only the tests (tests/unit/test_drift.py) and benchmarks/drift_benchmark.py use this: it checks
 that loopml's histograms carry what ``DataDriftPreset()`` needs, and times a memory-flat
-equivalent of it on big batches. loopml's own verdict is :func:`loopml.drift.detect_drift`.
+equivalent of it on big batches. loopml's own verdict is :func:`loopml.drift.verdict.detect_drift`.
 """
 
 from __future__ import annotations
@@ -16,19 +16,11 @@ import pandas as pd
 from scipy import stats
 from scipy.spatial import distance
 
-from loopml.drift import (
-    BatchSummary,
-    ColumnDrift,
-    ColumnKind,
-    NumericProfile,
-    ReferenceProfile,
-    _as_summary,
-    _category_vectors,
-    _CdfView,
-    _ks_p_value,
-    _NumericSummary,
-    _reference_cells,
-)
+from loopml.config import ColumnKind
+from loopml.drift.batch import BatchSummary, NumericSummary, as_summary, reference_cells
+from loopml.drift.profile import NumericProfile, ReferenceProfile
+from loopml.drift.statistics import CdfView, category_vectors, ks_p_value
+from loopml.drift.verdict import ColumnDrift
 
 # Evidently 0.7.23 switches from statistical tests to distances above this many reference rows.
 EVIDENTLY_SMALL_REFERENCE_ROWS = 1_000
@@ -51,7 +43,7 @@ def evidently_default_columns(
 
     Columns Evidently cannot test (no non-null values on one side) are left out.
     """
-    summary = _as_summary(profile, current)
+    summary = as_summary(profile, current)
     results: dict[str, ColumnDrift] = {}
     for name, column_profile in profile.numeric.items():
         column_summary = summary.numeric[name]
@@ -61,9 +53,9 @@ def evidently_default_columns(
             n_values = column_profile.edges.size + len(column_summary.unseen_counts)
         else:
             n_values = column_profile.edges.size  # more than `bins` >= 10 distinct values
-        view = _CdfView(
+        view = CdfView(
             column_profile.edges,
-            _reference_cells(column_profile),
+            reference_cells(column_profile),
             column_summary.cells,
             column_profile.n,
             column_summary.n,
@@ -71,7 +63,7 @@ def evidently_default_columns(
         small_reference = column_profile.n <= EVIDENTLY_SMALL_REFERENCE_ROWS
         if n_values > 5:
             if small_reference:
-                p_value = _ks_p_value(view)
+                p_value = ks_p_value(view)
                 results[name] = _evidently_result(name, "numeric", "ks", p_value, p_value <= 0.05)
             else:
                 score = view.wasserstein() / max(column_profile.std, 0.001)
@@ -108,7 +100,7 @@ def evidently_default_verdicts(
 
 
 def _numeric_value_counts(
-    profile: NumericProfile, summary: _NumericSummary
+    profile: NumericProfile, summary: NumericSummary
 ) -> tuple[dict[Any, int], dict[Any, int]]:
     """Value counts of a numeric column with at most 5 distinct values (so stored exactly)."""
     edges = profile.edges.tolist()
@@ -126,7 +118,7 @@ def _evidently_discrete(
     current: Mapping[Any, int],
     small_reference: bool,
 ) -> ColumnDrift:
-    keys, reference_counts, current_counts = _category_vectors(reference, current)
+    keys, reference_counts, current_counts = category_vectors(reference, current)
     keys_present = [
         k for k, r, c in zip(keys, reference_counts, current_counts, strict=True) if r or c
     ]

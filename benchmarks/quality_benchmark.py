@@ -1,7 +1,7 @@
 """How much better the default search's champion is than the best single family, and at what cost.
 
 For each table (the Telco sample and tables scikit-learn ships: nothing is downloaded), the
-default search (:func:`loopml.search.run_search`, config as ``loopml init`` would write it)
+default search (:func:`loopml.search.study.run_search`, config as ``loopml init`` would write it)
 picks a champion on every row; then the champion (cloned and refit per fold) and the
 best-of-family baseline are scored by the same outer 5-fold cross-validation.
 
@@ -51,7 +51,7 @@ from loopml import modeling
 from loopml.config import ColumnsConfig, ProjectConfig
 from loopml.features import prepare_features, prepare_target
 from loopml.profiling import infer_profile
-from loopml.search import best_pipeline
+from loopml.search.fit import best_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 OUTER_FOLDS = 5

@@ -48,7 +48,7 @@ def choose_threshold(
 ) -> float:
     """The probability cut-off on the positive class that maximises ``objective``.
 
-    Meant for out-of-fold scores (see ``loopml.search.out_of_fold_scores``), so the choice is
+    Meant for out-of-fold scores (see ``loopml.search.fit.out_of_fold_scores``), so the choice is
     not fitted to the held-out split. A row is predicted positive when its score >= threshold.
 
     Args:

@@ -14,7 +14,8 @@ import pandas as pd
 
 from loopml import metrics
 from loopml.config import DriftPolicy, ProjectConfig
-from loopml.drift import build_reference_profile, detect_drift
+from loopml.drift.profile import build_reference_profile
+from loopml.drift.verdict import detect_drift
 from loopml.gate import relative_bounds, scaled_improvement
 from loopml.ledger import append_jsonl
 from loopml.metrics import Outcomes
@@ -190,7 +191,7 @@ class MonitoringVerdict:
         model_version: the champion version the batch was judged with.
         reference: what the batch was compared with (the champion's training data or a file).
         rows: rows read from the batch.
-        drift: the data-drift verdict (:meth:`loopml.drift.DriftVerdict.to_dict`).
+        drift: the data-drift verdict (:meth:`loopml.drift.verdict.DriftVerdict.to_dict`).
         prediction_drift: drift of the champion's outputs (:func:`prediction_drift`).
         performance: the verdict on labelled rows (:func:`performance_verdict`), or ``None``.
         labelled_rows_kept: labelled rows kept for the next retraining.
@@ -298,7 +299,7 @@ def verdict_reason(
 ) -> str:
     """The rule that decided the batch, in one line, so every UI states the same verdict.
 
-    ``drift`` is :meth:`loopml.drift.DriftVerdict.to_dict`; ``drift_share`` and
+    ``drift`` is :meth:`loopml.drift.verdict.DriftVerdict.to_dict`; ``drift_share`` and
     ``weighted_drift_share`` are the policy's limits. The weighted rule is named first when it
     fired (it is the one importance-aware), then the plain share, then a degradation. Without a
     firing rule the line names the closest one, e.g. "no drift: drift share 0.11 < 0.15".

@@ -29,7 +29,7 @@ def estimation_status(monitoring_dir: Path, project: str, history: int) -> dict[
     """Estimated vs realised performance of the latest batches, and the stream detector."""
     from dataclasses import asdict
 
-    from loopml.estimation import EstimateStore
+    from loopml.estimation.store import EstimateStore
     from loopml.stream import StreamState
 
     pairs = EstimateStore(monitoring_dir, project).pairs()

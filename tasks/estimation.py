@@ -11,7 +11,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from loopml import estimation, monitoring, stream
+from loopml import monitoring, stream
+from loopml.estimation.estimator import EstimationError
+from loopml.estimation.fit import fit_estimator
+from loopml.estimation.outputs import model_outputs
+from loopml.estimation.store import EstimateStore, estimate_record, realised_record
+from loopml.estimation.verdict import estimated_verdict, flat_estimates
+from loopml.estimation.versions import load_version_estimator, store_estimator
 from loopml.features import prepare_features, prepare_target
 from loopml.gate import improvement
 from loopml.labels import LabelStore, joined_predictions
@@ -43,16 +49,14 @@ def record_estimator(
     logger = get_run_logger()
     features = prepare_features(test, config)
     try:
-        outputs = estimation.model_outputs(model, features, config)
-        estimator = estimation.fit_estimator(
+        outputs = model_outputs(model, features, config)
+        estimator = fit_estimator(
             config, outputs, prepare_target(test, config), features, test_metrics
         )
-    except estimation.EstimationError as exc:
+    except EstimationError as exc:
         logger.warning("no performance estimator for v%s: %s", registered.version, exc)
         return None
-    estimation.store_estimator(
-        runtime.mlflow, config.name, registered.version, registered.run_id, estimator
-    )
+    store_estimator(runtime.mlflow, config.name, registered.version, registered.run_id, estimator)
     logger.info(
         "%s estimator stored with v%s (estimate on its %d held-out rows: %s)",
         estimator.method,
@@ -77,7 +81,7 @@ def estimate_performance(
     config = runtime.config
     metric = config.performance_metric
     version = runtime.mlflow.get_model_version(runtime.name, serving.version)
-    estimator = estimation.load_version_estimator(
+    estimator = load_version_estimator(
         runtime.mlflow, version, runtime.settings.references_dir / runtime.name
     )
     if estimator is None:
@@ -85,12 +89,12 @@ def estimate_performance(
         get_run_logger().info(note)
         return {"metric": metric, "estimates": {}, "degraded": False, "note": note}
     features = current_sample[config.columns.features]
-    outputs = estimation.model_outputs(serving.model, features, config)
+    outputs = model_outputs(serving.model, features, config)
     policy = config.monitoring.performance
     estimates = estimator.estimate(
         outputs, features, metric=metric, one_sided_alpha=policy.alpha or 0.05
     )
-    verdict = estimation.estimated_verdict(
+    verdict = estimated_verdict(
         estimates,
         reference_metrics,
         metric=metric,
@@ -100,11 +104,11 @@ def estimate_performance(
         min_rows=policy.min_labelled_rows,
     )
     verdict["baseline"] = estimator.reference_estimated.get(metric)
-    store = estimation.EstimateStore(runtime.settings.monitoring_dir, runtime.name)
-    store.add(estimation.estimate_record(batch_id, serving.version, verdict, checked_at))
+    store = EstimateStore(runtime.settings.monitoring_dir, runtime.name)
+    store.add(estimate_record(batch_id, serving.version, verdict, checked_at))
     if labelled_performance and labelled_performance.get("current"):
         store.add(
-            estimation.realised_record(
+            realised_record(
                 batch_id,
                 labelled_performance["current"],
                 labelled_performance["rows"],
@@ -172,7 +176,7 @@ def record_realised(runtime: Runtime) -> int:
     """Realised metrics of every estimated batch that now has labels; returns batches updated."""
     config = runtime.config
     at = datetime.now(UTC).isoformat(timespec="seconds")
-    store = estimation.EstimateStore(runtime.settings.monitoring_dir, runtime.name)
+    store = EstimateStore(runtime.settings.monitoring_dir, runtime.name)
     batches = store.estimated_batches()
     if not batches:
         return 0
@@ -189,7 +193,7 @@ def record_realised(runtime: Runtime) -> int:
             config, rows["target"].to_numpy(), rows["prediction"].to_numpy(), probability
         )
         metrics = monitoring.batch_metrics(outcomes)
-        store.add(estimation.realised_record(str(batch_id), metrics, len(rows), at))
+        store.add(realised_record(str(batch_id), metrics, len(rows), at))
         updated += 1
     return updated
 
@@ -201,7 +205,7 @@ def estimation_fields(
     ``estimated_<metric>`` keys of the user contract, and the stream verdict."""
     return {
         "estimated_performance": estimated,
-        **estimation.flat_estimates(estimated),
+        **flat_estimates(estimated),
         "estimated_degraded": bool(estimated and estimated.get("degraded")),
         "stream": stream_verdict,
     }

@@ -16,7 +16,8 @@ from prefect.runtime import flow_run
 
 from loopml import events, links, monitoring, reports
 from loopml.data import iter_table_chunks, read_table
-from loopml.drift import ReferenceProfile, build_reference_profile, detect_drift
+from loopml.drift.profile import ReferenceProfile, build_reference_profile
+from loopml.drift.verdict import detect_drift
 from loopml.features import prepare_features, prepare_target
 from loopml.labels import LabelStore, joined_predictions
 from loopml.registry import download_reference, version_metrics

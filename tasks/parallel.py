@@ -43,7 +43,8 @@ from loopml.scoring import (
     score_chunk,
     write_output_chunks,
 )
-from loopml.search import SearchResult, run_search
+from loopml.search.result import SearchResult
+from loopml.search.study import run_search
 from loopml.settings import Settings
 from tasks.ingest import transient
 from tasks.scoring import CHUNK_ROWS, ServingModel, publish_scoring
@@ -91,10 +92,10 @@ def search_in_shards(
 ) -> SearchResult:
     """The search as ``shards`` tasks on the task runner, all working on one Optuna study.
 
-    Every shard calls :func:`loopml.search.run_search` on the same storage and study with
+    Every shard calls :func:`loopml.search.study.run_search` on the same storage and study with
     the same total budget: ``run_search`` tops the study up to ``trials`` finished trials, so
     the shards share the budget instead of multiplying it. The study is read back into one
-    :class:`~loopml.search.SearchResult` at the end. A shard that fails is logged; the
+    :class:`~loopml.search.result.SearchResult` at the end. A shard that fails is logged; the
     others carry on up to the budget, and the search fails only if every shard failed.
 
     Args:

@@ -17,7 +17,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from loopml import events, ledger, links, modeling
-from loopml.drift import build_reference_profile
+from loopml.drift.profile import build_reference_profile
 from loopml.features import prepare_features
 from loopml.gate import GateDecision
 from loopml.ledger import promotion_lock
@@ -42,7 +42,7 @@ from loopml.registry import (
     version_by_alias,
 )
 from loopml.runtime import Runtime
-from loopml.search import trials_table
+from loopml.search.result import trials_table
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
 from tasks.logs import library_output_to_log

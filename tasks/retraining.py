@@ -36,7 +36,7 @@ from loopml.labels import (
 from loopml.registry import download_reference, require_champion
 from loopml.runtime import Runtime
 from loopml.scoring import MODEL_VERSION, ROW_ID, PredictionLog
-from loopml.search import fit_best
+from loopml.search.fit import fit_best
 from tasks.ingest import transient
 
 __all__ = ["RetrainingBusy", "retraining_lock"]

@@ -20,7 +20,8 @@ from loopml.features import prepare_features, prepare_target, split_holdout
 from loopml.gate import GateDecision, decide_promotion
 from loopml.registry import CHAMPION, version_by_alias
 from loopml.runtime import Runtime
-from loopml.search import fit_best, out_of_fold_scores, run_search
+from loopml.search.fit import fit_best, out_of_fold_scores
+from loopml.search.study import run_search
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.models import load_checked
 
@@ -76,7 +77,7 @@ def search_models(
 
 
 def trial_reporter(logger: Any, metric: str) -> Callable[[dict[str, Any]], None]:
-    """An ``on_trial`` callback for :func:`loopml.search.run_search` that logs each trial."""
+    """An ``on_trial`` callback for :func:`loopml.search.study.run_search` that logs each trial."""
 
     def report(info: dict[str, Any]) -> None:
         value = info.get("value")

@@ -41,7 +41,8 @@ def test_the_champion_carries_its_estimator(project):
     champion = project.champion()
 
     assert champion.tags["loopml.estimator"] == "cbpe"
-    from loopml.estimation import PerformanceEstimator, load_version_estimator
+    from loopml.estimation.estimator import PerformanceEstimator
+    from loopml.estimation.versions import load_version_estimator
 
     estimator = load_version_estimator(
         project._client(), champion, project.home / "references" / NAME

@@ -133,7 +133,7 @@ def test_a_reference_read_lean_profiles_exactly_as_read_whole(tmp_path, file_nam
     """Only the compared columns, text as categories: the same drift profile as the whole
     table prepared as usual (an int flag and a text column with a null included)."""
     from loopml.config import ProjectConfig
-    from loopml.drift import build_reference_profile
+    from loopml.drift.profile import build_reference_profile
     from loopml.features import prepare_features
 
     frame = pd.DataFrame(

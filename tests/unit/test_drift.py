@@ -11,15 +11,11 @@ import pytest
 from scipy import stats
 
 from benchmarks.evidently_defaults import evidently_default_columns, evidently_default_verdicts
-from loopml.config import MonitoringConfig
+from loopml.config import DriftPolicy, MonitoringConfig
 from loopml.data import bundled_sample_path
-from loopml.drift import (
-    DriftPolicy,
-    ReferenceProfile,
-    build_reference_profile,
-    detect_drift,
-    summarize_batch,
-)
+from loopml.drift.batch import summarize_batch
+from loopml.drift.profile import ReferenceProfile, build_reference_profile
+from loopml.drift.verdict import detect_drift
 from loopml.errors import DataError
 from loopml.monitoring import verdict_reason
 

@@ -12,8 +12,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from loopml import estimation
 from loopml.config import ProjectConfig
+from loopml.estimation.calibration import apply_calibration, fit_calibration, select_calibration
+from loopml.estimation.estimator import PerformanceEstimator
+from loopml.estimation.expected_metrics import expected_binary_metrics, expected_roc_auc
+from loopml.estimation.fit import fit_estimator
+from loopml.estimation.outputs import ModelOutputs
+from loopml.estimation.store import EstimateStore, estimate_record, realised_record
+from loopml.estimation.verdict import estimated_verdict
+from loopml.estimation.versions import load_version_estimator
 
 
 def _config(task: str, **extra) -> ProjectConfig:
@@ -29,15 +36,15 @@ def _config(task: str, **extra) -> ProjectConfig:
     )
 
 
-def _binary_outputs(scores: np.ndarray) -> estimation.ModelOutputs:
+def _binary_outputs(scores: np.ndarray) -> ModelOutputs:
     labels = np.where(scores >= 0.5, "yes", "no")
-    return estimation.ModelOutputs(labels, np.column_stack([1 - scores, scores]), ["no", "yes"])
+    return ModelOutputs(labels, np.column_stack([1 - scores, scores]), ["no", "yes"])
 
 
 def test_expected_metrics_of_calibrated_uniform_scores_are_the_known_values():
     scores = np.random.default_rng(0).random(200_000)
 
-    expected = estimation.expected_binary_metrics(scores, scores, scores >= 0.5)
+    expected = expected_binary_metrics(scores, scores, scores >= 0.5)
 
     assert expected["roc_auc"] == pytest.approx(5 / 6, abs=0.003)
     assert expected["accuracy"] == pytest.approx(0.75, abs=0.003)
@@ -49,9 +56,7 @@ def test_expected_roc_auc_counts_tied_scores_as_half_like_the_realised_one():
     # Labels fixed (p in {0, 1}): the expected AUC is the realised AUC, ties included.
     labels = np.array([0.0, 1.0, 0.0, 1.0])
 
-    assert estimation.expected_roc_auc(scores, labels) == pytest.approx(
-        roc_auc_score(labels, scores)
-    )
+    assert expected_roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
 
 
 def test_expected_roc_auc_is_expected_concordant_pairs_over_expected_pairs():
@@ -68,9 +73,7 @@ def test_expected_roc_auc_is_expected_concordant_pairs_over_expected_pairs():
         concordant += weight * above.sum()
         pairs += weight * truth.sum() * (~truth).sum()
 
-    assert estimation.expected_roc_auc(scores, probabilities) == pytest.approx(
-        concordant / pairs, rel=1e-9
-    )
+    assert expected_roc_auc(scores, probabilities) == pytest.approx(concordant / pairs, rel=1e-9)
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
@@ -88,7 +91,7 @@ def test_cross_validated_calibration_picks_the_sigmoid_for_overconfident_scores(
         rng = np.random.default_rng(seed)
         scores = np.clip(rng.beta(1, 3, 800), 1e-4, 1 - 1e-4)
         outcomes = (rng.random(800) < _overconfident(scores)).astype(float)
-        chosen.append(estimation.select_calibration(scores, outcomes))
+        chosen.append(select_calibration(scores, outcomes))
 
     assert chosen.count("sigmoid") >= 8  # a sample can still favour isotonic's flexibility
 
@@ -98,10 +101,10 @@ def test_already_calibrated_scores_are_left_alone():
     scores = rng.random(3_000)
     outcomes = (rng.random(3_000) < scores).astype(float)
 
-    knots = estimation.fit_calibration(scores, outcomes)
+    knots = fit_calibration(scores, outcomes)
 
     assert knots["method"] in ("identity", "sigmoid")
-    calibrated = estimation.apply_calibration(scores, knots)
+    calibrated = apply_calibration(scores, knots)
     assert np.max(np.abs(calibrated - scores)) < 0.05
 
 
@@ -114,14 +117,14 @@ def test_the_chosen_calibration_estimates_a_shifted_auc_better_than_isotonic_ste
         scores = np.clip(rng.beta(1, 3, 800), 1e-4, 1 - 1e-4)
         outcomes = (rng.random(800) < _overconfident(scores)).astype(float)
         maps = {
-            "chosen": estimation.fit_calibration(scores, outcomes),
-            "isotonic": estimation.fit_calibration(scores, outcomes, "isotonic"),
+            "chosen": fit_calibration(scores, outcomes),
+            "isotonic": fit_calibration(scores, outcomes, "isotonic"),
         }
         batch = np.clip(rng.beta(2, 2, 500), 1e-4, 1 - 1e-4)
-        truth = estimation.expected_roc_auc(batch, _overconfident(batch))
+        truth = expected_roc_auc(batch, _overconfident(batch))
         for name, knots in maps.items():
-            calibrated = estimation.apply_calibration(batch, knots)
-            errors[name].append(abs(estimation.expected_roc_auc(batch, calibrated) - truth))
+            calibrated = apply_calibration(batch, knots)
+            errors[name].append(abs(expected_roc_auc(batch, calibrated) - truth))
 
     assert np.mean(errors["chosen"]) < 0.03
     assert np.mean(errors["chosen"]) < 0.6 * np.mean(errors["isotonic"])
@@ -134,18 +137,16 @@ def test_a_sigmoid_calibrated_estimator_survives_a_round_trip_and_old_maps_stay_
     config = _config("classification", positive_label="yes")
     scores = np.clip(rng.beta(1, 3, 1_500), 1e-4, 1 - 1e-4)
     truth = np.where(rng.random(1_500) < _overconfident(scores), "yes", "no")
-    estimator = estimation.fit_estimator(
-        config, _binary_outputs(scores), pd.Series(truth), pd.DataFrame(), {}
-    )
+    estimator = fit_estimator(config, _binary_outputs(scores), pd.Series(truth), pd.DataFrame(), {})
     assert estimator.calibration[0]["method"] == "sigmoid"
     assert {maps[0]["method"] for maps in estimator.calibration_resamples} == {"sigmoid"}
     batch = _binary_outputs(rng.random(500))
 
-    loaded = estimation.PerformanceEstimator.load(estimator.save(tmp_path)[0].parent)
+    loaded = PerformanceEstimator.load(estimator.save(tmp_path)[0].parent)
 
     assert loaded.estimate(batch, metric="roc_auc") == estimator.estimate(batch, metric="roc_auc")
     # A map stored before the method was recorded: isotonic knots, interpolated.
-    assert estimation.apply_calibration(
+    assert apply_calibration(
         np.array([0.25, 0.75]), {"x": [0.0, 0.5, 1.0], "y": [0.0, 0.2, 1.0]}
     ) == pytest.approx([0.1, 0.6])
 
@@ -155,15 +156,13 @@ def test_too_few_rows_of_a_class_to_cross_validate_fall_back_to_isotonic():
     outcomes = np.zeros(40)
     outcomes[-1] = 1.0
 
-    assert estimation.select_calibration(scores, outcomes) == "isotonic"
-    assert estimation.apply_calibration(scores, estimation.fit_calibration(scores, outcomes))[
-        -1
-    ] == pytest.approx(1.0)
+    assert select_calibration(scores, outcomes) == "isotonic"
+    assert apply_calibration(scores, fit_calibration(scores, outcomes))[-1] == pytest.approx(1.0)
 
 
 def test_interval_holds_the_realised_auc_of_calibrated_batches_95_percent_of_the_time():
     rng = np.random.default_rng(1)
-    estimator = estimation.PerformanceEstimator(
+    estimator = PerformanceEstimator(
         method="cbpe",
         task="classification",
         classes=["no", "yes"],
@@ -187,7 +186,7 @@ def test_calibration_fixes_overconfident_scores_under_covariate_shift():
     config = _config("classification", positive_label="yes")
     held_scores = rng.random(3_000)
     held_truth = np.where(rng.random(3_000) < held_scores**2, "yes", "no")
-    estimator = estimation.fit_estimator(
+    estimator = fit_estimator(
         config, _binary_outputs(held_scores), pd.Series(held_truth), pd.DataFrame(), {}
     )
 
@@ -198,7 +197,7 @@ def test_calibration_fixes_overconfident_scores_under_covariate_shift():
         outputs = _binary_outputs(scores)
         estimated = estimator.estimate_metrics(outputs)
         errors.append(abs(estimated["accuracy"] - np.mean((scores >= 0.5) == truth)))
-        uncalibrated = estimation.expected_binary_metrics(scores, scores, scores >= 0.5)
+        uncalibrated = expected_binary_metrics(scores, scores, scores >= 0.5)
         raw_errors.append(abs(uncalibrated["accuracy"] - np.mean((scores >= 0.5) == truth)))
     assert np.mean(errors) < 0.03
     assert np.mean(raw_errors) > 2 * np.mean(errors)  # calibration is what makes it hold
@@ -207,7 +206,7 @@ def test_calibration_fixes_overconfident_scores_under_covariate_shift():
 def test_concept_drift_is_invisible_to_cbpe():
     """Same scores, reversed relation: the realised AUC collapses, the estimate does not."""
     rng = np.random.default_rng(3)
-    estimator = estimation.PerformanceEstimator(
+    estimator = PerformanceEstimator(
         method="cbpe",
         task="classification",
         classes=["no", "yes"],
@@ -230,15 +229,13 @@ def test_multiclass_expected_accuracy_matches_realised_on_calibrated_probabiliti
         ["a", "b", "c"]
     )[(rng.random(len(p))[:, None] > np.cumsum(p, axis=1)).sum(axis=1).clip(max=2)]
     labels = np.array(["a", "b", "c"])[probabilities.argmax(axis=1)]
-    outputs = estimation.ModelOutputs(labels, probabilities, ["a", "b", "c"])
-    estimator = estimation.fit_estimator(
-        config, outputs, pd.Series(draw(probabilities)), pd.DataFrame(), {}
-    )
+    outputs = ModelOutputs(labels, probabilities, ["a", "b", "c"])
+    estimator = fit_estimator(config, outputs, pd.Series(draw(probabilities)), pd.DataFrame(), {})
 
     batch = rng.dirichlet([3.0, 1.0, 1.0], 1_000)
     batch_labels = np.array(["a", "b", "c"])[batch.argmax(axis=1)]
     estimates = estimator.estimate(
-        estimation.ModelOutputs(batch_labels, batch, ["a", "b", "c"]), metric="f1_macro"
+        ModelOutputs(batch_labels, batch, ["a", "b", "c"]), metric="f1_macro"
     )
 
     realised = np.mean(draw(batch) == batch_labels)
@@ -261,18 +258,16 @@ def test_dle_estimates_mae_of_a_heteroscedastic_regression_and_survives_a_round_
         return pd.DataFrame({"x": x, "c": c.astype(object)}), y
 
     held_features, held_truth = table(2_000, 0.0)
-    outputs = estimation.ModelOutputs(held_features["x"].to_numpy(), None, [])
-    fitted = estimation.fit_estimator(
-        config, outputs, pd.Series(held_truth), held_features, {"mae": 1.0}
-    )
+    outputs = ModelOutputs(held_features["x"].to_numpy(), None, [])
+    fitted = fit_estimator(config, outputs, pd.Series(held_truth), held_features, {"mae": 1.0})
     fitted.save(tmp_path)
-    estimator = estimation.PerformanceEstimator.load(tmp_path)
+    estimator = PerformanceEstimator.load(tmp_path)
 
     naive = np.mean(np.abs(held_features["x"].to_numpy() - held_truth))
     errors, naive_errors, held = [], [], []
     for _ in range(10):
         features, truth = table(500, 1.0)
-        batch = estimation.ModelOutputs(features["x"].to_numpy(), None, [])
+        batch = ModelOutputs(features["x"].to_numpy(), None, [])
         entry = estimator.estimate(batch, features, metric="mae")["mae"]
         realised = np.mean(np.abs(features["x"].to_numpy() - truth))
         errors.append(abs(entry["value"] - realised) / realised)
@@ -301,9 +296,9 @@ def test_dle_takes_dates_flags_and_nullable_text_among_the_features():
     )
     features.loc[::17, "listed_on"] = pd.NaT
     truth = features["x"] + rng.normal(size=rows)
-    outputs = estimation.ModelOutputs(features["x"].to_numpy(), None, [])
+    outputs = ModelOutputs(features["x"].to_numpy(), None, [])
 
-    fitted = estimation.fit_estimator(_config("regression"), outputs, truth, features, {})
+    fitted = fit_estimator(_config("regression"), outputs, truth, features, {})
     entry = fitted.estimate(outputs, features, metric="mae")["mae"]
 
     assert 0.5 < entry["value"] < 1.2  # the realised MAE of N(0, 1) noise is ~0.8
@@ -312,7 +307,7 @@ def test_dle_takes_dates_flags_and_nullable_text_among_the_features():
 def test_estimated_verdict_degrades_only_when_the_confident_bound_is_past_max_drop():
     def verdict(value: float, bound: float) -> dict:
         estimates = {"roc_auc": {"value": value, "lower": None, "upper": None, "bound": bound}}
-        return estimation.estimated_verdict(
+        return estimated_verdict(
             estimates,
             {"roc_auc": 0.85},
             metric="roc_auc",
@@ -328,15 +323,15 @@ def test_estimated_verdict_degrades_only_when_the_confident_bound_is_past_max_dr
 
 
 def test_estimate_store_pairs_estimates_with_realised_values(tmp_path):
-    store = estimation.EstimateStore(tmp_path, "p")
+    store = EstimateStore(tmp_path, "p")
     verdict = {
         "metric": "roc_auc",
         "method": "cbpe",
         "estimates": {"roc_auc": {"value": 0.8, "lower": 0.75, "upper": 0.85}},
     }
-    store.add(estimation.estimate_record("b1", "3", verdict, "t0"))
-    store.add(estimation.estimate_record("b2", "3", verdict, "t0"))
-    store.add(estimation.realised_record("b1", {"roc_auc": 0.77}, 400, "t1"))
+    store.add(estimate_record("b1", "3", verdict, "t0"))
+    store.add(estimate_record("b2", "3", verdict, "t0"))
+    store.add(realised_record("b1", {"roc_auc": 0.77}, 400, "t1"))
     store.path.write_text(store.path.read_text() + '{"kind": "real')  # a torn last line
 
     pairs = {pair["batch_id"]: pair for pair in store.pairs()}
@@ -350,4 +345,4 @@ def test_a_version_registered_without_an_estimator_has_none(tmp_path):
 
     old_version = SimpleNamespace(tags={"loopml.family": "logistic"}, run_id="r1")
 
-    assert estimation.load_version_estimator(None, old_version, tmp_path) is None
+    assert load_version_estimator(None, old_version, tmp_path) is None

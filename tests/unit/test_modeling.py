@@ -14,7 +14,10 @@ from loopml.config import ParamRange, ProjectConfig
 from loopml.errors import ConfigError, DataError
 from loopml.evaluation import evaluate
 from loopml.modeling import CategoryText, build_pipeline, default_families, skops_trusted_types
-from loopml.search import SearchResult, fit_best, out_of_fold_scores, run_search, suggest_params
+from loopml.search.fit import fit_best, out_of_fold_scores
+from loopml.search.result import SearchResult
+from loopml.search.spaces import suggest_params
+from loopml.search.study import run_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -20,14 +20,10 @@ from loopml.features import align_dtypes, prepare_features
 from loopml.modeling import DatetimeParts, build_pipeline, skops_trusted_types
 from loopml.profiling import infer_profile
 from loopml.registry import serving_requirements
-from loopml.search import (
-    PORTFOLIO,
-    SearchResult,
-    best_pipeline,
-    fit_best,
-    out_of_fold_scores,
-    run_search,
-)
+from loopml.search.fit import best_pipeline, fit_best, out_of_fold_scores
+from loopml.search.portfolio import PORTFOLIO
+from loopml.search.result import SearchResult
+from loopml.search.study import run_search
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -253,18 +249,18 @@ def test_logged_dates_rejoin_a_reference_that_holds_them_as_text(tmp_path):
 
 
 def test_a_blend_must_beat_the_best_single_model_by_more_than_fold_noise():
-    from loopml.search import ENSEMBLE_MIN_GAIN, _improves
+    from loopml.search.ensemble import ENSEMBLE_MIN_GAIN, improves
 
     best = 0.80
-    assert not _improves(
+    assert not improves(
         best + 0.5 * ENSEMBLE_MIN_GAIN * best, best, "roc_auc", by_share=ENSEMBLE_MIN_GAIN
     )
-    assert _improves(
+    assert improves(
         best + 2 * ENSEMBLE_MIN_GAIN * best, best, "roc_auc", by_share=ENSEMBLE_MIN_GAIN
     )
     # Errors go the other way: a lower RMSE is the gain.
-    assert _improves(100 * (1 - 2 * ENSEMBLE_MIN_GAIN), 100, "rmse", by_share=ENSEMBLE_MIN_GAIN)
-    assert not _improves(
+    assert improves(100 * (1 - 2 * ENSEMBLE_MIN_GAIN), 100, "rmse", by_share=ENSEMBLE_MIN_GAIN)
+    assert not improves(
         100 * (1 - 0.5 * ENSEMBLE_MIN_GAIN), 100, "rmse", by_share=ENSEMBLE_MIN_GAIN
     )
-    assert not _improves(float("nan"), best, "roc_auc")
+    assert not improves(float("nan"), best, "roc_auc")

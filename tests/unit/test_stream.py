@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 from loopml import stream
-from loopml.drift import DriftPolicy, build_reference_profile, detect_drift
+from loopml.config import DriftPolicy
+from loopml.drift.profile import build_reference_profile
+from loopml.drift.verdict import detect_drift
 
 
 def _run_lengths(threshold: float, k: float, runs: int, rng) -> np.ndarray:
