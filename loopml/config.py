@@ -174,6 +174,10 @@ class SearchConfig(_Strict):
     # Blend the best trials of several families (greedy ensemble selection on out-of-fold
     # predictions) when the blend beats the best single pipeline out of fold.
     ensemble: bool = True
+    # A blend is kept only when it beats the best single pipeline by this share of its CV
+    # score: below that the gain is fold noise, and one pipeline is smaller, faster and exactly
+    # explainable.
+    ensemble_min_gain: float = Field(0.001, ge=0.0)
 
 
 FairnessMetric = Literal[

@@ -10,7 +10,7 @@ stops early on a validation slice instead of running a fixed number of rounds (s
 :mod:`loopml.modeling`), and the champion may be a weighted soft-voting blend of the best trials
 of several families, chosen by greedy ensemble selection on out-of-fold predictions (Caruana et
 al., "Ensemble Selection from Libraries of Models", ICML 2004) when it beats the best single
-pipeline out of fold by more than ``ENSEMBLE_MIN_GAIN`` (:mod:`.ensemble`).
+pipeline out of fold by more than ``search.ensemble_min_gain`` of the config (:mod:`.ensemble`).
 
 One module a concern:
 

@@ -19,9 +19,6 @@ ENSEMBLE_TIME_SHARE = 0.2
 # Greedy ensemble selection: rounds (with replacement) and candidates (best trials) it draws on.
 ENSEMBLE_ROUNDS = 20
 ENSEMBLE_CANDIDATES = 6
-# A blend is kept only when it beats the best single model by this share of its CV score: below
-# that the gain is fold noise, and a single pipeline is smaller, faster and exactly explainable.
-ENSEMBLE_MIN_GAIN = 0.001
 
 
 def select_blend(

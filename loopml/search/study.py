@@ -24,7 +24,6 @@ from loopml.search.cross_validation import (
     subsample,
 )
 from loopml.search.ensemble import (
-    ENSEMBLE_MIN_GAIN,
     ENSEMBLE_TIME_SHARE,
     improves,
     select_blend,
@@ -222,7 +221,7 @@ def run_search(
             members, score, predictions = chosen
             result.ensemble_cv_score = score
             accepted = len(members) > 1 and improves(
-                score, result.best_cv_score, metric, by_share=ENSEMBLE_MIN_GAIN
+                score, result.best_cv_score, metric, by_share=config.search.ensemble_min_gain
             )
             if accepted:
                 result.ensemble = members

@@ -249,18 +249,15 @@ def test_logged_dates_rejoin_a_reference_that_holds_them_as_text(tmp_path):
 
 
 def test_a_blend_must_beat_the_best_single_model_by_more_than_fold_noise():
-    from loopml.search.ensemble import ENSEMBLE_MIN_GAIN, improves
+    from loopml.config import SearchConfig
+    from loopml.search.ensemble import improves
+
+    min_gain = SearchConfig().ensemble_min_gain  # the default
 
     best = 0.80
-    assert not improves(
-        best + 0.5 * ENSEMBLE_MIN_GAIN * best, best, "roc_auc", by_share=ENSEMBLE_MIN_GAIN
-    )
-    assert improves(
-        best + 2 * ENSEMBLE_MIN_GAIN * best, best, "roc_auc", by_share=ENSEMBLE_MIN_GAIN
-    )
+    assert not improves(best + 0.5 * min_gain * best, best, "roc_auc", by_share=min_gain)
+    assert improves(best + 2 * min_gain * best, best, "roc_auc", by_share=min_gain)
     # Errors go the other way: a lower RMSE is the gain.
-    assert improves(100 * (1 - 2 * ENSEMBLE_MIN_GAIN), 100, "rmse", by_share=ENSEMBLE_MIN_GAIN)
-    assert not improves(
-        100 * (1 - 0.5 * ENSEMBLE_MIN_GAIN), 100, "rmse", by_share=ENSEMBLE_MIN_GAIN
-    )
+    assert improves(100 * (1 - 2 * min_gain), 100, "rmse", by_share=min_gain)
+    assert not improves(100 * (1 - 0.5 * min_gain), 100, "rmse", by_share=min_gain)
     assert not improves(float("nan"), best, "roc_auc")
