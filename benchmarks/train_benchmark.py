@@ -136,8 +136,8 @@ def timed(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, di
     return seconds, json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def task_breakdown(api_url: str) -> dict[str, float]:
-    """Seconds per task of the latest ``train`` flow run (from the Prefect API)."""
+def task_breakdown(api_url: str, flow_name: str = "train") -> dict[str, float]:
+    """Seconds per task of the latest ``flow_name`` flow run (from the Prefect API)."""
     os.environ["PREFECT_API_URL"] = api_url
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -150,7 +150,7 @@ def task_breakdown(api_url: str) -> dict[str, float]:
 
     with get_client(sync_client=True) as client:
         latest = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["train"])),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
             sort=FlowRunSort.START_TIME_DESC,
             limit=1,
         )[0]
@@ -242,6 +242,11 @@ def start_warm_process(env: dict[str, str], project_dir: Path, data: Path) -> st
     print(
         f"local server and warm process up in {time.perf_counter() - started:.1f} s (not counted)"
     )
+    return local_api(home)
+
+
+def local_api(home: Path) -> str:
+    """The API URL of the home's local server, its auth string set for this process's client."""
     record = json.loads((home / "server.json").read_text())
     os.environ["PREFECT_API_AUTH_STRING"] = json.loads((home / "credentials.json").read_text())[
         "prefect_auth_string"
