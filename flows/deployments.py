@@ -1,6 +1,6 @@
 """Every deployment, schedule and trigger of a project, defined once.
 
-``loopml up`` / ``loopml serve`` serve :func:`build_deployments`; their automations step creates
+``loopml up`` / ``loopml serve`` serve :func:`served_flows`; their automations step creates
 :func:`retrain_trigger` and :func:`evidence_trigger` on the server by name.
 ``deployments/prefect.yaml`` (``prefect deploy`` for a server with workers) spells the same
 definitions in Prefect's YAML and is tested equal to them (tests/unit/test_deployments.py).
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from loopml.events import RETRAIN_EVIDENCE, RETRAIN_TRIGGERS, project_resource_id
 
 if TYPE_CHECKING:
+    from prefect import Flow
     from prefect.deployments.runner import RunnerDeployment
     from prefect.events import DeploymentEventTrigger
 
@@ -97,8 +98,11 @@ def evidence_trigger(config: ProjectConfig, project_dir: Path) -> DeploymentEven
     )
 
 
-def project_deployments(config: ProjectConfig, project_dir: Path) -> list[RunnerDeployment]:
-    """The five deployments of one project, named ``FLOW-PROJECT`` (see :data:`FLOW_NAMES`).
+def project_flows(
+    config: ProjectConfig, project_dir: Path
+) -> list[tuple[Flow[..., Any], dict[str, Any]]]:
+    """The five deployments of one project: each flow with its ``to_deployment`` options,
+    named ``FLOW-PROJECT`` (see :data:`FLOW_NAMES`).
 
     Schedules come from the project's config. Retraining runs one at a time per project
     (``concurrency_limit`` 1, ENQUEUE); the inbox never overlaps itself (CANCEL_NEW). The
@@ -126,50 +130,78 @@ def project_deployments(config: ProjectConfig, project_dir: Path) -> list[Runner
     }
     schedules = config.schedules
     return [
-        train_flow.to_deployment(
-            name=deployment_name("train", name),
-            description=f"Train, register and gate a new {name} model.",
-            **common,
+        (
+            train_flow,
+            {
+                "name": deployment_name("train", name),
+                "description": f"Train, register and gate a new {name} model.",
+                **common,
+            },
         ),
-        score_flow.to_deployment(
-            name=deployment_name("score", name),
-            description=f"Score a {name} batch with the champion (pass data=FILE).",
-            **common,
+        (
+            score_flow,
+            {
+                "name": deployment_name("score", name),
+                "description": f"Score a {name} batch with the champion (pass data=FILE).",
+                **common,
+            },
         ),
-        monitor_flow.to_deployment(
-            name=deployment_name("monitor", name),
-            description=(
-                f"Drift and performance of {name} batches against the champion's reference."
-            ),
-            **common,
+        (
+            monitor_flow,
+            {
+                "name": deployment_name("monitor", name),
+                "description": (
+                    f"Drift and performance of {name} batches against the champion's reference."
+                ),
+                **common,
+            },
         ),
-        retrain_flow.to_deployment(
-            name=deployment_name("retrain", name),
-            description=(
-                f"Retrain {name} on reference plus recent labelled data; runs on "
-                "schedule and when drift or degradation is detected."
-            ),
-            cron=schedules.retrain,
-            concurrency_limit=ConcurrencyLimitConfig(
-                limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-            ),
-            **common,
+        (
+            retrain_flow,
+            {
+                "name": deployment_name("retrain", name),
+                "description": (
+                    f"Retrain {name} on reference plus recent labelled data; runs on "
+                    "schedule and when drift or degradation is detected."
+                ),
+                "cron": schedules.retrain,
+                "concurrency_limit": ConcurrencyLimitConfig(
+                    limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+                ),
+                **common,
+            },
         ),
-        inbox_flow.to_deployment(
-            name=deployment_name("inbox", name),
-            description=f"Score and monitor new batches dropped into inbox/{name}/.",
-            concurrency_limit=ConcurrencyLimitConfig(
-                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
-            ),
-            **common,
+        (
+            inbox_flow,
+            {
+                "name": deployment_name("inbox", name),
+                "description": f"Score and monitor new batches dropped into inbox/{name}/.",
+                "concurrency_limit": ConcurrencyLimitConfig(
+                    limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+                ),
+                **common,
+            },
         ),
     ]
+
+
+def project_deployments(config: ProjectConfig, project_dir: Path) -> list[RunnerDeployment]:
+    """The five deployments of one project (:func:`project_flows`) as Prefect builds them."""
+    return [flow.to_deployment(**options) for flow, options in project_flows(config, project_dir)]
 
 
 def build_deployments(
     project_dir: Path, configs: Iterable[ProjectConfig]
 ) -> list[RunnerDeployment]:
-    """Every project's deployments, for ``prefect.serve``."""
+    """Every project's deployments, as ``prefect.serve`` or ``prefect deploy`` take them."""
     return [
         deployment for config in configs for deployment in project_deployments(config, project_dir)
     ]
+
+
+def served_flows(
+    project_dir: Path, configs: Iterable[ProjectConfig]
+) -> list[tuple[Flow[..., Any], dict[str, Any]]]:
+    """Every project's flows with their deployment options, for ``Runner.add_flow``: the
+    runner then runs them from the flow objects it holds (see loopml/cli/stack/forkserver.py)."""
+    return [item for config in configs for item in project_flows(config, project_dir)]

@@ -394,6 +394,10 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
         assert set(children) == {"prefect-server", "mlflow", "evidently", "runner"}
         assert all(_alive(pid) for pid in children.values())
         assert (home / "logs" / "runner.log").is_file()
+        # Its runs start as forks of a process that has the flows imported (forkserver.py).
+        assert "runs start as forks of a process with the flows imported" in _wait_for_text(
+            home / "logs" / "runner.log", "runs start as", timeout=60
+        )
         assert (home / "inbox" / "upped").is_dir()
 
         # Later CLI calls find the running server (server.json) and its auth string.
@@ -455,9 +459,36 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
     while any(_alive(pid) for pid in children.values()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [name for name, pid in children.items() if _alive(pid)]
+    assert _fork_servers_of(home) == []  # it leaves with the runner
     for port in ports.values():
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+
+
+def _wait_for_text(path: Path, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.is_file() else ""
+        if text in content:
+            return content
+        time.sleep(0.5)
+    return content
+
+
+def _fork_servers_of(home: Path) -> list[int]:
+    """Pids of multiprocessing fork servers still running for this home."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"multiprocessing.forkserver" in command and f"LOOPML_HOME={home}".encode() in environ:
+            found.append(int(entry.name))
+    return found
 
 
 def _status(

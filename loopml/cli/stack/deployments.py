@@ -17,10 +17,10 @@ from typing import Any
 import yaml
 
 from flows.deployments import (
-    build_deployments,
     deployment_name,
     evidence_trigger,
     retrain_trigger,
+    served_flows,
 )
 from loopml.cli.stack.notifications import existing_notification_block, save_notification_block
 from loopml.cli.stack.processes import ChildProcess, last_line
@@ -66,27 +66,48 @@ def serve_projects(
 ) -> None:
     """Serve the projects' deployments until interrupted (the runner child of ``loopml up``).
 
+    The runner is given the flow objects (``Runner.add_flow``, what ``Flow.serve`` does), not
+    deployments alone (``prefect.serve``): it then starts a run with Prefect's
+    ``run_flow_in_subprocess`` instead of a ``python -m prefect.engine`` that loads the flow
+    again, and that process is a fork of one with the flows and their libraries already
+    imported (loopml/cli/stack/forkserver.py).
+
     With ``start_signal``, the flows are imported first (the slow part) and serving waits until
     that file exists: ``loopml up`` starts the runner beside the server and says when to go.
 
     Raises:
         StackError: ``start_signal`` did not appear within ``start_timeout``.
     """
-    from prefect import serve
+    import asyncio
 
-    deployments = build_deployments(project_dir, configs)
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    from loopml.cli.stack.forkserver import use_forkserver
+
+    served = served_flows(project_dir, configs)
+    # Its imports run while the server starts: the first run does not wait for them.
+    kept_spawn = use_forkserver()
     if start_signal is not None:
         deadline = time.monotonic() + start_timeout
         while not start_signal.exists():
             if time.monotonic() > deadline:
                 raise StackError(f"no start signal {start_signal} within {start_timeout:.0f} s")
             time.sleep(0.2)
-    serve(
-        *deployments,
-        limit=limit,
-        print_starting_message=True,
-        pause_on_shutdown=True,  # no scheduled runs pile up while nothing serves them
+    runner = Runner(pause_on_shutdown=True, limit=limit)  # no scheduled runs pile up when stopped
+    for flow, options in served:
+        runner.add_flow(flow, **options)
+    print(
+        f"serving {', '.join(options['name'] for _, options in served)}; runs start "
+        + (
+            "as forks of a process with the flows imported"
+            if kept_spawn is None
+            else f"in fresh processes ({kept_spawn})"
+        ),
+        flush=True,
     )
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())
 
 
 def wait_for_deployments(
