@@ -102,6 +102,23 @@ def test_no_run_while_one_is_in_flight_then_one_for_what_is_left(watched) -> Non
     assert prefect.started == [DEPLOYMENT]
 
 
+def test_no_run_for_files_a_run_filed_while_the_watcher_asked_whether_one_runs(watched) -> None:
+    """The listing saw the file, then the run that had it moved it and ended before the
+    in-flight question was answered: a new run would find nothing (an empty inbox run)."""
+    watcher, state, prefect, _ = watched
+    dropped = _drop(state.folder, "a.csv")
+
+    def filed_meanwhile(deployment: str) -> bool:
+        dropped.rename(state.folder.parent / "a.csv")  # out of the inbox, as file_away does
+        return False
+
+    watcher.in_flight = filed_meanwhile
+    watcher.look(state, now=0.0)
+    assert prefect.started == []
+    watcher.look(state, now=0.1)  # looked at again at the next tick: nothing left
+    assert prefect.started == []
+
+
 def test_files_left_waiting_get_another_run_after_the_sweep_period(watched) -> None:
     watcher, state, prefect, _ = watched
     _drop(state.folder, "a.csv")

@@ -107,6 +107,11 @@ class InboxWatcher:
         deployment = f"inbox/{deployment_name('inbox', watched.config.name)}"
         if self.in_flight(deployment):
             return  # a file it did not list gets its run at a later look
+        if ready_signature(watched.folder, SETTLE_SECONDS) != ready:
+            # A run filed them and ended while we asked (it moves a file before it ends): a
+            # run now would find nothing. Look again at the next tick.
+            watched.next_look = now
+            return
         self.start_run(deployment)
         watched.started, watched.started_at = ready, now
 
