@@ -86,8 +86,6 @@ def serve_projects(
     from loopml.cli.stack.forkserver import use_forkserver
 
     served = served_flows(project_dir, configs)
-    # Its imports run while the server starts: the first run does not wait for them.
-    kept_spawn = use_forkserver()
     if start_signal is not None:
         deadline = time.monotonic() + start_timeout
         while not start_signal.exists():
@@ -97,6 +95,9 @@ def serve_projects(
     runner = Runner(pause_on_shutdown=True, limit=limit)  # no scheduled runs pile up when stopped
     for flow, options in served:
         runner.add_flow(flow, **options)
+    # After the server's start and the deployments (the stack waits for both); its imports then
+    # run while nothing or a first command runs, before the first deployment run asks for it.
+    kept_spawn = use_forkserver()
     print(
         f"serving {', '.join(options['name'] for _, options in served)}; runs start "
         + (
