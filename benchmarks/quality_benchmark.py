@@ -47,11 +47,11 @@ from sklearn.metrics import roc_auc_score, root_mean_squared_error
 from sklearn.model_selection import KFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from loopml import modeling
 from loopml.config import ColumnsConfig, ProjectConfig
 from loopml.features import prepare_features, prepare_target
 from loopml.profiling import infer_profile
-from loopml.search.fit import best_pipeline
+from loopml.search.fit import best_pipeline, fit_best
+from loopml.search.study import run_search
 
 REPO = Path(__file__).resolve().parents[1]
 OUTER_FOLDS = 5
@@ -100,6 +100,18 @@ def baseline_module(ref: str) -> ModuleType:
         capture_output=True,
         text=True,
     ).stdout
+    # The names it imported from loopml.evaluation have moved since: bind them to their homes.
+    old_imports = (
+        "from loopml.evaluation import (\n    check_metric,\n    compute_metrics,\n"
+        "    metric_direction,\n    positive_class_index,\n)\n"
+    )
+    if old_imports in source:
+        source = source.replace(
+            old_imports,
+            "from loopml.evaluation import check_metric, compute_metrics\n"
+            "from loopml.label_rule import label_index as positive_class_index\n"
+            "from loopml.metrics import metric_direction\n",
+        )
     path = Path(tempfile.mkdtemp()) / "baseline_modeling.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("baseline_modeling", path)
@@ -134,10 +146,11 @@ def outer_score(estimator, features, target, config, folds) -> float:
     return float(np.mean(scores))
 
 
-def timed_search(module: ModuleType, features, target, config) -> tuple[float, object, object]:
+def timed_search(search, fit_best, features, target, config) -> tuple[float, object, object]:
+    """Seconds of ``search`` (a ``run_search``) and ``fit_best``, with both results."""
     started = time.perf_counter()
-    result = module.run_search(features, target, config, storage=None, study_name="bench")
-    model = module.fit_best(features, target, result, config)
+    result = search(features, target, config, storage=None, study_name="bench")
+    model = fit_best(features, target, result, config)
     return time.perf_counter() - started, result, model
 
 
@@ -153,8 +166,10 @@ def run_table(name: str, baseline: ModuleType, threads: int | None) -> dict:
     )
     folds = list(splitter.split(features, target))
     with threadpool_limits(limits=threads):
-        new_seconds, result, _ = timed_search(modeling, features, target, config)
-        old_seconds, _, _ = timed_search(baseline, features, target, config)
+        new_seconds, result, _ = timed_search(run_search, fit_best, features, target, config)
+        old_seconds, _, _ = timed_search(
+            baseline.run_search, baseline.fit_best, features, target, config
+        )
         champion = best_pipeline(result, config)
         champion_score = outer_score(champion, features, target, config, folds)
         family_scores = {
