@@ -15,8 +15,20 @@ from loopml.errors import DataError
 PROFILE_FORMAT_VERSION = 1
 
 
+class _Counted:
+    """A column profile's counts: ``n`` present values and ``n_null`` missing ones."""
+
+    n: int
+    n_null: int
+
+    @property
+    def null_rate(self) -> float:
+        total = self.n + self.n_null
+        return self.n_null / total if total else 0.0
+
+
 @dataclass
-class NumericProfile:
+class NumericProfile(_Counted):
     """One numeric column as sorted edges with the mass on and between them.
 
     ``edges`` are distinct reference values (all of them when ``exact``, else quantiles including
@@ -65,14 +77,9 @@ class NumericProfile:
             exact=bool(data["exact"]),
         )
 
-    @property
-    def null_rate(self) -> float:
-        total = self.n + self.n_null
-        return self.n_null / total if total else 0.0
-
 
 @dataclass
-class CategoricalProfile:
+class CategoricalProfile(_Counted):
     """One categorical column as category counts (missing values counted apart)."""
 
     counts: dict[Any, int]
@@ -91,11 +98,6 @@ class CategoricalProfile:
     def from_dict(cls, data: Mapping[str, Any]) -> CategoricalProfile:
         counts = {_native(key): int(count) for key, count in data["counts"]}
         return cls(counts=counts, n=int(data["n"]), n_null=int(data["n_null"]))
-
-    @property
-    def null_rate(self) -> float:
-        total = self.n + self.n_null
-        return self.n_null / total if total else 0.0
 
 
 @dataclass
