@@ -1,6 +1,7 @@
 """How much better the default search's champion is than the best single family, and at what cost.
 
-For each table (the Telco sample and tables scikit-learn ships: nothing is downloaded), the
+For each table (the Telco sample, tables scikit-learn ships and two real survey tables statsmodels
+ships, ``fair`` and ``anes96``: nothing is downloaded), the
 default search (:func:`loopml.search.study.run_search`, config as ``loopml init`` would write it)
 picks a champion on every row; then the champion (cloned and refit per fold) and the
 best-of-family baseline are scored by the same outer 5-fold cross-validation.
@@ -55,13 +56,25 @@ from loopml.search.study import run_search
 
 REPO = Path(__file__).resolve().parents[1]
 OUTER_FOLDS = 5
-TABLES = ("telco", "breast_cancer", "wine", "digits", "diabetes")
+TABLES = ("telco", "breast_cancer", "wine", "digits", "diabetes", "fair", "anes96")
 
 
 def load_table(name: str) -> tuple[pd.DataFrame, str]:
-    """A table and its target column; all bundled with the repo or scikit-learn."""
+    """A table and its target column; all bundled with the repo, scikit-learn or statsmodels."""
     if name == "telco":
         return pd.read_csv(REPO / "loopml" / "data" / "telco_churn.csv"), "churn"
+    if name == "fair":
+        # Fair (1978) affairs survey, 6,366 women: whether any extramarital affair was reported.
+        from statsmodels.datasets import fair
+
+        frame = fair.load_pandas().data
+        frame["had_affair"] = np.where(frame.pop("affairs") > 0, "yes", "no")
+        return frame, "had_affair"
+    if name == "anes96":
+        # 1996 American National Election Study, 944 voters: Clinton (0) or Dole (1).
+        from statsmodels.datasets import anes96
+
+        return anes96.load_pandas().data, "vote"
     loader = {
         "breast_cancer": datasets.load_breast_cancer,
         "wine": datasets.load_wine,

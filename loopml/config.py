@@ -19,6 +19,8 @@ Family = Literal[
     "ridge",
     "hist_gradient_boosting",
     "random_forest",
+    "logistic_spline",
+    "ridge_spline",
 ]
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -37,6 +37,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import (
     OneHotEncoder,
     OrdinalEncoder,
+    SplineTransformer,
     StandardScaler,
     TargetEncoder,
 )
@@ -47,9 +48,14 @@ from loopml.errors import ConfigError
 from loopml.features import as_datetime
 from loopml.label_rule import label_index
 
-CLASSIFICATION_FAMILIES = ("logistic", "hist_gradient_boosting", "random_forest")
-REGRESSION_FAMILIES = ("ridge", "hist_gradient_boosting", "random_forest")
-LINEAR_FAMILIES = frozenset({"logistic", "ridge"})
+CLASSIFICATION_FAMILIES = ("logistic", "hist_gradient_boosting", "random_forest", "logistic_spline")
+REGRESSION_FAMILIES = ("ridge", "hist_gradient_boosting", "random_forest", "ridge_spline")
+# Linear models whose numeric inputs also enter as cubic B-splines (curves, not just slopes).
+SPLINE_FAMILIES = frozenset({"logistic_spline", "ridge_spline"})
+LINEAR_FAMILIES = frozenset({"logistic", "ridge"}) | SPLINE_FAMILIES
+# Knots per splined column (scikit-learn's default), at quantiles: cubic splines without the
+# bias column give SPLINE_KNOTS + 1 basis columns per column.
+SPLINE_KNOTS = 5
 MISSING_CATEGORY = "__missing__"
 # Trees see at most this many codes per categorical column (HGB needs fewer than max_bins=255).
 TREE_MAX_CATEGORIES = 250
@@ -173,6 +179,70 @@ class DatetimeParts(_ColumnwiseTransformer):
         return np.asarray([f"{name}_{part}" for name in names for part in self.PARTS], dtype=object)
 
 
+class NumericSplines(TransformerMixin, BaseEstimator):
+    """Each numeric column, plus a cubic B-spline basis of it where it has room for one.
+
+    The basis is scikit-learn's ``SplineTransformer`` with knots at the column's quantiles (so a
+    skewed column gets its knots where its rows are) and linear extrapolation beyond them. A
+    column whose quantile knots would coincide (a constant, a 0/1 flag, a missing-value
+    indicator, a column mostly of one value, a column with missing values left) has no curve to
+    fit and passes through alone. The column itself is kept next to its basis, so a regularised
+    model can keep a straight line cheaply and spend weight on the curve only where the data
+    bend.
+
+    Args:
+        n_knots: knots per splined column.
+        degree: the splines' polynomial degree.
+    """
+
+    def __init__(self, n_knots: int = SPLINE_KNOTS, degree: int = 3) -> None:
+        self.n_knots = n_knots
+        self.degree = degree
+
+    def fit(self, X: Any, y: Any = None) -> NumericSplines:
+        values = self._checked_values(X, reset=True)
+        # The knots SplineTransformer would place; a column with NaN left gets none either.
+        knots = np.percentile(values, np.linspace(0.0, 100.0, self.n_knots), axis=0)
+        self.splined_columns_ = np.flatnonzero(np.all(np.diff(knots, axis=0) > 0, axis=0))
+        self.splines_ = None
+        if len(self.splined_columns_):
+            self.splines_ = SplineTransformer(
+                n_knots=self.n_knots,
+                degree=self.degree,
+                knots="quantile",
+                extrapolation="linear",
+                include_bias=False,
+            ).fit(values[:, self.splined_columns_])
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "splined_columns_")
+        values = self._checked_values(X, reset=False)
+        if self.splines_ is None:
+            return values
+        return np.hstack([values, self.splines_.transform(values[:, self.splined_columns_])])
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        names = _feature_names_out(self, input_features)
+        if self.splines_ is None:
+            return names
+        basis = self.splines_.get_feature_names_out(names[self.splined_columns_])
+        return np.concatenate([names, np.asarray(basis, dtype=object)])
+
+    def _checked_values(self, X: Any, *, reset: bool) -> np.ndarray:
+        if reset:
+            self.n_features_in_ = np.shape(X)[1]
+            if isinstance(X, pd.DataFrame):
+                self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        values = np.asarray(X, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has shape {values.shape}, but NumericSplines is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        return values
+
+
 def _as_frame(X: Any) -> pd.DataFrame:
     if isinstance(X, pd.DataFrame):
         return X
@@ -273,14 +343,16 @@ def build_pipeline(
 ) -> Pipeline:
     """An unfitted ``Pipeline([("preprocess", ColumnTransformer), ("model", estimator)])``.
 
-    Linear families: numeric -> median impute (+ missing indicators) -> standard scaling;
-    categorical -> canonical text -> one-hot (rare and unseen values share an "infrequent"
-    column). Tree families: numeric as float with NaN kept (both trees handle it);
+    Linear families: numeric -> median impute (+ missing indicators) -> standard scaling
+    (-> :class:`NumericSplines` for the spline families: each column plus its cubic B-spline
+    basis); categorical -> canonical text -> one-hot (rare and unseen values share an
+    "infrequent" column). Tree families: numeric as float with NaN kept (both trees handle it);
     categorical -> canonical text -> ordinal codes (unseen -> -1, which HGB treats as missing),
     declared categorical to HistGradientBoosting (its native categorical splits). Every family:
     high-cardinality categoricals -> target encoding (``TargetEncoder`` cross-fits its
     training encoding internally, so a column that names each row cannot leak the target);
-    datetime columns -> :class:`DatetimeParts` (imputed and scaled for linear families).
+    datetime columns -> :class:`DatetimeParts` (imputed and scaled for linear families, and
+    splined for the spline families).
     Columns not listed are dropped.
 
     Args:
@@ -303,6 +375,7 @@ def build_pipeline(
     if not numeric_columns and not categorical_columns and not dates:
         raise ConfigError("a pipeline needs at least one numeric, categorical or datetime column")
     linear = family in LINEAR_FAMILIES
+    splines = family in SPLINE_FAMILIES
     encoded = [column for column in high_cardinality_columns or [] if column in categorical_columns]
     coded = [column for column in categorical_columns if column not in encoded]
     transformers = []
@@ -333,9 +406,10 @@ def build_pipeline(
             steps.append(("scale", StandardScaler()))
         transformers.append(("high_cardinality", Pipeline(steps), encoded))
     if numeric_columns:
-        transformers.append(("numeric", _numeric_steps(NumericValues(), linear), numeric_columns))
+        numeric = _numeric_steps(NumericValues(), linear, splines)
+        transformers.append(("numeric", numeric, numeric_columns))
     if dates:
-        transformers.append(("datetime", _numeric_steps(DatetimeParts(), linear), dates))
+        transformers.append(("datetime", _numeric_steps(DatetimeParts(), linear, splines), dates))
     preprocess = ColumnTransformer(transformers, remainder="drop")
     # ColumnTransformer puts the categorical block first: its codes are columns 0..k-1.
     categorical_positions = list(range(len(coded))) or None
@@ -350,21 +424,23 @@ def build_pipeline(
     return pipeline
 
 
-def _numeric_steps(source: BaseEstimator, linear: bool) -> BaseEstimator:
-    """Numbers as they come for trees (NaN kept); imputed, flagged and scaled for linear models.
+def _numeric_steps(source: BaseEstimator, linear: bool, splines: bool = False) -> BaseEstimator:
+    """Numbers as they come for trees (NaN kept); imputed, flagged and scaled for linear models,
+    with a spline basis added for the spline families.
 
     The missing-value indicators are added only for columns with missing values in the
     training rows, so missingness that carries signal reaches the linear model.
     """
     if not linear:
         return source
-    return Pipeline(
-        [
-            ("numbers", source),
-            ("impute", SimpleImputer(strategy="median", add_indicator=True)),
-            ("scale", StandardScaler()),
-        ]
-    )
+    steps = [
+        ("numbers", source),
+        ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+        ("scale", StandardScaler()),
+    ]
+    if splines:
+        steps.append(("splines", NumericSplines()))
+    return Pipeline(steps)
 
 
 def high_cardinality_columns(features: pd.DataFrame, categorical_columns: list[str]) -> list[str]:
@@ -385,9 +461,9 @@ def _estimator(
     family: str, task: str, random_state: int | None, categorical_positions: list[int] | None
 ) -> BaseEstimator:
     classification = task == "classification"
-    if family == "logistic":
+    if family in ("logistic", "logistic_spline"):
         return LogisticRegression(max_iter=1000, random_state=random_state)
-    if family == "ridge":
+    if family in ("ridge", "ridge_spline"):
         return Ridge(random_state=random_state)
     if family == "hist_gradient_boosting":
         model_class = (

@@ -12,6 +12,10 @@ from loopml.search.spaces import search_space
 # configurations known to do well on tabular data, clipped to the family's ranges.
 # - logistic / ridge: scikit-learn's default (C=1, alpha=1), then a more regularised one
 #   (the usual first step of a log-scale grid).
+# - logistic_spline / ridge_spline: the same two, on scikit-learn's ``SplineTransformer``
+#   defaults (5 knots, cubic; its "Time-related feature engineering" example's spline
+#   features) placed at quantiles: a penalised additive model in the style of P-splines
+#   (Eilers & Marx 1996), which the penalty C / alpha smooths.
 # - hist_gradient_boosting: (1) scikit-learn's defaults; (2) AutoGluon's "GBMLarge" LightGBM
 #   configuration of its default/zero-shot portfolio (learning_rate 0.03, num_leaves 128,
 #   min_data_in_leaf 3, feature_fraction 0.9), in HGB's names; (3) FLAML's low-cost initial
@@ -23,6 +27,8 @@ from loopml.search.spaces import search_space
 PORTFOLIO: dict[str, list[dict[str, float]]] = {
     "logistic": [{"C": 1.0}, {"C": 0.1}],
     "ridge": [{"alpha": 1.0}, {"alpha": 10.0}],
+    "logistic_spline": [{"C": 1.0}, {"C": 0.1}],
+    "ridge_spline": [{"alpha": 1.0}, {"alpha": 10.0}],
     "hist_gradient_boosting": [
         {
             "learning_rate": 0.1,

@@ -19,6 +19,8 @@ from loopml.errors import ConfigError
 DEFAULT_SPACES: dict[str, dict[str, ParamRange]] = {
     "logistic": {"C": ParamRange(low=1e-3, high=100.0, log=True)},
     "ridge": {"alpha": ParamRange(low=1e-3, high=1e3, log=True)},
+    "logistic_spline": {"C": ParamRange(low=1e-3, high=100.0, log=True)},
+    "ridge_spline": {"alpha": ParamRange(low=1e-3, high=1e3, log=True)},
     "hist_gradient_boosting": {
         # Early stopping sets the rounds; below 0.02 they would run into HGB_MAX_ITER.
         "learning_rate": ParamRange(low=0.02, high=0.3, log=True),

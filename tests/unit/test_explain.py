@@ -48,6 +48,7 @@ def fitted(family: str, frame: pd.DataFrame, config: ProjectConfig, **params):
     ("family", "params", "method", "output"),
     [
         ("logistic", {}, "linear", "log-odds"),
+        ("logistic_spline", {}, "linear", "log-odds"),  # a column's basis sums back into it
         ("random_forest", {"n_estimators": 20, "max_depth": 6}, "tree", "probability"),
         ("hist_gradient_boosting", {"max_iter": 15}, "permutation", "probability"),
     ],

@@ -107,13 +107,21 @@ def test_default_families_per_task():
         "logistic",
         "hist_gradient_boosting",
         "random_forest",
+        "logistic_spline",
     ]
-    assert default_families("regression") == ["ridge", "hist_gradient_boosting", "random_forest"]
+    assert default_families("regression") == [
+        "ridge",
+        "hist_gradient_boosting",
+        "random_forest",
+        "ridge_spline",
+    ]
     with pytest.raises(ConfigError):
         default_families("ranking")
 
 
-@pytest.mark.parametrize("family", ["logistic", "hist_gradient_boosting", "random_forest"])
+@pytest.mark.parametrize(
+    "family", ["logistic", "hist_gradient_boosting", "random_forest", "logistic_spline"]
+)
 def test_pipeline_handles_mixed_dtypes_missing_and_unseen_categories(family):
     train = mixed_categorical_table(400)
     pipeline = build_pipeline(
@@ -181,7 +189,9 @@ def test_params_accept_plain_and_pipeline_names_and_json_floats():
         )
 
 
-@pytest.mark.parametrize("family", ["logistic", "hist_gradient_boosting", "random_forest"])
+@pytest.mark.parametrize(
+    "family", ["logistic", "hist_gradient_boosting", "random_forest", "logistic_spline"]
+)
 def test_skops_round_trip_predicts_identically(family):
     train = mixed_categorical_table(300)
     pipeline = build_pipeline(
@@ -223,7 +233,12 @@ def test_search_picks_linear_family_on_linear_table():
     config = make_config(list(features.columns), [], trials=6)
     result = run_search(features, target, config, storage=None, study_name="linear")
     assert result.best_family == "logistic"
-    assert set(result.per_family_best) == {"logistic", "hist_gradient_boosting", "random_forest"}
+    assert set(result.per_family_best) == {
+        "logistic",
+        "hist_gradient_boosting",
+        "random_forest",
+        "logistic_spline",
+    }
     assert result.direction == "maximize" and result.metric == "roc_auc"
     assert result.best_cv_score == max(result.per_family_best.values())
     assert "family" not in result.best_params and "C" in result.best_params
