@@ -167,7 +167,7 @@ def test_search_blends_out_of_fold_and_reuses_its_predictions():
 
 
 @pytest.mark.slow  # an MLflow store and a pyfunc load
-def test_a_blended_champion_round_trips_through_mlflow_with_skops(tmp_path):
+def test_a_blended_champion_round_trips_through_mlflow_with_skops(tmp_path, monkeypatch):
     features, target = customers(400, seed=2)
     config = config_for(["x"], ["shop", "ticket"], ["signed_up"])
     members = [
@@ -198,7 +198,11 @@ def test_a_blended_champion_round_trips_through_mlflow_with_skops(tmp_path):
     batch = prepare_features(batch, config)
 
     previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # MLflow's setter also writes MLFLOW_TRACKING_URI: monkeypatch puts the variable back as
+    # it was for the tests that follow (setting `previous` again would leave it set).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
     try:
         with mlflow.start_run():
             logged = mlflow.sklearn.log_model(
