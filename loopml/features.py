@@ -22,7 +22,8 @@ def prepare_features(
     CSV re-reads, Parquet and SQL give the same column different dtypes (an int flag becomes
     float once a null appears); fixing them here keeps training and scoring in agreement.
     ``compact`` (a large reference to profile) keeps the same values but holds each categorical
-    column as a pandas category of text: codes, not a Python string per row.
+    column as a pandas category of text (codes, not a Python string per row), and its float
+    columns may be the caller's own arrays: treat the result as read-only.
 
     Raises:
         DataError: a feature column is missing.
@@ -30,9 +31,11 @@ def prepare_features(
     absent = missing_columns(frame, config.columns.features)
     if absent:
         raise DataError(f"the batch is missing feature column(s): {', '.join(absent)}")
-    prepared = pd.DataFrame(index=frame.index)
+    prepared: dict[str, pd.Series] = {}
     for column in config.columns.numeric:
-        prepared[column] = pd.to_numeric(frame[column], errors="coerce").astype(np.float64)
+        prepared[column] = pd.to_numeric(frame[column], errors="coerce").astype(
+            np.float64, copy=False
+        )
     for column in config.columns.categorical:
         values = frame[column]
         if compact:
@@ -44,7 +47,11 @@ def prepare_features(
         prepared[column] = values.where(values.isna(), values.astype(str)).astype(object)
     for column in config.columns.datetime:
         prepared[column] = as_datetime(frame[column])
-    return prepared[config.columns.features]
+    # Built in one go (inserting column by column, then reordering, copied every column twice).
+    # ``compact`` output is only read: its float columns may share the caller's memory.
+    return pd.DataFrame(
+        prepared, index=frame.index, columns=config.columns.features, copy=not compact
+    )
 
 
 def as_datetime(values: pd.Series) -> pd.Series:

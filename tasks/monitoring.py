@@ -109,16 +109,22 @@ def _load_reference(
     if reference_path:
         # Only the columns compared (and the target), text as categories: memory stays low.
         frame = read_table(reference_path, columns=[*config.columns.features, config.target])
+        sample = _sample(frame, config.monitoring.sample_rows)
         features = prepare_features(frame, config, compact=True)
+        del frame  # what the features do not share (they keep its float columns) goes now
         profile = build_reference_profile(
             features, config.columns.numeric, config.columns.categorical
         )
+        del features
         source = str(reference_path)
     else:
         profile_file = download_reference(runtime.mlflow, champion.run_id, "profile.json", cache)
         profile = ReferenceProfile.from_dict(json.loads(profile_file.read_text()))
-        frame = pd.read_parquet(
-            download_reference(runtime.mlflow, champion.run_id, "train.parquet", cache)
+        sample = _sample(
+            pd.read_parquet(
+                download_reference(runtime.mlflow, champion.run_id, "train.parquet", cache)
+            ),
+            config.monitoring.sample_rows,
         )
         source = f"models:/{runtime.name}/{serving.version} training data"
         # The held-out split: the performance reference of loopml's verdict, so the Evidently
@@ -126,19 +132,20 @@ def _load_reference(
         holdout = pd.read_parquet(
             download_reference(runtime.mlflow, champion.run_id, "test.parquet", cache)
         )
-    sample_rows = config.monitoring.sample_rows
-    sample = frame.sample(n=min(sample_rows, len(frame)), random_state=0).reset_index(drop=True)
-    if holdout is not None:
-        holdout = holdout.sample(n=min(sample_rows, len(holdout)), random_state=0)
     return Reference(
         profile=profile,
         sample=sample,
         importances=importances,
         metrics=version_metrics(champion),
         source=source,
-        holdout=None if holdout is None else holdout.reset_index(drop=True),
+        holdout=None if holdout is None else _sample(holdout, config.monitoring.sample_rows),
         run_id=champion.run_id,
     )
+
+
+def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """At most ``rows`` rows of ``frame`` (the same ones every time), indexed from 0."""
+    return frame.sample(n=min(rows, len(frame)), random_state=0).reset_index(drop=True)
 
 
 @task(name="data-drift", cache_policy=NO_CACHE)
