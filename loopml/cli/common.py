@@ -165,7 +165,7 @@ def call_flow(flow: Any, settings: Settings, /, **parameters: Any) -> Any:
             from loopml.cli.stack.local_server import used_file
 
             used_file(connected).touch()
-            warm.start_in_background(connected.home)  # later commands skip the imports
+            warm.start_in_background(connected.home, project)  # later commands skip imports
 
 
 @dataclass(frozen=True)

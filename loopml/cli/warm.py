@@ -231,11 +231,12 @@ def _isatty(stream: Any) -> bool:
         return False
 
 
-def start_in_background(home: Path) -> None:
+def start_in_background(home: Path, project: str | None = None) -> None:
     """Start this home's warm process unless one runs (or is starting) or it is turned off.
 
     One that runs for another environment or older code is replaced: the home's later
-    commands are most likely this one's.
+    commands are most likely this one's. ``project`` (the command's): the new process loads
+    its champion before it takes commands, so the next ``score`` or ``monitor`` finds it loaded.
     """
     if not _CLI_COMMAND or not enabled(ORIGINAL_ENVIRON):
         return
@@ -256,6 +257,7 @@ def start_in_background(home: Path) -> None:
                 sys.executable,
                 "-c",
                 "import sys; from loopml.cli.warm import main; sys.exit(main())",
+                *([project] if project else []),
             ],
             env={**ORIGINAL_ENVIRON, "LOOPML_HOME": str(home)},
             cwd=home,
@@ -508,6 +510,30 @@ def _forget_command_state() -> None:
             mlflow.end_run("FAILED")
 
 
+def preload_champion(settings: Any, project: str) -> str:
+    """Load ``project``'s champion into the process's cache of checked models (the check runs
+    again at every use); the line it writes to the log. A failure only costs the first command
+    the load it would have done anyway."""
+    from loopml.registry import CHAMPION, load_version, mlflow_client, version_by_alias
+
+    started = time.monotonic()
+    try:
+        client = mlflow_client(settings.mlflow_tracking_uri, settings.mlflow_registry_uri)
+        champion = version_by_alias(client, project, CHAMPION)
+        if champion is None:
+            line = f"loopml warm: {project} has no champion to load yet"
+        else:
+            load_version(client, champion)
+            line = (
+                f"loopml warm: {project} v{champion.version} (champion) loaded in "
+                f"{time.monotonic() - started:.1f} s"
+            )
+    except Exception as exc:  # noqa: BLE001 - the command that needs it will say what is wrong
+        line = f"loopml warm: {project}'s champion not loaded ({' '.join(str(exc).split())[:200]})"
+    print(line, flush=True)
+    return line
+
+
 def _resident_mb() -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -540,7 +566,7 @@ def main() -> int:
     home = home_of(ORIGINAL_ENVIRON)
     started = time.monotonic()
     try:
-        warm = _start(home)
+        warm = _start(home, sys.argv[1] if len(sys.argv) > 1 else None)  # see start_in_background
     finally:
         (home / "warm.starting").unlink(missing_ok=True)
     if warm is None:
@@ -563,7 +589,7 @@ def main() -> int:
     return 0
 
 
-def _start(home: Path) -> WarmProcess | None:
+def _start(home: Path, project: str | None) -> WarmProcess | None:
     """Settings applied, the libraries imported, listening, ``warm.json`` written; ``None``
     when this home has no local server (commands then use the user's Prefect API)."""
     from loopml.cli.common import connect_prefect, process_settings
@@ -575,6 +601,9 @@ def _start(home: Path) -> WarmProcess | None:
         return None
     connect_prefect(settings)
     _warm_up()
+    # Before listening, not beside it: no command shares the process with the load.
+    if project:
+        preload_champion(settings, project)
     # What the imports left is there for good: out of the collector's sight (gc.freeze), and
     # its automatic passes made rare; each command's garbage is collected after it answers.
     gc.collect()

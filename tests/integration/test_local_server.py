@@ -247,6 +247,8 @@ def test_later_commands_run_in_the_warm_process_as_they_would_alone(home, projec
         assert _comparable(warm_result[1]) == _comparable(alone_result[1]), command
         assert _comparable(warm_result[2]) == _comparable(alone_result[2]), command
     served = warm_log.read_text()
+    # Started by a command of project "local", it looked for that project's champion to load.
+    assert "loopml warm: local has no champion to load yet" in served, served
     assert served.count("loopml warm: validate local -> exit 0") == 1, served
     assert served.count("loopml warm: validate local -> exit 1") == 1, served
     assert served.count("loopml warm: validate local -> exit 2") == 1, served

@@ -37,3 +37,36 @@ def test_a_checked_model_is_deserialised_once_and_a_tampered_one_still_refused(
     model_file.write_bytes(model_file.read_bytes() + b"\0")
     with pytest.raises(ModelRefused, match="does not match the file registered"):
         load_version(client, model_version)
+
+
+def test_the_warm_process_preloads_a_champion_and_says_when_there_is_none(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from loopml.cli.warm import preload_champion
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry, "_verified_models", {})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = SimpleNamespace(mlflow_tracking_uri=uri, mlflow_registry_uri=uri)
+    registered = register_tiny(uri, "preloaded")
+
+    line = preload_champion(settings, "preloaded")
+    assert line == "loopml warm: preloaded has no champion to load yet"
+    assert registry._verified_models == {}
+
+    MlflowClient(uri).set_registered_model_alias("preloaded", "champion", registered.version)
+    line = preload_champion(settings, "preloaded")
+    assert line.startswith(f"loopml warm: preloaded v{registered.version} (champion) loaded in ")
+    (model,) = registry._verified_models.values()
+    # The command that follows gets that very object (after its own check of the file).
+    client = MlflowClient(uri)
+    assert load_version(client, get_version(client, "preloaded", registered.version)) is model
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused port, at once
+    line = preload_champion(
+        SimpleNamespace(
+            mlflow_tracking_uri="http://127.0.0.1:9", mlflow_registry_uri="http://127.0.0.1:9"
+        ),
+        "preloaded",
+    )
+    assert line.startswith("loopml warm: preloaded's champion not loaded (")
