@@ -16,14 +16,15 @@ _rendered: WeakKeyDictionary[Figure, bytes] = WeakKeyDictionary()
 
 
 def png_bytes(figure: Figure) -> bytes:
-    """``figure`` as PNG (``DPI``, tight bounding box), rendered the first time it is asked for.
+    """``figure`` as PNG (``DPI``), rendered the first time it is asked for.
 
     Figures are finished before they are shown: one changed after its first rendering keeps
-    its first PNG.
+    its first PNG. Each is laid out by itself (constrained or tight layout), so it is drawn
+    once: ``bbox_inches="tight"`` would draw it twice (~30% of the time) for the same picture.
     """
     rendered = _rendered.get(figure)
     if rendered is None:
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        figure.savefig(buffer, format="png", dpi=DPI)
         rendered = _rendered[figure] = buffer.getvalue()
     return rendered
