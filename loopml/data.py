@@ -126,6 +126,16 @@ def _read_columns(path: Path, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def release_read_buffers() -> None:
+    """Give back to the system the memory pyarrow's pool keeps after a large read.
+
+    pyarrow's allocator (mimalloc) holds freed pages for its own reuse, and pandas allocates
+    elsewhere: a 1M-row x 20-column Parquet reference read once stayed resident (~300 MB,
+    measured) in a process that lives on (the warm process, the runner's forks).
+    """
+    pa.default_memory_pool().release_unused()
+
+
 def iter_table_chunks(path: str | Path, chunk_rows: int = 100_000) -> Iterator[pd.DataFrame]:
     """Yield a CSV or Parquet file in chunks of about ``chunk_rows`` rows (memory stays flat)."""
     path = Path(path)

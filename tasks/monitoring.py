@@ -15,7 +15,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from loopml import events, links, monitoring, reports
-from loopml.data import iter_table_chunks, read_table
+from loopml.data import iter_table_chunks, read_table, release_read_buffers
 from loopml.drift.profile import ReferenceProfile, build_reference_profile
 from loopml.drift.verdict import detect_drift
 from loopml.features import prepare_features, prepare_target
@@ -28,7 +28,7 @@ from tasks.events import emit
 from tasks.ingest import transient
 from tasks.scoring import ServingModel
 
-CHUNK_ROWS = 250_000
+CHUNK_ROWS = 100_000  # rows read at a time: ~100 MB of pandas text each (the peak of a monitor)
 TARGET = "__target__"  # the batch's own labels, kept apart from the features
 
 
@@ -116,6 +116,7 @@ def _load_reference(
             features, config.columns.numeric, config.columns.categorical
         )
         del features
+        release_read_buffers()
         source = str(reference_path)
     else:
         profile_file = download_reference(runtime.mlflow, champion.run_id, "profile.json", cache)

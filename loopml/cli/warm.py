@@ -400,6 +400,7 @@ class WarmProcess:
                 # The collector's full passes over a heap this size cost ~1.3 s a monitor
                 # command (measured): they run here, after the client has its answer.
                 gc.collect()
+                _release_memory()
                 self.last_used = time.monotonic()
             if self.stopping:
                 return "asked to stop"
@@ -532,6 +533,20 @@ def preload_champion(settings: Any, project: str) -> str:
         line = f"loopml warm: {project}'s champion not loaded ({' '.join(str(exc).split())[:200]})"
     print(line, flush=True)
     return line
+
+
+def _release_memory() -> None:
+    """What the command freed goes back to the system, so the next one starts from the process's
+    own size: pyarrow's pool (see release_read_buffers) and the C heap's free pages (glibc
+    keeps them otherwise; pandas and numpy allocate there)."""
+    if "pyarrow" in sys.modules:
+        from loopml.data import release_read_buffers
+
+        release_read_buffers()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _resident_mb() -> float:
