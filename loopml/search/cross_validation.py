@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -14,9 +14,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 
+from loopml import metrics
 from loopml.config import ProjectConfig
 from loopml.errors import DataError
-from loopml.evaluation import compute_metrics
+from loopml.evaluation import outcomes_of
 from loopml.label_rule import label_index
 
 
@@ -66,13 +67,35 @@ class CrossValidation:
         aligned[:, np.searchsorted(self.classes, fitted.classes_)] = probabilities
         return aligned
 
+    # The outcomes last scored on each fold, by the id of its rows (the folds' own arrays).
+    _fold_outcomes: dict[int, tuple[np.ndarray, metrics.Outcomes]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
     def score(self, predictions: np.ndarray, rows: np.ndarray) -> float:
+        """The metric of ``predictions`` (out-of-fold, in ``rows``' order) on the rows ``rows``."""
+        outcomes = self._outcomes(predictions, rows)
+        return float(metrics.compute([self.metric], outcomes)[self.metric])
+
+    def _outcomes(self, predictions: np.ndarray, rows: np.ndarray) -> metrics.Outcomes:
+        # A search scores each fold for every trial and every blend round (hundreds of times).
+        # Metrics that read scores read nothing else but the truth (Metric.needs), so once a
+        # fold's truth is keyed, only its scores change; label metrics take the whole path.
+        known = self._fold_outcomes.get(id(rows))
+        reads_scores = metrics.metric_needs(self.metric, self.config.task_kind) != "labels"
+        if known is not None and known[0] is rows and reads_scores:
+            return replace(known[1], scores=self._scores(predictions))
         stored = _StoredPredictions(predictions, self.classes)
-        features = self.features.iloc[rows]
-        scores = compute_metrics(
-            stored, features, self.target.iloc[rows], self.config, [self.metric]
-        )
-        return float(scores[self.metric])
+        outcomes = outcomes_of(stored, predictions, self.target.iloc[rows], self.config)
+        self._fold_outcomes[id(rows)] = (rows, outcomes)
+        return outcomes
+
+    def _scores(self, predictions: np.ndarray) -> np.ndarray:
+        """What :func:`~loopml.evaluation.outcomes_of` takes as scores from these predictions."""
+        if self.config.task_kind == "binary":
+            positive = label_index(list(self.classes), self.config.positive_label)
+            return np.asarray(predictions[:, positive], dtype=np.float64)
+        return np.asarray(predictions, dtype=np.float64)
 
     def mean_score(self, predictions: np.ndarray) -> float:
         return float(np.mean([self.score(predictions[rows], rows) for _, rows in self.folds]))

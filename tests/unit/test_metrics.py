@@ -60,6 +60,25 @@ def test_every_binary_metric_equals_scikit_learns(metric):
     assert value[metric] == pytest.approx(SKLEARN_BINARY[metric](truth, predicted, score))
 
 
+@pytest.mark.parametrize("decimals", [0, 1, 2, 6])
+def test_roc_auc_counts_tied_scores_half_as_scikit_learn_does(decimals):
+    truth, predicted, score = _binary_batch(700, seed=decimals)
+    tied = np.round(score, decimals)  # runs of equal scores, up to two distinct values
+
+    value = metrics.compute(["roc_auc"], metrics.binary_outcomes(truth, predicted, True, tied))
+
+    assert value["roc_auc"] == pytest.approx(skmetrics.roc_auc_score(truth, tied), abs=1e-12)
+
+
+def test_roc_auc_of_a_missing_score_is_nan():
+    truth, predicted, score = _binary_batch(50, seed=3)
+    score[7] = np.nan
+
+    value = metrics.compute(["roc_auc"], metrics.binary_outcomes(truth, predicted, True, score))
+
+    assert np.isnan(value["roc_auc"])
+
+
 @pytest.mark.parametrize(
     ("metric", "expected"),
     [
