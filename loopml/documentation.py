@@ -24,8 +24,13 @@ from loopml.config import ProjectConfig
 from loopml.data import read_table, write_table
 from loopml.errors import DataError, RegistryError
 from loopml.features import prepare_features, prepare_target
-from loopml.figures import png_bytes
-from loopml.model_card import PARTIAL_DEPENDENCE_COLUMNS, ModelCardContent, build_model_card
+from loopml.figures import png_bytes, render_ahead
+from loopml.model_card import (
+    PARTIAL_DEPENDENCE_COLUMNS,
+    ModelCardContent,
+    build_model_card,
+    card_profile_figure,
+)
 from loopml.registry import (
     CHAMPION,
     download_reference,
@@ -92,6 +97,15 @@ def document_version(
     test = test.reset_index(drop=True)
     features = prepare_features(test, config)
     truth = prepare_target(test, config).to_numpy()
+    top = [c for c in importances if c in config.columns.features][:PARTIAL_DEPENDENCE_COLUMNS]
+    partial_dependence = None
+    if top:
+        try:
+            partial_dependence = explain.partial_dependence_figure(model, features, top, config)
+        except (TypeError, ValueError) as exc:  # a model scikit-learn cannot probe
+            logger.warning("no partial dependence plot: %s", exc)
+    profile = card_profile_figure(train, importances, config)
+    render_ahead([partial_dependence, profile])  # drawn by the worker while slices are cut
     labels = predicted_labels(model, features, config)
     slice_analysis = slices.analyse_slices(test, truth, labels, config)
     audit = None
@@ -104,13 +118,6 @@ def document_version(
     files = {SLICES_FILE: _write_json(slice_analysis, folder / SLICES_FILE)}
     if audit is not None:
         files[FAIRNESS_FILE] = _write_json(audit, folder / FAIRNESS_FILE)
-    top = [c for c in importances if c in config.columns.features][:PARTIAL_DEPENDENCE_COLUMNS]
-    partial_dependence = None
-    if top:
-        try:
-            partial_dependence = explain.partial_dependence_figure(model, features, top, config)
-        except (TypeError, ValueError) as exc:  # a model scikit-learn cannot probe
-            logger.warning("no partial dependence plot: %s", exc)
     if partial_dependence is not None:
         path = folder / PARTIAL_DEPENDENCE_FILE
         path.write_bytes(png_bytes(partial_dependence))  # the model card embeds the same PNG
@@ -135,6 +142,7 @@ def document_version(
             figures=figures,
         ),
         partial_dependence=partial_dependence,
+        profile=profile,
     )
     card_path = folder / MODEL_CARD_FILE
     card_path.write_text(card, encoding="utf-8")

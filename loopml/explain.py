@@ -458,5 +458,5 @@ def partial_dependence_figure(
         for label in axis.get_xticklabels():
             label.set_rotation(30)
             label.set_fontsize(7)
-    figure.tight_layout()
+    figure.set_layout_engine("tight")  # laid out when drawn (maybe by the figure worker)
     return figure

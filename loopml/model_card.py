@@ -110,16 +110,34 @@ def profile_figure(train: pd.DataFrame, columns: list[str], config: ProjectConfi
             axes.barh([text[:18] for text in counts.index[::-1]], counts.values[::-1])
             axes.tick_params(axis="y", labelsize=7)
         axes.set_title(column, fontsize=9)
-    figure.tight_layout()
+    figure.set_layout_engine("tight")  # laid out when drawn (maybe by the figure worker)
     return figure
 
 
-def build_model_card(content: ModelCardContent, *, partial_dependence: Figure | None) -> str:
-    """The model card as one HTML document."""
+def card_profile_figure(
+    train: pd.DataFrame, importances: dict[str, float], config: ProjectConfig
+) -> Figure:
+    """The card's data profile: the features' distributions, the most important first."""
+    ordered = [c for c in importances if c in config.columns.features] or list(
+        config.columns.features
+    )
+    return profile_figure(train, ordered, config)
+
+
+def build_model_card(
+    content: ModelCardContent,
+    *,
+    partial_dependence: Figure | None,
+    profile: Figure | None = None,
+) -> str:
+    """The model card as one HTML document (``profile``: :func:`card_profile_figure`, made
+    here when not given)."""
     config = content.config
+    if profile is None:
+        profile = card_profile_figure(content.train, content.importances, config)
     parts = {
         "intended-use": _intended_use(config),
-        "data-profile": _data_profile(content),
+        "data-profile": _data_profile(content, profile),
         "training-data": _table(
             [
                 {"item": "training rows", "value": len(content.train)},
@@ -162,13 +180,9 @@ def _intended_use(config: ProjectConfig) -> str:
     )
 
 
-def _data_profile(content: ModelCardContent) -> str:
+def _data_profile(content: ModelCardContent, figure: Figure) -> str:
     config = content.config
     association = target_association(content.train, config)
-    ordered = [c for c in content.importances if c in config.columns.features] or list(
-        config.columns.features
-    )
-    figure = profile_figure(content.train, ordered, config)
     rows = [
         {"column": column, "kind": _kind(column, config), "association with target": value}
         for column, value in association.items()

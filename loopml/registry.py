@@ -140,7 +140,6 @@ def log_and_register(
     ):
         mlflow.log_params({key: _param_text(value) for key, value in params.items()})
         mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
-        _log_figures(figures)
         for path in reference_files.values():
             mlflow.log_artifact(str(path), artifact_path=REFERENCE_DIR)
         for dataset in datasets:
@@ -159,6 +158,7 @@ def log_and_register(
             skops_trusted_types=trusted_types,
             pip_requirements=serving_requirements(),
         )
+        _log_figures(figures)  # last: the figure worker (loopml.figures) drew them meanwhile
         run_id = run.info.run_id
         fingerprint = model_fingerprint(logged.model_uri)
         # The version is born "pending" with its owner, so an interrupted registration is

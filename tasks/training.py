@@ -17,6 +17,7 @@ from loopml import evaluation, modeling
 from loopml.comparison import Scorer, compare_models
 from loopml.config import ProjectConfig
 from loopml.features import prepare_features, prepare_target, split_holdout
+from loopml.figures import render_ahead
 from loopml.gate import GateDecision, decide_promotion
 from loopml.registry import CHAMPION, version_by_alias
 from loopml.runtime import Runtime
@@ -189,6 +190,7 @@ def evaluate_candidate(
     figures = evaluation.evaluation_figures(
         candidate.model, features, target, config, importances=importances
     )
+    render_ahead(figures.values())  # drawn by the worker while the champion is compared
     create_markdown_artifact(
         key=artifact_key(config.name, "evaluation"),
         markdown=(

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 
+import numpy as np
 from matplotlib.figure import Figure
 
+from loopml import figures
 from loopml.figures import png_bytes
 from loopml.model_card import figure_data_uri
 
@@ -27,3 +29,47 @@ def test_a_figure_is_rendered_once_and_the_card_embeds_the_same_png(monkeypatch)
     uri = figure_data_uri(figure)
     assert base64.b64decode(uri.removeprefix("data:image/png;base64,")) == png
     assert renders == [figure]
+
+
+def _histograms() -> Figure:
+    figure = Figure(figsize=(6, 3), layout="tight")
+    for index in range(3):
+        axes = figure.add_subplot(1, 3, index + 1)
+        axes.hist(np.random.default_rng(index).normal(size=500), bins=20)
+        axes.set_title(f"column {index}")
+    return figure
+
+
+def test_a_figure_rendered_ahead_is_drawn_by_the_worker_as_it_would_be_here(monkeypatch):
+    figures.start_render_worker()
+    ahead, here = _histograms(), _histograms()
+    drawn_here = []
+    real_savefig = Figure.savefig
+
+    def counting_savefig(self, *args, **kwargs):
+        drawn_here.append(self)
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", counting_savefig)
+
+    figures.render_ahead([ahead, None])
+
+    assert png_bytes(ahead) == png_bytes(here)  # the same PNG, byte for byte
+    assert drawn_here == [here]  # the worker drew the other one
+    assert png_bytes(ahead) is png_bytes(ahead)  # and it is kept
+
+
+def test_a_worker_that_dies_costs_only_the_time_the_figure_takes_here():
+    figures.start_render_worker()
+    worker = figures._render_worker()
+    for process in list(worker._processes.values()):
+        process.kill()
+        process.join()
+    figure = _histograms()
+
+    figures.render_ahead([figure])
+
+    assert png_bytes(figure).startswith(b"\x89PNG")
+    later = _histograms()
+    figures.render_ahead([later])  # a fresh worker takes over
+    assert png_bytes(later) == png_bytes(_histograms())
