@@ -562,7 +562,14 @@ def _resident_mb() -> float:
 def _warm_up() -> None:
     """Import what commands use, so the first forwarded command does not pay for it."""
     import evidently  # noqa: F401
+    import fairlearn.metrics  # noqa: F401 - the training's fairness audit
+    import git  # noqa: F401 - MLflow's run tags (the source's commit)
+    import graphviz  # noqa: F401 - Prefect, at a process's first flow call
     import great_expectations  # noqa: F401
+    import matplotlib.backends.backend_agg  # noqa: F401 - every figure
+    import mlflow.sklearn  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the embedded default store
+    import skops.io  # noqa: F401 - imports every scikit-learn estimator module (~0.5 s)
 
     import flows.labels  # noqa: F401
     import flows.monitoring  # noqa: F401
