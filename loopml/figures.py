@@ -44,15 +44,25 @@ def png_bytes(figure: Figure) -> bytes:
     """
     rendered = _rendered.get(figure)
     if isinstance(rendered, Future):
-        try:
-            rendered = rendered.result(timeout=RENDER_WAIT_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - the worker's failure costs only the time
-            logger.debug("figure worker failed (%s); drawing the figure here", exc)
-            rendered = None
+        rendered = _finished(rendered)
     if rendered is None:
         rendered = _render(figure)
     _rendered[figure] = rendered
     return rendered
+
+
+def _finished(future: Future[bytes]) -> bytes | None:
+    """The worker's PNG, or ``None`` when it failed, or hangs (then it is stopped, and the
+    figures still queued there are drawn here without waiting for it)."""
+    if _worker is None and not future.done():
+        return None  # its worker was given up on
+    try:
+        return future.result(timeout=RENDER_WAIT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - the worker's failure costs only the time
+        logger.debug("figure worker failed (%s); drawing the figure here", exc)
+        if _worker is not None and not future.done():
+            _discard_broken_worker(_worker, kill=True)
+        return None
 
 
 def render_ahead(figures: Iterable[Figure | None]) -> None:
@@ -114,11 +124,14 @@ def _render_worker() -> ProcessPoolExecutor | None:
         return _worker
 
 
-def _discard_broken_worker(worker: ProcessPoolExecutor) -> None:
+def _discard_broken_worker(worker: ProcessPoolExecutor, *, kill: bool = False) -> None:
     global _worker
     with _worker_lock:
         if _worker is worker:
             _worker = None
+    if kill:  # a hung worker would never take the shutdown request
+        for process in list((getattr(worker, "_processes", None) or {}).values()):
+            process.kill()
     worker.shutdown(wait=False, cancel_futures=True)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from concurrent.futures import Future
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -73,3 +74,35 @@ def test_a_worker_that_dies_costs_only_the_time_the_figure_takes_here():
     later = _histograms()
     figures.render_ahead([later])  # a fresh worker takes over
     assert png_bytes(later) == png_bytes(_histograms())
+
+
+def test_a_worker_that_does_not_answer_is_given_up_on_and_the_figures_are_drawn_here(
+    monkeypatch,
+):
+    waited_for = []
+
+    class Pending(Future):
+        def result(self, timeout=None):
+            waited_for.append(self)
+            return super().result(timeout)
+
+    class HungWorker:  # takes figures and never answers
+        def __init__(self):
+            self.stopped = False
+
+        def submit(self, *args):
+            return Pending()
+
+        def shutdown(self, **kwargs):
+            self.stopped = True
+
+    hung = HungWorker()
+    monkeypatch.setattr(figures, "_worker", hung)
+    monkeypatch.setattr(figures, "RENDER_WAIT_SECONDS", 0.05)
+    first, second = _histograms(), _histograms()
+    figures.render_ahead([first, second])
+
+    assert png_bytes(first).startswith(b"\x89PNG")  # drawn here after the wait
+    assert hung.stopped and figures._worker is None  # given up on
+    assert png_bytes(second) == png_bytes(first)  # drawn here too,
+    assert len(waited_for) == 1  # without waiting for the worker again
