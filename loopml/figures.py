@@ -10,7 +10,7 @@ to start, a figure does not pickle, it dies or hangs), the figure is drawn here 
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import io
 import logging
 import pickle
@@ -83,7 +83,10 @@ def render_ahead(figures: Iterable[Figure | None]) -> None:
 
 def start_render_worker() -> None:
     """Start the worker now (it takes about a second), so it is ready for the first figures."""
-    _render_worker()
+    worker = _render_worker()
+    if worker is not None:
+        with contextlib.suppress(Exception):  # a broken worker shows at the first figure
+            worker.submit(int)  # the pool starts its process at the first task
 
 
 def _render(figure: Figure) -> bytes:
@@ -108,7 +111,7 @@ def _render_worker() -> ProcessPoolExecutor | None:
     global _worker
     with _worker_lock:
         if _worker is None:
-            import multiprocessing
+            import multiprocessing.util
 
             try:
                 # spawn: a fresh interpreter, never a fork of a process running threads.
@@ -120,7 +123,9 @@ def _render_worker() -> ProcessPoolExecutor | None:
             except Exception as exc:  # noqa: BLE001 - no worker: figures are drawn here
                 logger.debug("no figure worker (%s)", exc)
                 return None
-            atexit.register(_stop_worker)
+            # Stopped before the process exits, also when it is a multiprocessing child (a
+            # deployment run): its exit joins every child process, and the worker would wait.
+            multiprocessing.util.Finalize(None, _stop_worker, exitpriority=100)
         return _worker
 
 
@@ -135,9 +140,16 @@ def _discard_broken_worker(worker: ProcessPoolExecutor, *, kill: bool = False) -
     worker.shutdown(wait=False, cancel_futures=True)
 
 
-def _stop_worker() -> None:
+def _stop_worker(timeout: float = 5.0) -> None:
+    """Stop the worker (a figure it is drawing may finish; one that hangs is killed)."""
     global _worker
     with _worker_lock:
         worker, _worker = _worker, None
-    if worker is not None:
-        worker.shutdown(wait=False, cancel_futures=True)
+    if worker is None:
+        return
+    processes = list((getattr(worker, "_processes", None) or {}).values())
+    worker.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import multiprocessing
 from concurrent.futures import Future
 
 import numpy as np
@@ -106,3 +107,24 @@ def test_a_worker_that_does_not_answer_is_given_up_on_and_the_figures_are_drawn_
     assert hung.stopped and figures._worker is None  # given up on
     assert png_bytes(second) == png_bytes(first)  # drawn here too,
     assert len(waited_for) == 1  # without waiting for the worker again
+
+
+def _draw_ahead_and_return() -> None:
+    figure = _histograms()
+    figures.render_ahead([figure])
+    assert png_bytes(figure).startswith(b"\x89PNG")
+
+
+def test_a_multiprocessing_child_that_used_the_worker_exits():
+    """A deployment run is a multiprocessing child: its exit joins every child process, so the
+    worker must be stopped first, or the run's process never ends."""
+    child = multiprocessing.get_context("spawn").Process(target=_draw_ahead_and_return)
+    child.start()
+    child.join(120)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+        child.join()
+
+    assert not alive
+    assert child.exitcode == 0
