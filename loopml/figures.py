@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import pickle
 import threading
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 _rendered: WeakKeyDictionary[Figure, bytes | Future[bytes]] = WeakKeyDictionary()
 _worker: ProcessPoolExecutor | None = None
 _worker_lock = threading.Lock()
+_fork_hook = False
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -126,7 +128,17 @@ def _render_worker() -> ProcessPoolExecutor | None:
             # Stopped before the process exits, also when it is a multiprocessing child (a
             # deployment run): its exit joins every child process, and the worker would wait.
             multiprocessing.util.Finalize(None, _stop_worker, exitpriority=100)
+            global _fork_hook
+            if not _fork_hook:
+                os.register_at_fork(after_in_child=_forget_worker_in_child)
+                _fork_hook = True
         return _worker
+
+
+def _forget_worker_in_child() -> None:
+    """A fork copies the handle, not the worker: the child starts its own if it draws."""
+    global _worker, _worker_lock
+    _worker, _worker_lock = None, threading.Lock()
 
 
 def _discard_broken_worker(worker: ProcessPoolExecutor, *, kill: bool = False) -> None:

@@ -128,3 +128,26 @@ def test_a_multiprocessing_child_that_used_the_worker_exits():
 
     assert not alive
     assert child.exitcode == 0
+
+
+def _draw_in_forked_child(queue) -> None:
+    inherited = figures._worker is not None
+    figure = _histograms()
+    figures.render_ahead([figure])
+    queue.put((inherited, figures._worker is not None, png_bytes(figure)[:8]))
+
+
+def test_a_forked_child_does_not_inherit_the_parents_worker():
+    figures.start_render_worker()
+    parent_worker = figures._render_worker()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_draw_in_forked_child, args=(queue,))
+    child.start()
+    inherited, has_worker, png_start = queue.get(timeout=120)
+    child.join(120)
+
+    assert child.exitcode == 0
+    assert not inherited  # the parent's handle is not the child's worker
+    assert has_worker and png_start == b"\x89PNG\r\n\x1a\n"  # its own worker drew it
+    assert figures._render_worker() is parent_worker
