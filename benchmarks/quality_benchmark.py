@@ -1,7 +1,7 @@
 """How much better the default search's champion is than the best single family, and at what cost.
 
-For each table (the Telco sample, tables scikit-learn ships and two real survey tables statsmodels
-ships, ``fair`` and ``anes96``: nothing is downloaded), the
+For each table (the Telco sample, tables scikit-learn ships and three real survey tables statsmodels
+ships, ``fair``, ``anes96`` and ``randhie``: nothing is downloaded), the
 default search (:func:`loopml.search.study.run_search`, config as ``loopml init`` would write it)
 picks a champion on every row; then the champion (cloned and refit per fold) and the
 best-of-family baseline are scored by the same outer 5-fold cross-validation.
@@ -56,7 +56,8 @@ from loopml.search.study import run_search
 
 REPO = Path(__file__).resolve().parents[1]
 OUTER_FOLDS = 5
-TABLES = ("telco", "breast_cancer", "wine", "digits", "diabetes", "fair", "anes96")
+TABLES = ("telco", "breast_cancer", "wine", "digits", "diabetes", "fair", "anes96", "randhie")
+REGRESSION_TABLES = frozenset({"diabetes", "randhie"})
 
 
 def load_table(name: str) -> tuple[pd.DataFrame, str]:
@@ -75,6 +76,11 @@ def load_table(name: str) -> tuple[pd.DataFrame, str]:
         from statsmodels.datasets import anes96
 
         return anes96.load_pandas().data, "vote"
+    if name == "randhie":
+        # RAND Health Insurance Experiment, 20,190 person-years: outpatient doctor visits.
+        from statsmodels.datasets import randhie
+
+        return randhie.load_pandas().data, "mdvis"
     loader = {
         "breast_cancer": datasets.load_breast_cancer,
         "wine": datasets.load_wine,
@@ -87,7 +93,7 @@ def load_table(name: str) -> tuple[pd.DataFrame, str]:
 
 def project_config(frame: pd.DataFrame, target: str, name: str) -> ProjectConfig:
     """The config ``loopml init`` would write for the table (defaults everywhere else)."""
-    task = "regression" if name == "diabetes" else None
+    task = "regression" if name in REGRESSION_TABLES else None
     profile = infer_profile(frame, target, task=task)
     return ProjectConfig(
         name=name,
