@@ -97,6 +97,10 @@ def document_version(
     test = test.reset_index(drop=True)
     features = prepare_features(test, config)
     truth = prepare_target(test, config).to_numpy()
+    profile = card_profile_figure(train, importances, config)
+    # The figure worker draws the card's profile while this process makes and draws the
+    # partial dependence figure and cuts the slices.
+    render_ahead([profile])
     top = [c for c in importances if c in config.columns.features][:PARTIAL_DEPENDENCE_COLUMNS]
     partial_dependence = None
     if top:
@@ -104,8 +108,6 @@ def document_version(
             partial_dependence = explain.partial_dependence_figure(model, features, top, config)
         except (TypeError, ValueError) as exc:  # a model scikit-learn cannot probe
             logger.warning("no partial dependence plot: %s", exc)
-    profile = card_profile_figure(train, importances, config)
-    render_ahead([partial_dependence, profile])  # drawn by the worker while slices are cut
     labels = predicted_labels(model, features, config)
     slice_analysis = slices.analyse_slices(test, truth, labels, config)
     audit = None
