@@ -50,6 +50,10 @@ class CrossValidation:
     config: ProjectConfig
     metric: str
     classes: np.ndarray | None  # sorted labels (classification), None for regression
+    # The outcomes last scored on each fold, by the id of its rows (the folds' own arrays).
+    _fold_outcomes: dict[int, tuple[np.ndarray, metrics.Outcomes]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def empty_predictions(self) -> np.ndarray:
         rows = len(self.target)
@@ -66,11 +70,6 @@ class CrossValidation:
         aligned = np.zeros((len(rows), len(self.classes)))
         aligned[:, np.searchsorted(self.classes, fitted.classes_)] = probabilities
         return aligned
-
-    # The outcomes last scored on each fold, by the id of its rows (the folds' own arrays).
-    _fold_outcomes: dict[int, tuple[np.ndarray, metrics.Outcomes]] = field(
-        default_factory=dict, init=False, repr=False
-    )
 
     def score(self, predictions: np.ndarray, rows: np.ndarray) -> float:
         """The metric of ``predictions`` (out-of-fold, in ``rows``' order) on the rows ``rows``."""
