@@ -137,17 +137,31 @@ def _draw_in_forked_child(queue) -> None:
     queue.put((inherited, figures._worker is not None, png_bytes(figure)[:8]))
 
 
-def test_a_forked_child_does_not_inherit_the_parents_worker():
+def _fork_a_child_that_draws(queue) -> None:
+    """In a fresh process (not the test runner, whose threads make a fork unsafe): start a
+    worker, then fork a child that draws."""
     figures.start_render_worker()
     parent_worker = figures._render_worker()
     context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_draw_in_forked_child, args=(queue,))
+    child_queue = context.Queue()
+    child = context.Process(target=_draw_in_forked_child, args=(child_queue,))
     child.start()
-    inherited, has_worker, png_start = queue.get(timeout=120)
+    inherited, has_worker, png_start = child_queue.get(timeout=120)
     child.join(120)
+    kept = figures._render_worker() is parent_worker
+    queue.put((inherited, has_worker, png_start, child.exitcode, kept))
 
-    assert child.exitcode == 0
+
+def test_a_forked_child_does_not_inherit_the_parents_worker():
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    parent = context.Process(target=_fork_a_child_that_draws, args=(queue,))
+    parent.start()
+    inherited, has_worker, png_start, child_exit, parent_kept_its_worker = queue.get(timeout=240)
+    parent.join(120)
+
     assert not inherited  # the parent's handle is not the child's worker
     assert has_worker and png_start == b"\x89PNG\r\n\x1a\n"  # its own worker drew it
-    assert figures._render_worker() is parent_worker
+    assert child_exit == 0
+    assert parent_kept_its_worker
+    assert parent.exitcode == 0
