@@ -13,7 +13,6 @@ from flows.naming import run_name, untagged_tasks
 from flows.states import quarantined
 from loopml.data import frame_hash
 from loopml.errors import ValidationFailed
-from loopml.figures import start_render_worker
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
@@ -84,7 +83,6 @@ def retrain_flow(
             # Nothing trained: the run ends Quarantined (Failed-type, so release_claim gives
             # the trigger batch back), like train, validate and score.
             return quarantined(error)
-        start_render_worker()  # the evaluation's figures are drawn on another core
         study_name = f"{project}-retrain-{flow_run.get_id()}"
 
         def search(frame: Any, name: str, budget: int, seconds: float | None) -> Any:

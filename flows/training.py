@@ -14,7 +14,6 @@ from flows.states import quarantined
 from loopml.data import frame_hash
 from loopml.errors import ValidationFailed
 from loopml.features import labelled_rows
-from loopml.figures import start_render_worker
 from loopml.profiling import suite_hash
 from loopml.runtime import open_runtime
 from loopml.validation import load_suite
@@ -60,7 +59,6 @@ def train_flow(
     except ValidationFailed as error:
         return quarantined(error)  # nothing trained: the run ends Quarantined, not Failed
     train, test = split_data(runtime, labelled_rows(frame, runtime.config))
-    start_render_worker()  # the evaluation's figures are drawn on another core; it starts now
     study_name = f"{project}-{flow_run.get_id()}"
     search = search_candidates(
         runtime, train, study_name=study_name, trials=trials, timeout=timeout

@@ -34,6 +34,7 @@ from prefect.logging import get_run_logger
 from loopml.config import ProjectConfig
 from loopml.data import iter_table_chunks
 from loopml.features import prepare_features, prepare_target
+from loopml.figures import start_render_worker
 from loopml.runtime import Runtime, quiet_library_logs
 from loopml.scoring import (
     PredictionLog,
@@ -71,8 +72,10 @@ def search_candidates(
 ) -> SearchResult:
     """The model search: in shards when the settings give more than one worker, else one task.
 
-    The one place the training and retraining flows choose between the two.
+    The one place the training and retraining flows choose between the two. The figure worker
+    (:mod:`loopml.figures`) starts here too, so it is ready when the evaluation's figures come.
     """
+    start_render_worker()
     workers = parallel_workers(runtime.settings)
     if workers > 1:
         return search_in_shards(

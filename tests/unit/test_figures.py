@@ -7,6 +7,7 @@ import multiprocessing
 from concurrent.futures import Future
 
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 
 from loopml import figures
@@ -14,23 +15,29 @@ from loopml.figures import png_bytes
 from loopml.model_card import figure_data_uri
 
 
-def test_a_figure_is_rendered_once_and_the_card_embeds_the_same_png(monkeypatch):
-    figure = Figure()
-    figure.add_subplot().plot([0, 1], [1, 0])
-    renders = []
+@pytest.fixture
+def drawn_here(monkeypatch) -> list[Figure]:
+    """The figures this process draws (``Figure.savefig`` calls), in order."""
+    drawn: list[Figure] = []
     real_savefig = Figure.savefig
 
     def counting_savefig(self, *args, **kwargs):
-        renders.append(self)
+        drawn.append(self)
         return real_savefig(self, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", counting_savefig)
+    return drawn
+
+
+def test_a_figure_is_rendered_once_and_the_card_embeds_the_same_png(drawn_here):
+    figure = Figure()
+    figure.add_subplot().plot([0, 1], [1, 0])
 
     png = png_bytes(figure)
     assert png.startswith(b"\x89PNG")
     uri = figure_data_uri(figure)
     assert base64.b64decode(uri.removeprefix("data:image/png;base64,")) == png
-    assert renders == [figure]
+    assert drawn_here == [figure]
 
 
 def _histograms() -> Figure:
@@ -42,17 +49,9 @@ def _histograms() -> Figure:
     return figure
 
 
-def test_a_figure_rendered_ahead_is_drawn_by_the_worker_as_it_would_be_here(monkeypatch):
+def test_a_figure_rendered_ahead_is_drawn_by_the_worker_as_it_would_be_here(drawn_here):
     figures.start_render_worker()
     ahead, here = _histograms(), _histograms()
-    drawn_here = []
-    real_savefig = Figure.savefig
-
-    def counting_savefig(self, *args, **kwargs):
-        drawn_here.append(self)
-        return real_savefig(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", counting_savefig)
 
     figures.render_ahead([ahead, None])
 
