@@ -136,8 +136,15 @@ def release_read_buffers() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def iter_table_chunks(path: str | Path, chunk_rows: int = 100_000) -> Iterator[pd.DataFrame]:
-    """Yield a CSV or Parquet file in chunks of about ``chunk_rows`` rows (memory stays flat)."""
+def iter_table_chunks(
+    path: str | Path, chunk_rows: int = 100_000, *, text_as_categories: bool = False
+) -> Iterator[pd.DataFrame]:
+    """Yield a CSV or Parquet file in chunks of about ``chunk_rows`` rows (memory stays flat).
+
+    ``text_as_categories``: a Parquet file's text columns come as pandas categories (its
+    dictionary pages as they are), not as a Python string per cell: a pass that only reads
+    them costs a fraction of the time and memory (CSV chunks are read as usual).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -150,7 +157,13 @@ def iter_table_chunks(path: str | Path, chunk_rows: int = 100_000) -> Iterator[p
 
             # pre_buffer=False: with pyarrow's default, memory grows with every batch read
             # until the file closes (~6.5 MB per 100k rows), which breaks flat-memory reading.
-            parquet = pq.ParquetFile(path, pre_buffer=False)
+            text = None
+            if text_as_categories:
+                schema = pq.read_schema(path)
+                text = [
+                    name for name in schema.names if pa.types.is_string(schema.field(name).type)
+                ]
+            parquet = pq.ParquetFile(path, pre_buffer=False, read_dictionary=text)
             for record_batch in parquet.iter_batches(batch_size=chunk_rows):
                 yield record_batch.to_pandas()
         else:

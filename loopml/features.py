@@ -44,6 +44,13 @@ def prepare_features(
             if as_text.is_unique:  # else 1 and "1" are both there: one category as text
                 prepared[column] = codes.cat.rename_categories(as_text)
                 continue
+        if _is_text(values):
+            # Converting text to text cost more than the rest of this function on a 1M-row
+            # batch; categories of text become text that shares the categories' strings.
+            prepared[column] = values.astype(object)
+            continue
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            values = values.astype(object)  # categories of numbers or flags: their text below
         prepared[column] = values.where(values.isna(), values.astype(str)).astype(object)
     for column in config.columns.datetime:
         prepared[column] = as_datetime(frame[column])
@@ -52,6 +59,13 @@ def prepare_features(
     return pd.DataFrame(
         prepared, index=frame.index, columns=config.columns.features, copy=not compact
     )
+
+
+def _is_text(values: pd.Series) -> bool:
+    """Python strings (and missing values), or pandas categories of them."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return pd.api.types.infer_dtype(values.cat.categories, skipna=True) == "string"
+    return values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) == "string"
 
 
 def as_datetime(values: pd.Series) -> pd.Series:

@@ -14,6 +14,7 @@ from loopml.drift.profile import (
     ReferenceProfile,
     category_counts,
     finite_values,
+    map_columns,
     require_columns,
 )
 
@@ -117,8 +118,13 @@ def summarize_batch(
     for chunk in chunks:
         require_columns(chunk, profile.columns, "current batch")
         summary.n_rows += len(chunk)
-        for name, column_profile in profile.numeric.items():
-            _add_numeric_chunk(summary.numeric[name], column_profile, name, chunk[name])
+        # Each column adds into its own summary: the threads share nothing.
+        columns = [
+            (summary.numeric[name], column_profile, name, chunk[name])
+            for name, column_profile in profile.numeric.items()
+        ]
+        for _ in map_columns(lambda column: _add_numeric_chunk(*column), columns):
+            pass
         for name, column_summary in summary.categorical.items():
             counts = category_counts(chunk[name])
             for key, count in counts.items():

@@ -169,3 +169,77 @@ def test_a_reference_read_lean_profiles_exactly_as_read_whole(tmp_path, file_nam
     for column in categorical:
         assert profile.categorical[column].counts == whole.categorical[column].counts
         assert profile.categorical[column].n_null == whole.categorical[column].n_null
+
+
+def test_a_parquet_batch_read_with_text_as_categories_prepares_as_read_as_text(tmp_path):
+    """The drift pass reads a Parquet batch's text as categories (its dictionary pages, no
+    Python string per cell); prepared for the model, each chunk is the same as read as text,
+    nulls included, and the chunk's categories count as its text does."""
+    from loopml.config import ProjectConfig
+    from loopml.drift.profile import category_counts
+    from loopml.features import prepare_features
+
+    frame = pd.DataFrame(
+        {
+            "amount": [1.5, 2.25, None, 4.75, 1.5, 9.0, 3.0],
+            "plan": ["basic", "plus", None, "pro", "basic", "plus", "basic"],
+            "code": ["1", "2", "2", None, "1", "1", "3"],
+            "churn": ["Yes", "No", "No", "Yes", "No", "No", "Yes"],
+        }
+    )
+    path = tmp_path / "batch.parquet"
+    frame.to_parquet(path)
+    config = ProjectConfig(
+        name="chunks",
+        data="memory",
+        target="churn",
+        task="classification",
+        positive_label="Yes",
+        columns={"numeric": ["amount"], "categorical": ["plan", "code"]},
+    )
+
+    as_text = list(iter_table_chunks(path, chunk_rows=4))
+    as_categories = list(iter_table_chunks(path, chunk_rows=4, text_as_categories=True))
+
+    assert [len(chunk) for chunk in as_categories] == [4, 3]
+    for text_chunk, category_chunk in zip(as_text, as_categories, strict=True):
+        assert category_chunk["plan"].dtype == "category"
+        assert category_chunk["amount"].dtype == text_chunk["amount"].dtype
+        prepared = prepare_features(category_chunk, config)
+        expected = prepare_features(text_chunk, config)
+        assert prepared["plan"].dtype == expected["plan"].dtype == object
+        assert prepared["plan"].isna().tolist() == expected["plan"].isna().tolist()
+        pd.testing.assert_frame_equal(prepared.fillna("-"), expected.fillna("-"))
+        compact = prepare_features(category_chunk, config, compact=True)
+        for column in config.columns.categorical:
+            assert category_counts(compact[column]) == category_counts(expected[column])
+
+
+def test_text_columns_are_prepared_as_text_whatever_they_hold():
+    """Text passes through as it is (a missing value stays missing); anything else becomes
+    its text, as before the fast path for columns already of text."""
+    from loopml.config import ProjectConfig
+    from loopml.features import prepare_features
+
+    config = ProjectConfig(
+        name="text",
+        data="memory",
+        target="y",
+        task="classification",
+        positive_label=1,
+        columns={"numeric": [], "categorical": ["text", "mixed", "flag"]},
+    )
+    frame = pd.DataFrame(
+        {
+            "text": ["a", None, "b"],
+            "mixed": ["a", 1, None],
+            "flag": pd.Series([True, False, True]).astype("category"),
+        }
+    )
+
+    prepared = prepare_features(frame, config)
+
+    assert prepared["text"].tolist() == ["a", None, "b"]
+    assert prepared["mixed"].tolist() == ["a", "1", None]
+    assert prepared["flag"].tolist() == ["True", "False", "True"]
+    assert all(prepared[column].dtype == object for column in prepared.columns)
