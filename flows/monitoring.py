@@ -50,8 +50,8 @@ def monitor_flow(
     serving = load_champion(runtime)
     baseline = load_reference(runtime, serving, reference)
     drift, current_sample, rows = check_drift(runtime, baseline, source)
-    prediction_drift, reference_predictions, current_predictions = check_predictions(
-        runtime, serving, baseline, current_sample
+    prediction_drift, reference_predictions, current_predictions, current_outputs = (
+        check_predictions(runtime, serving, baseline, current_sample)
     )
     performance = check_performance(
         runtime, baseline, current_sample, current_predictions, batch_id
@@ -64,6 +64,7 @@ def monitor_flow(
         batch_id,
         checked_at.isoformat(timespec="seconds"),
         performance,
+        outputs=current_outputs,
     )
     stream = watch_stream(
         runtime, drift, estimated, batch_id, serving.version, baseline.profile.n_rows

@@ -84,10 +84,19 @@ def predict(
     if config.task == "regression":
         return np.asarray(model.predict(features), dtype=float), None
     probabilities = np.asarray(model.predict_proba(features), dtype=float)
-    labels = labels_from_probabilities(model, probabilities)
+    return labels_from_probabilities(model, probabilities), scores_from_probabilities(
+        model, probabilities, config
+    )
+
+
+def scores_from_probabilities(
+    model: Any, probabilities: np.ndarray, config: ProjectConfig
+) -> np.ndarray:
+    """The score :func:`predict` gives beside each label: the positive class's probability
+    (binary) or the most probable class's (multiclass)."""
     if config.is_binary:
-        return labels, probabilities[:, label_index(list(model.classes_), config.positive_label)]
-    return labels, probabilities.max(axis=1)
+        return probabilities[:, label_index(list(model.classes_), config.positive_label)]
+    return probabilities.max(axis=1)
 
 
 def labels_from_probabilities(model: Any, probabilities: np.ndarray) -> np.ndarray:

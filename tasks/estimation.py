@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 from loopml import monitoring, stream
 from loopml.estimation.estimator import EstimationError
 from loopml.estimation.fit import fit_estimator
-from loopml.estimation.outputs import model_outputs
+from loopml.estimation.outputs import ModelOutputs, model_outputs
 from loopml.estimation.store import EstimateStore, estimate_record, realised_record
 from loopml.estimation.verdict import estimated_verdict, flat_estimates
 from loopml.estimation.versions import load_version_estimator, store_estimator
@@ -76,8 +76,13 @@ def estimate_performance(
     batch_id: str,
     checked_at: str,
     labelled_performance: dict[str, Any] | None,
+    *,
+    outputs: ModelOutputs | None = None,
 ) -> dict[str, Any]:
-    """The champion's estimated performance on the batch, kept beside the realised one."""
+    """The champion's estimated performance on the batch, kept beside the realised one.
+
+    ``outputs``: the champion's outputs on ``current_sample`` when the caller has them.
+    """
     config = runtime.config
     metric = config.performance_metric
     version = runtime.mlflow.get_model_version(runtime.name, serving.version)
@@ -89,7 +94,8 @@ def estimate_performance(
         get_run_logger().info(note)
         return {"metric": metric, "estimates": {}, "degraded": False, "note": note}
     features = current_sample[config.columns.features]
-    outputs = model_outputs(serving.model, features, config)
+    if outputs is None:
+        outputs = model_outputs(serving.model, features, config)
     policy = config.monitoring.performance
     estimates = estimator.estimate(
         outputs, features, metric=metric, one_sided_alpha=policy.alpha or 0.05

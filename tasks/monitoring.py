@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,18 @@ from loopml import events, links, monitoring, reports
 from loopml.data import iter_table_chunks, read_table, release_read_buffers
 from loopml.drift.profile import ReferenceProfile, build_reference_profile
 from loopml.drift.verdict import detect_drift
+from loopml.estimation.outputs import ModelOutputs, model_outputs
 from loopml.features import prepare_features, prepare_target
 from loopml.labels import LabelStore, joined_predictions
 from loopml.registry import download_reference, version_metrics
 from loopml.runtime import Runtime
-from loopml.scoring import BATCH_ID, PREDICTION, PROBABILITY, PredictionLog, predict
+from loopml.scoring import (
+    BATCH_ID,
+    PREDICTION,
+    PROBABILITY,
+    PredictionLog,
+    scores_from_probabilities,
+)
 from tasks.artifacts import artifact_key, markdown_table
 from tasks.events import emit
 from tasks.ingest import transient
@@ -43,6 +50,15 @@ class Reference:
     source: str
     holdout: pd.DataFrame | None = None
     run_id: str | None = None
+    # The champion's predictions on ``sample`` and ``holdout``, made once: a Reference is
+    # cached per champion version (see load_reference), so a later batch reuses them.
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def predictions_of(self, rows: str, serving: ServingModel, config: Any) -> pd.DataFrame:
+        """The champion's predictions on ``rows`` (``"sample"`` or ``"holdout"``)."""
+        if rows not in self.predictions:
+            self.predictions[rows] = score_frame(serving, getattr(self, rows), config)
+        return self.predictions[rows]
 
 
 @dataclass
@@ -158,12 +174,15 @@ def check_drift(
     sample = monitoring.ReservoirSample(config.monitoring.sample_rows)
 
     def prepared_chunks():
-        for chunk in iter_table_chunks(source, CHUNK_ROWS):
+        for chunk in iter_table_chunks(source, CHUNK_ROWS, text_as_categories=True):
             prepared = prepare_features(chunk, config)
             if config.target in chunk.columns:
-                prepared[TARGET] = chunk[config.target]
+                target = chunk[config.target]
+                is_category = isinstance(target.dtype, pd.CategoricalDtype)
+                prepared[TARGET] = target.astype(object) if is_category else target
             sample.add(prepared)
-            yield prepared[config.columns.features]
+            # The drift pass counts text columns on their category codes, not string by string.
+            yield prepare_features(chunk, config, compact=True)
 
     verdict = detect_drift(
         reference.profile,
@@ -184,23 +203,34 @@ def check_drift(
 @task(name="prediction-drift", cache_policy=NO_CACHE)
 def check_predictions(
     runtime: Runtime, serving: ServingModel, reference: Reference, current_sample: pd.DataFrame
-) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
-    """Drift of the champion's outputs between reference and batch (samples)."""
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, ModelOutputs]:
+    """Drift of the champion's outputs between reference and batch (samples); also the
+    model's outputs on the batch's sample, which the performance estimate reads (one pass)."""
     config = runtime.config
-    scored = [score_frame(serving, frame, config) for frame in (reference.sample, current_sample)]
+    reference_predictions = reference.predictions_of("sample", serving, config)
+    current_outputs = model_outputs(serving.model, prepare_features(current_sample, config), config)
+    current_predictions = predictions_frame(serving, current_outputs, config)
     result = monitoring.prediction_drift(
-        scored[0][PROBABILITY].to_numpy(),
-        scored[1][PROBABILITY].to_numpy(),
+        reference_predictions[PROBABILITY].to_numpy(),
+        current_predictions[PROBABILITY].to_numpy(),
         config.monitoring.drift,
     )
-    return result, scored[0], scored[1]
+    return result, reference_predictions, current_predictions, current_outputs
 
 
 def score_frame(serving: ServingModel, frame: pd.DataFrame, config: Any) -> pd.DataFrame:
     """The champion's labels and scores (probability, or the predicted value) for ``frame``."""
-    labels, scores = predict(serving.model, prepare_features(frame, config), config)
-    out = pd.DataFrame({PREDICTION: labels})
-    out[PROBABILITY] = scores if scores is not None else pd.to_numeric(labels, errors="coerce")
+    outputs = model_outputs(serving.model, prepare_features(frame, config), config)
+    return predictions_frame(serving, outputs, config)
+
+
+def predictions_frame(serving: ServingModel, outputs: ModelOutputs, config: Any) -> pd.DataFrame:
+    """Labels and scores (as :func:`loopml.scoring.predict` gives them) from ``outputs``."""
+    out = pd.DataFrame({PREDICTION: outputs.labels})
+    if outputs.probabilities is None:
+        out[PROBABILITY] = pd.to_numeric(out[PREDICTION], errors="coerce")
+    else:
+        out[PROBABILITY] = scores_from_probabilities(serving.model, outputs.probabilities, config)
     return out
 
 
@@ -291,7 +321,7 @@ def evidently_report(
     labelled = TARGET in current_sample.columns and config.target in reference.sample.columns
     if labelled and reference.holdout is not None and config.target in reference.holdout:
         reference_rows = reference.holdout
-        reference_predictions = score_frame(serving, reference_rows, config)
+        reference_predictions = reference.predictions_of("holdout", serving, config)
     reference_frame = prepare_features(reference_rows, config)
     current_frame = current_sample[config.columns.features].copy()
     for frame, predictions in (

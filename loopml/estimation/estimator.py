@@ -21,7 +21,6 @@ from loopml.estimation.expected_metrics import (
 from loopml.estimation.loss_models import loss_model_input
 from loopml.estimation.outputs import ModelOutputs
 from loopml.gate import relative_bounds
-from loopml.label_rule import is_label
 
 CALIBRATION_FILE = "estimator.json"
 LOSS_MODEL_FILES = {"mae": "loss_absolute.skops", "rmse": "loss_squared.skops"}
@@ -191,8 +190,7 @@ class PerformanceEstimator:
             raise EstimationError("confidence-based estimation needs class probabilities")
         if self.positive_index is not None:
             scores = probabilities[:, self.positive_index]
-            positive = outputs.classes[self.positive_index]
-            flagged = is_label(outputs.labels, positive)
+            flagged = outputs.flagged(outputs.classes[self.positive_index])
             return calibrated_probabilities(scores, self.calibration), flagged, scores
         calibrated = calibrated_probabilities(probabilities, self.calibration)
         return calibrated, probabilities.argmax(axis=1), probabilities.max(axis=1)

@@ -4,7 +4,6 @@ drawn from them (the spread of a batch's realised metric around its expectation)
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 DRAWS = 300
 MAX_DRAW_ROWS = 5_000
@@ -46,10 +45,13 @@ def expected_roc_auc(scores: np.ndarray, calibrated: np.ndarray) -> float | None
     realised AUC).
     """
     p = np.asarray(calibrated, dtype=float)
-    frame = pd.DataFrame({"score": np.asarray(scores, dtype=float), "p": p})
-    grouped = frame.groupby("score", sort=True)["p"].agg(["sum", "count"])[::-1]
-    positives = grouped["sum"].to_numpy()
-    negatives = grouped["count"].to_numpy() - positives
+    # Rows grouped by score, highest first: each group's expected positives and negatives
+    # (a row without a score is in no group, but its own pair still counts below).
+    scores = np.asarray(scores, dtype=float)
+    scored = ~np.isnan(scores)
+    _, group, counts = np.unique(scores[scored], return_inverse=True, return_counts=True)
+    positives = np.bincount(group.ravel(), weights=p[scored], minlength=counts.size)[::-1]
+    negatives = counts[::-1] - positives
     self_pairs = float(np.sum(p * (1 - p)))
     pairs = positives.sum() * negatives.sum() - self_pairs
     if pairs <= 1e-12:

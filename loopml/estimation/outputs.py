@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from loopml.config import ProjectConfig
+from loopml.label_rule import is_label
 
 
 @dataclass
@@ -21,6 +22,14 @@ class ModelOutputs:
     labels: np.ndarray
     probabilities: np.ndarray | None
     classes: list[Any]
+    _flags: dict[Any, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def flagged(self, label: Any) -> np.ndarray:
+        """Which rows the model labelled ``label`` (loopml's label rule), worked out once: the
+        estimator asks again for each of its resampled calibration maps."""
+        if label not in self._flags:
+            self._flags[label] = is_label(self.labels, label)
+        return self._flags[label]
 
 
 def model_outputs(model: Any, features: pd.DataFrame, config: ProjectConfig) -> ModelOutputs:
