@@ -86,9 +86,11 @@ def load_reference(
         runtime.config.monitoring.sample_rows,
         reference_path and _file_identity(Path(reference_path)),
     )
-    cached = _REFERENCES.get(key)
+    cached = _REFERENCES.pop(key, None)  # a stale one is let go before its successor loads
     if cached is not None and cached[0] == identity:
+        _REFERENCES[key] = cached
         return cached[1]
+    del cached
     reference = _load_reference(runtime, serving, reference_path)
     _REFERENCES[key] = (identity, reference)
     return reference
