@@ -285,6 +285,30 @@ def test_chunked_batch_gives_the_same_verdict(
     assert whole.drifted_columns[:1] == ["income"]
 
 
+def test_columns_in_threads_give_what_one_after_another_gives(
+    synthetic_reference: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Profile and batch summaries are worked out column by column in threads (NumPy releases
+    the GIL): the same profile and verdict as in one thread, and the same first error."""
+    from loopml.drift import profile as profile_module
+
+    batch = synthetic_table(3000, np.random.default_rng(12), STRONG_SHIFT)
+    chunks = [batch.iloc[start : start + 1000] for start in range(0, len(batch), 1000)]
+    threaded = build_reference_profile(synthetic_reference, NUMERIC, CATEGORICAL)
+    threaded_verdict = detect_drift(threaded, iter(chunks)).to_dict()
+    broken = synthetic_reference.assign(age="old", income="rich")
+
+    with pytest.raises(DataError, match="'age' should be numeric") as threaded_error:
+        build_reference_profile(broken, NUMERIC, CATEGORICAL)
+    monkeypatch.setattr(profile_module, "MAX_COLUMN_THREADS", 1)
+    single = build_reference_profile(synthetic_reference, NUMERIC, CATEGORICAL)
+
+    assert json.dumps(threaded.to_dict()) == json.dumps(single.to_dict())
+    assert detect_drift(single, iter(chunks)).to_dict() == threaded_verdict
+    assert NUMERIC.index("age") < NUMERIC.index("income")
+    assert "income" not in str(threaded_error.value)
+
+
 def test_profile_round_trips_through_json(synthetic_profile: ReferenceProfile) -> None:
     restored = ReferenceProfile.from_dict(json.loads(json.dumps(synthetic_profile.to_dict())))
     assert restored.to_dict() == synthetic_profile.to_dict()
