@@ -59,6 +59,13 @@ def used_file(settings: Settings) -> Path:
     return settings.home / "server.used"
 
 
+def lock_path(settings: Settings) -> Path:
+    """Held by a command while it looks for (or starts) the server, and by the supervisor
+    while it decides the server is idle and withdraws its record: a command that found the
+    record has touched the last-used file before the supervisor looks again."""
+    return settings.home / "server.lock"
+
+
 def log_path(settings: Settings) -> Path:
     return settings.home / "logs" / "prefect-server.log"
 
@@ -119,7 +126,7 @@ def ensure_local_server(
         StackError: the port is taken, or the server did not answer in time.
     """
     settings.home.mkdir(parents=True, exist_ok=True)
-    with file_lock(settings.home / "server.lock"):
+    with file_lock(lock_path(settings)):
         record = read_server_record(settings.server_file)
         if record is not None:
             used_file(settings).touch()
@@ -154,6 +161,7 @@ def _spawn(settings: Settings, port: int) -> subprocess.Popen:
             "home": str(settings.home),
             "server_file": str(settings.server_file),
             "used_file": str(used_file(settings)),
+            "lock_file": str(lock_path(settings)),
             "stack_file": str(settings.stack_file),
             "auth_string": credentials.prefect_auth_string,
             "idle_seconds": idle_seconds(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,35 @@ def idle(config: dict[str, Any], now: float) -> bool:
     return _runs_in_flight(config["api_url"], config["auth_string"]) == 0
 
 
+def retire_if_idle(config: dict[str, Any], stop_server: Callable[[], None]) -> bool:
+    """Withdraw the server's record and stop the server if it is idle; whether it did.
+
+    Done under the home's server lock, which a command holds while it reads the record and
+    touches the last-used file (or starts a server): without it, a command could read the
+    record just before the server stopped and meet a dead port, or start a server on the port
+    the old one still holds. Idleness is checked again once the lock is held.
+    """
+    if not idle(config, time.time()):
+        return False
+    with open(config["lock_file"], "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not idle(config, time.time()):
+                return False
+            _forget_record(Path(config["server_file"]))
+            stop_server()
+            return True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _forget_record(server_file: Path) -> None:
+    """Remove ``server_file`` if it is this supervisor's record."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(server_file.read_text()).get("pid") == os.getpid():
+            server_file.unlink()
+
+
 def supervise(config: dict[str, Any]) -> int:
     """Start the server, write its record, watch it; returns the exit code."""
     server_file = Path(config["server_file"])
@@ -173,13 +204,11 @@ def supervise(config: dict[str, Any]) -> int:
             if not _still_ours(server_file):
                 reason.append("its record was removed (home deleted?)")
                 break
-            if idle(config, time.time()):
+            if retire_if_idle(config, lambda: _stop_group(server)):
                 reason.append(f"idle for {config['idle_seconds'] / 60:g} min")
                 break
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(server_file.read_text()).get("pid") == os.getpid():
-                server_file.unlink()
+        _forget_record(server_file)
         _stop_group(server)
         print(f"loopml: Prefect server stopped ({', '.join(reason) or 'exited'})", flush=True)
     return code
