@@ -12,7 +12,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -25,15 +25,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
     ErrorCode,
 )
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import FixedThresholdClassifier
 
+from loopml.credentials import file_lock
 from loopml.errors import ModelRefused, RegistryError
 from loopml.registry_view import CHALLENGER as CHALLENGER  # re-exported: callers import it here
-from loopml.registry_view import CHAMPION, TAG_PREFIX, tag_metrics
+from loopml.registry_view import CHAMPION, TAG_PREFIX, sqlite_path, tag_metrics
 
 MODEL_ARTIFACT = "model"
 REFERENCE_DIR = "reference"
@@ -77,7 +79,33 @@ class RegisteredVersion:
 
 
 def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+    """A client of the tracking store and registry; a SQLite store is created once, whole.
+
+    Why: MLflow creates a SQLite store's tables (its schema migrations) when a process first
+    opens it. Two first commands of a fresh home at once both migrated the same file and one
+    failed ("No such index: 'index_jobs_function_status_creation_time'", seen under load).
+    Each process now opens a SQLite store the first time under a lock beside its file.
+
+    Raises:
+        RegistryError: a SQLite registry store could not be opened.
+    """
+    registry_uri = registry_uri or tracking_uri
+    new_stores = sorted({tracking_uri, registry_uri} - _OPENED_SQLITE_STORES)
+    files = [database for database in map(sqlite_path, new_stores) if database is not None]
+    with ExitStack() as locks:
+        for database in files:  # the order is fixed: two processes cannot wait for each other
+            locks.enter_context(file_lock(database.with_name(database.name + ".lock")))
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+        if files:
+            try:  # the tracking store opened with the client; the registry's opens lazily
+                client.search_registered_models(max_results=1)
+            except MlflowException as exc:
+                raise registry_unavailable(client, exc) from exc
+            _OPENED_SQLITE_STORES.update(new_stores)
+    return client
+
+
+_OPENED_SQLITE_STORES: set[str] = set()  # MLflow keeps each URI's store open for the process
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -88,9 +116,14 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        return client.create_experiment(
-            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
-        )
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location, tags={EXPERIMENT_KIND: MODEL_TRAINING}
+            )
+        except MlflowException as exc:  # a command started beside this one created it first
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment = client.get_experiment_by_name(name)
     if experiment.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
     return experiment.experiment_id
