@@ -66,6 +66,21 @@ def write_private(path: Path, text: str) -> None:
 
 
 @contextlib.contextmanager
+def sqlite_creation_lock(uri: str) -> Iterator[None]:
+    """Held while a process first opens the database of a ``sqlite:///`` URI (any other store:
+    no lock). Why: MLflow and Optuna create a new file's tables as they open it, and two first
+    commands doing that at once collided ("table ... already exists", "No such index")."""
+    from loopml.registry_view import sqlite_path
+
+    database = sqlite_path(uri)
+    if database is None:
+        yield
+        return
+    with file_lock(database.with_name(database.name + ".lock")):
+        yield
+
+
+@contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock held across processes (released when the process dies)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.tracking import MlflowClient
 from sklearn.model_selection import FixedThresholdClassifier
 
-from loopml.credentials import file_lock
+from loopml.credentials import sqlite_creation_lock
 from loopml.errors import ModelRefused, RegistryError
 from loopml.registry_view import CHALLENGER as CHALLENGER  # re-exported: callers import it here
 from loopml.registry_view import CHAMPION, TAG_PREFIX, sqlite_path, tag_metrics
@@ -90,13 +90,16 @@ def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowC
         RegistryError: a SQLite registry store could not be opened.
     """
     registry_uri = registry_uri or tracking_uri
-    new_stores = sorted({tracking_uri, registry_uri} - _OPENED_SQLITE_STORES)
-    files = [database for database in map(sqlite_path, new_stores) if database is not None]
+    new_stores = sorted(
+        uri
+        for uri in {tracking_uri, registry_uri} - _OPENED_SQLITE_STORES
+        if sqlite_path(uri) is not None
+    )
     with ExitStack() as locks:
-        for database in files:  # the order is fixed: two processes cannot wait for each other
-            locks.enter_context(file_lock(database.with_name(database.name + ".lock")))
+        for uri in new_stores:  # in a fixed order: two processes cannot wait for each other
+            locks.enter_context(sqlite_creation_lock(uri))
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
-        if files:
+        if new_stores:
             try:  # the tracking store opened with the client; the registry's opens lazily
                 client.search_registered_models(max_results=1)
             except MlflowException as exc:

@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
 from loopml.config import ProjectConfig
+from loopml.credentials import sqlite_creation_lock
 from loopml.errors import LoopmlError
 from loopml.evaluation import check_metric
 from loopml.metrics import metric_direction
@@ -32,6 +33,15 @@ from loopml.search.fit import pipeline_for
 from loopml.search.portfolio import portfolio_trials
 from loopml.search.result import SearchResult, member_name
 from loopml.search.spaces import plain_params, suggest_params
+
+
+def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    """Optuna's storage at ``url`` (``None``: in memory), opened under the SQLite creation lock:
+    a new SQLite file gets its tables from one process, not from two first trainings at once."""
+    if url is None:
+        return None
+    with sqlite_creation_lock(url):
+        return optuna.storages.RDBStorage(url)
 
 
 def run_search(
@@ -127,7 +137,7 @@ def run_search(
         return pipeline_for(config, family, params, encoded)
 
     study = optuna.create_study(
-        storage=storage,
+        storage=open_storage(storage),
         study_name=study_name,
         direction=direction,
         load_if_exists=True,
