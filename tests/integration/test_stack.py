@@ -8,6 +8,7 @@ as a user starts and stops it.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import signal
@@ -376,7 +377,16 @@ def test_up_serves_everything_writes_stack_json_and_stops_on_sigterm(tmp_path) -
         command, cwd=project_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        stack = _wait_for_stack(home / "stack.json", process, timeout=400)
+        # The MLflow UI creates a fresh home's store: up holds the store's creation lock until
+        # the UI answers, so that a command started meanwhile waits instead of colliding.
+        store_lock, held_while_starting = home / "mlflow.db.lock", False
+        deadline = time.monotonic() + 400
+        while not (home / "stack.json").is_file() and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read()
+            held_while_starting |= _lock_is_held(store_lock)
+            time.sleep(0.05)
+        stack = _wait_for_stack(home / "stack.json", process, timeout=10)
+        assert held_while_starting and not _lock_is_held(store_lock)
         assert stack["pid"] == process.pid
         assert stack["projects"] == ["upped"]
         assert stack["prefect_api_url"] == f"http://127.0.0.1:{ports['prefect']}/api"
@@ -589,6 +599,19 @@ def _wait_for_stack(stack_file: Path, process: subprocess.Popen, timeout: float)
             return json.loads(stack_file.read_text())
         time.sleep(1)
     raise AssertionError(f"no {stack_file} within {timeout} s")
+
+
+def _lock_is_held(path: Path) -> bool:
+    """Whether another process holds ``path``'s lock (``flock``) right now."""
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def _get(url: str) -> str:

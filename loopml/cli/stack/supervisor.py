@@ -67,7 +67,11 @@ from loopml.cli.stack.servers import (
     runner_command,
 )
 from loopml.config import ProjectConfig
-from loopml.credentials import CREDENTIALS_FILE, load_or_create_credentials
+from loopml.credentials import (
+    CREDENTIALS_FILE,
+    load_or_create_credentials,
+    sqlite_creation_lock,
+)
 from loopml.errors import StackError
 from loopml.settings import Settings, read_server_record
 
@@ -116,6 +120,9 @@ class Stack:
     # The runner's poll in seconds; None: LOOPML_RUNNER_POLL_SECONDS or the default (the demo
     # polls every second: a short run, not an idle stack).
     runner_poll: int | None = None
+    # Held while the MLflow UI starts on a SQLite store: it creates (or migrates) the tables,
+    # and a command opening the store at the same moment waits for it (see mlflow_client).
+    store_creation: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
     def log_dir(self) -> Path:
@@ -185,6 +192,10 @@ class Stack:
         mlflow_url = self.settings.mlflow_tracking_uri
         mlflow = None
         if embedded_mlflow(self.settings):
+            for uri in sorted(
+                {self.settings.mlflow_tracking_uri, self.settings.mlflow_registry_uri}
+            ):
+                self.store_creation.enter_context(sqlite_creation_lock(uri))
             mlflow = self._launch(
                 "mlflow",
                 "MLflow UI",
@@ -244,6 +255,7 @@ class Stack:
         self.runner_start_signal.touch()
         if mlflow is not None:
             self._wait(mlflow, f"{mlflow.url}/health", STARTUP_TIMEOUTS["mlflow"])
+            self.store_creation.close()  # it answers: its tables are there
         self._wait(evidently, f"{evidently.url}/", STARTUP_TIMEOUTS["evidently"])
 
         with prefect_api(self.prefect_api_url):
@@ -384,6 +396,7 @@ class Stack:
     def stop(self) -> dict[str, int]:
         """Stop the runner first (it hangs if the server goes first), then the UIs, the server."""
         codes: dict[str, int] = {}
+        self.store_creation.close()
         if self.watcher is not None:  # no new inbox run while the runner stops
             self.watcher.stop()
             self.watcher = None
