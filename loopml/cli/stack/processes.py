@@ -51,9 +51,17 @@ def check_ports(ports: StackPorts, skip: tuple[str, ...] = ()) -> None:
     """Raise one clear error naming every requested port that is taken (``skip``: not those).
 
     Raises:
-        StackError: a port is in use (or listed twice).
+        StackError: a port is in use, listed twice, or not a port number (0 is not "any free
+            port" here: the UIs' addresses are known before they start).
     """
     requested = ports.as_dict()
+    options = " / ".join(f"--{name}-port" for name in requested)
+    invalid = [f"{port} ({name})" for name, port in requested.items() if not 0 < port < 65536]
+    if invalid:
+        raise StackError(
+            f"port {', '.join(invalid)} is not a port number from 1 to 65535; "
+            f"pick other ports with {options}"
+        )
     if len(set(requested.values())) != len(requested):
         raise StackError(f"the ports must differ: {requested}")
     busy = [
@@ -62,7 +70,6 @@ def check_ports(ports: StackPorts, skip: tuple[str, ...] = ()) -> None:
         if name not in skip and not port_is_free(port)
     ]
     if busy:
-        options = " / ".join(f"--{name}-port" for name, _ in requested.items())
         raise StackError(
             f"port {', '.join(busy)} already in use on {HOST}; stop what holds it or pick "
             f"other ports with {options}"
