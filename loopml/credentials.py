@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from loopml.registry_view import sqlite_path
+
 CREDENTIALS_FILE = "credentials.json"
 PREFECT_USER = "loopml"
 MLFLOW_ADMIN = "loopml"
@@ -70,8 +72,6 @@ def sqlite_creation_lock(uri: str) -> Iterator[None]:
     """Held while a process first opens the database of a ``sqlite:///`` URI (any other store:
     no lock). Why: MLflow and Optuna create a new file's tables as they open it, and two first
     commands doing that at once collided ("table ... already exists", "No such index")."""
-    from loopml.registry_view import sqlite_path
-
     database = sqlite_path(uri)
     if database is None:
         yield

@@ -78,6 +78,9 @@ class RegisteredVersion:
     model_uri: str
 
 
+_OPENED_SQLITE_STORES: set[str] = set()  # MLflow keeps each URI's store open for the process
+
+
 def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
     """A client of the tracking store and registry; a SQLite store is created once, whole.
 
@@ -106,9 +109,6 @@ def mlflow_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowC
                 raise registry_unavailable(client, exc) from exc
             _OPENED_SQLITE_STORES.update(new_stores)
     return client
-
-
-_OPENED_SQLITE_STORES: set[str] = set()  # MLflow keeps each URI's store open for the process
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:

@@ -132,7 +132,6 @@ def test_init_warns_about_a_password_spelled_out_in_the_url(url, literal):
 def test_a_reference_read_lean_profiles_exactly_as_read_whole(tmp_path, file_name):
     """Only the compared columns, text as categories: the same drift profile as the whole
     table prepared as usual (an int flag and a text column with a null included)."""
-    from loopml.config import ProjectConfig
     from loopml.drift.profile import build_reference_profile
     from loopml.features import prepare_features
 
@@ -147,14 +146,7 @@ def test_a_reference_read_lean_profiles_exactly_as_read_whole(tmp_path, file_nam
     )
     path = tmp_path / file_name
     frame.to_parquet(path) if file_name.endswith(".parquet") else frame.to_csv(path, index=False)
-    config = ProjectConfig(
-        name="lean",
-        data="memory",
-        target="churn",
-        task="classification",
-        positive_label="Yes",
-        columns={"numeric": ["amount"], "categorical": ["flag", "plan"]},
-    )
+    config = _churn_config("lean", numeric=["amount"], categorical=["flag", "plan"])
     numeric, categorical = config.columns.numeric, config.columns.categorical
 
     lean = read_table(path, columns=[*config.columns.features, config.target])
@@ -175,7 +167,6 @@ def test_a_parquet_batch_read_with_text_as_categories_prepares_as_read_as_text(t
     """The drift pass reads a Parquet batch's text as categories (its dictionary pages, no
     Python string per cell); prepared for the model, each chunk is the same as read as text,
     nulls included, and the chunk's categories count as its text does."""
-    from loopml.config import ProjectConfig
     from loopml.drift.profile import category_counts
     from loopml.features import prepare_features
 
@@ -189,14 +180,7 @@ def test_a_parquet_batch_read_with_text_as_categories_prepares_as_read_as_text(t
     )
     path = tmp_path / "batch.parquet"
     frame.to_parquet(path)
-    config = ProjectConfig(
-        name="chunks",
-        data="memory",
-        target="churn",
-        task="classification",
-        positive_label="Yes",
-        columns={"numeric": ["amount"], "categorical": ["plan", "code"]},
-    )
+    config = _churn_config("chunks", numeric=["amount"], categorical=["plan", "code"])
 
     as_text = list(iter_table_chunks(path, chunk_rows=4))
     as_categories = list(iter_table_chunks(path, chunk_rows=4, text_as_categories=True))
@@ -243,3 +227,17 @@ def test_text_columns_are_prepared_as_text_whatever_they_hold():
     assert prepared["mixed"].tolist() == ["a", "1", None]
     assert prepared["flag"].tolist() == ["True", "False", "True"]
     assert all(prepared[column].dtype == object for column in prepared.columns)
+
+
+def _churn_config(name: str, *, numeric: list[str], categorical: list[str]):
+    """A binary "churn" (Yes/No) project over the given columns."""
+    from loopml.config import ProjectConfig
+
+    return ProjectConfig(
+        name=name,
+        data="memory",
+        target="churn",
+        task="classification",
+        positive_label="Yes",
+        columns={"numeric": numeric, "categorical": categorical},
+    )

@@ -142,6 +142,7 @@ def retire_if_idle(config: dict[str, Any], stop_server: Callable[[], None]) -> b
     """
     if not idle(config, time.time()):
         return False
+    # loopml.credentials.file_lock's flock, by hand: this script imports nothing of loopml.
     with open(config["lock_file"], "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
