@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from loopml.label_rule import label_key
+
 if TYPE_CHECKING:
     from evidently.core.report import Snapshot
 
@@ -102,12 +104,13 @@ def build_monitoring_report(
         "categorical_columns": list(categorical_columns),
     }
     kept = list(features)
+    binary = False
     if labelled:
         kept += [target, prediction]
         if task == "regression":
             definition_kwargs["regression"] = [Regression(target=target, prediction=prediction)]
             metrics.append(RegressionPreset())
-        elif positive_label is not None:
+        elif binary := positive_label is not None:
             with_probability = probability is not None and all(
                 probability in frame for frame in (reference, current)
             )
@@ -118,7 +121,7 @@ def build_monitoring_report(
                     target=target,
                     prediction_labels=prediction,
                     prediction_probas=probability if with_probability else None,
-                    pos_label=positive_label,
+                    pos_label=_label_as_text(positive_label),
                 )
             ]
             metrics.append(ClassificationPreset())
@@ -140,6 +143,12 @@ def build_monitoring_report(
             definition_kwargs[kind].append(output)
     reference_sample = _sample(reference[kept], sample_rows, random_state)
     current_sample = _sample(current[kept], sample_rows, random_state)
+    if binary:
+        # Evidently reads a binary score against text labels only: with True/False or 1/2
+        # labels it takes the score for a label and fails in its confusion matrix.
+        for sample in (reference_sample, current_sample):
+            for column in (target, prediction):
+                sample[column] = _labels_as_text(sample[column])
     known = {name: value for name, value in (estimates or {}).items() if value is not None}
     for name, value in known.items():
         current_sample[name] = float(value)
@@ -157,6 +166,18 @@ def build_monitoring_report(
             current_data=Dataset.from_pandas(current_sample, data_definition=definition),
             reference_data=Dataset.from_pandas(reference_sample, data_definition=definition),
         )
+
+
+def _labels_as_text(labels: pd.Series) -> pd.Series:
+    """Non-text class labels as their canonical text (``True`` -> ``"true"``, ``1.0`` ->
+    ``"1"``: :func:`loopml.label_rule.label_key`); text labels and nulls stay as they are."""
+    if pd.api.types.is_string_dtype(labels):
+        return labels
+    return labels.map(_label_as_text, na_action="ignore").astype(object)
+
+
+def _label_as_text(label: Any) -> Any:
+    return label if isinstance(label, str) else label_key(label)
 
 
 def _preset_options(policy: Any) -> dict[str, Any]:

@@ -83,6 +83,54 @@ def test_classification_preset_runs_when_labels_exist(classification_snapshot) -
     assert any(name.startswith("Accuracy") for name in names)
 
 
+def _performance(snapshot) -> dict[str, float]:
+    return {
+        metric["metric_name"].split("(")[0]: metric["value"]
+        for metric in snapshot.dict()["metrics"]
+        if metric["metric_name"].startswith(("Accuracy(", "RocAuc(", "F1Score("))
+    }
+
+
+@pytest.mark.parametrize(
+    ("coding", "positive_label"),
+    [
+        ({"Yes": True, "No": False}, True),  # a True/False target (CSV or Parquet bool)
+        ({"Yes": 1, "No": 0}, 1),
+        ({"Yes": 2, "No": 1}, 2),
+        ({"Yes": 1.0, "No": 0.0}, 1),  # an integer label read as float (a CSV with nulls)
+    ],
+    ids=["bool", "0/1", "1/2", "float"],
+)
+def test_binary_performance_is_reported_whatever_the_labels_type(
+    scored_telco, coding, positive_label
+) -> None:
+    """Evidently reads a score against text labels only; other labels reach it as text, so the
+    report has the same performance as with Yes/No (True/False crashed the monitor command)."""
+    reference, current = scored_telco
+    columns = {"numeric_columns": NUMERIC, "categorical_columns": CATEGORICAL}
+    labels = {
+        "target": "churn",
+        "prediction": "churn_predicted",
+        "probability": "churn_probability",
+    }
+    as_text = build_monitoring_report(
+        reference, current, **columns, **labels, positive_label="Yes", sample_rows=600
+    )
+    recoded = [
+        frame.assign(
+            churn=frame["churn"].map(coding), churn_predicted=frame["churn_predicted"].map(coding)
+        )
+        for frame in (reference, current)
+    ]
+    snapshot = build_monitoring_report(
+        *recoded, **columns, **labels, positive_label=positive_label, sample_rows=600
+    )
+
+    expected = _performance(as_text)
+    assert set(expected) == {"Accuracy", "RocAuc", "F1Score"}
+    assert _performance(snapshot) == pytest.approx(expected)
+
+
 def test_drift_only_without_labels_and_sampled_sides(scored_telco) -> None:
     reference, current = scored_telco
     snapshot = build_monitoring_report(
