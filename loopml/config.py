@@ -112,6 +112,14 @@ class DriftPolicy(_Strict):
         description="With feature importances: the batch drifts when the drifted columns carry at "
         "least this share of the total importance.",
     )
+    null_rate_change: float = Field(
+        0.2,
+        gt=0.0,
+        le=1.0,
+        description="A column drifts when the share of its values that are missing moves by at "
+        "least this much (0 % in the reference, 100 % in the batch: its source broke or its "
+        "values no longer parse), whatever its remaining values look like.",
+    )
     unseen_share: float = Field(
         0.5,
         gt=0.0,

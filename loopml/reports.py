@@ -90,6 +90,12 @@ def build_monitoring_report(
     from evidently.metrics import MeanValue, ValueDrift
     from evidently.presets import ClassificationPreset, DataDriftPreset, RegressionPreset
 
+    # Evidently refuses a column without a value on one side ("An empty column ... was
+    # provided"); loopml's verdict judges such a column on its missing share, the report skips it.
+    numeric_columns, categorical_columns = (
+        [column for column in columns if _has_values(column, reference, current)]
+        for columns in (numeric_columns, categorical_columns)
+    )
     features = [*numeric_columns, *categorical_columns]
     labelled = (
         target is not None
@@ -166,6 +172,10 @@ def build_monitoring_report(
             current_data=Dataset.from_pandas(current_sample, data_definition=definition),
             reference_data=Dataset.from_pandas(reference_sample, data_definition=definition),
         )
+
+
+def _has_values(column: str, *frames: pd.DataFrame) -> bool:
+    return all(frame[column].notna().any() for frame in frames)
 
 
 def _labels_as_text(labels: pd.Series) -> pd.Series:

@@ -18,8 +18,9 @@ from loopml import events, links, monitoring, reports
 from loopml.data import iter_table_chunks, read_table, release_read_buffers
 from loopml.drift.profile import ReferenceProfile, build_reference_profile
 from loopml.drift.verdict import detect_drift
+from loopml.errors import DataError
 from loopml.estimation.outputs import ModelOutputs, model_outputs
-from loopml.features import prepare_features, prepare_target
+from loopml.features import missing_columns, prepare_features, prepare_target
 from loopml.labels import LabelStore, joined_predictions
 from loopml.registry import download_reference, version_metrics
 from loopml.runtime import Runtime
@@ -127,6 +128,11 @@ def _load_reference(
     if reference_path:
         # Only the columns compared (and the target), text as categories: memory stays low.
         frame = read_table(reference_path, columns=[*config.columns.features, config.target])
+        absent = missing_columns(frame, config.columns.features)
+        if absent:
+            raise DataError(
+                f"{reference_path}: the reference is missing feature column(s): {', '.join(absent)}"
+            )
         sample = _sample(frame, config.monitoring.sample_rows)
         features = prepare_features(frame, config, compact=True)
         del frame  # what the features do not share (they keep its float columns) goes now
@@ -192,6 +198,8 @@ def check_drift(
         config.monitoring.drift,
         importances=reference.importances,
     )
+    if sample.rows_seen == 0:
+        raise DataError(f"{source}: the batch has no rows")
     result = verdict.to_dict()
     get_run_logger().info(
         "drift: %s (share %.2f of columns; drifted: %s)",

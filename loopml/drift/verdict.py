@@ -139,14 +139,18 @@ def detect_drift(
     results: dict[str, ColumnDrift] = {}
     raw_p_values: dict[str, float] = {}
     for name, column_profile in profile.numeric.items():
-        result, p_value = _numeric_drift(name, column_profile, summary.numeric[name], policy)
+        column_summary = summary.numeric[name]
+        result, p_value = _null_rate_drift(
+            name, "numeric", column_profile, column_summary, policy
+        ) or _numeric_drift(name, column_profile, column_summary, policy)
         results[name] = result
         if p_value is not None:
             raw_p_values[name] = p_value
     for name, column_profile in profile.categorical.items():
-        result, p_value = _categorical_drift(
-            name, column_profile, summary.categorical[name], policy
-        )
+        column_summary = summary.categorical[name]
+        result, p_value = _null_rate_drift(
+            name, "categorical", column_profile, column_summary, policy
+        ) or _categorical_drift(name, column_profile, column_summary, policy)
         results[name] = result
         if p_value is not None:
             raw_p_values[name] = p_value
@@ -197,6 +201,29 @@ def detect_drift(
         drifted_columns=drifted,
         unseen_columns=unseen,
     )
+
+
+def _null_rate_drift(
+    name: str,
+    kind: ColumnKind,
+    profile: NumericProfile | CategoricalProfile,
+    summary: NumericSummary | CategoricalSummary,
+    policy: DriftPolicy,
+) -> tuple[ColumnDrift, float] | None:
+    """The column's missing share against the reference's, when it moved by at least
+    ``policy.null_rate_change``: then that is the column's verdict (a column whose values all
+    went missing has no values left to compare, and is the plainest drift there is)."""
+    total = summary.n + summary.n_null
+    change = abs(summary.n_null / total - profile.null_rate) if total else 0.0
+    if total < policy.min_rows or change < policy.null_rate_change:
+        return None
+    p_value = chi_square_p_value(
+        np.array([profile.n, profile.n_null]), np.array([summary.n, summary.n_null])
+    )
+    note = f"missing values: {_null_note(profile.null_rate, summary.n_null, total)}"
+    method = "null-rate+chisquare"
+    column = ColumnDrift(name, kind, method, change, p_value, policy.null_rate_change, False, note)
+    return column, p_value
 
 
 def _numeric_drift(

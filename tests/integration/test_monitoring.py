@@ -275,6 +275,50 @@ def test_a_column_of_only_unseen_categories_is_drift(project):
     assert "contract: 100% of rows in categories the reference never had" in result["reason"]
 
 
+def test_numbers_that_arrive_as_text_drift_their_column_and_the_report_is_written(project):
+    """Every value of a numeric column unparseable: loopml judges the column on its missing
+    share (drifted), and Evidently, which refuses an empty column, reports the others."""
+    frame = project.batch(300, seed=57)
+    frame["monthly_charges"] = "n/a"
+    source = project.write(frame, "charges-as-text.csv")
+
+    result = _monitor(project, source)
+
+    charges = result["columns"]["monthly_charges"]
+    assert charges["drifted"] is True and charges["method"] == "null-rate+chisquare"
+    assert "monthly_charges" in result["drifted_columns"]
+    assert Path(result["report_path"]).is_file()
+
+
+@pytest.mark.parametrize("contents", ["header", "nothing"])
+def test_an_empty_batch_is_one_data_error_and_leaves_no_verdict(project, contents):
+    from loopml.errors import DataError
+    from loopml.status import last_monitoring
+
+    columns = list(project.batch(5, seed=1).columns)
+    source = project.project_dir / f"empty-{contents}.csv"
+    source.write_text(",".join(columns) + "\n" if contents == "header" else "")
+    before = last_monitoring(project.settings(), NAME)
+
+    with pytest.raises(
+        DataError, match=r"empty-\w+\.csv: (the batch has no rows|the file is empty)"
+    ):
+        _monitor(project, source)
+
+    assert last_monitoring(project.settings(), NAME) == before
+
+
+def test_a_reference_without_a_feature_column_is_named_as_the_culprit(project, shifted):
+    from loopml.errors import DataError
+
+    reference = project.write(project.batch(300, seed=59).drop(columns=["tenure"]), "no-tenure.csv")
+
+    with pytest.raises(
+        DataError, match=r"no-tenure\.csv: the reference is missing feature column\(s\): tenure"
+    ):
+        _monitor(project, shifted["source"], reference=reference)
+
+
 def test_flipped_relation_degrades_performance_and_emits_the_event(project):
     frame = project.batch(300, seed=42, with_target=True)
     frame["churn"] = frame["churn"].map({"Yes": "No", "No": "Yes"})

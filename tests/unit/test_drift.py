@@ -258,6 +258,37 @@ def test_a_column_of_nothing_but_unseen_categories_drifts_the_batch(
     assert reason == "device: 100% of rows in categories the reference never had"
 
 
+@pytest.mark.parametrize("column", ["income", "device"])
+def test_a_column_whose_values_went_missing_drifts(
+    synthetic_profile: ReferenceProfile, column: str
+) -> None:
+    """Every value missing (its source broke, or its numbers arrived as text that no longer
+    parses) leaves nothing to compare the distribution on: the missing share is the verdict."""
+    batch = synthetic_table(300, np.random.default_rng(7))
+    batch[column] = np.nan
+
+    result = detect_drift(synthetic_profile, batch).columns[column]
+
+    reference = {**synthetic_profile.numeric, **synthetic_profile.categorical}[column]
+    assert result.drifted
+    assert result.method == "null-rate+chisquare"
+    assert result.score == pytest.approx(1 - reference.null_rate)
+    assert "missing values: null rate 100.0% vs" in result.note
+
+
+def test_a_few_more_missing_values_are_left_to_the_distribution_test(
+    synthetic_profile: ReferenceProfile,
+) -> None:
+    batch = synthetic_table(300, np.random.default_rng(7))
+    batch.loc[batch.index[:30], "age"] = np.nan  # 10 % missing against none in the reference
+
+    result = detect_drift(synthetic_profile, batch).columns["age"]
+
+    assert not result.drifted
+    assert result.method.startswith("wasserstein")
+    assert "null rate 10.0% vs 0.0%" in result.note
+
+
 def test_a_few_unseen_categories_do_not_drift_the_batch_alone(
     synthetic_profile: ReferenceProfile,
 ) -> None:
