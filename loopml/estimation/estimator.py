@@ -21,6 +21,7 @@ from loopml.estimation.expected_metrics import (
 from loopml.estimation.loss_models import loss_model_input
 from loopml.estimation.outputs import ModelOutputs
 from loopml.gate import relative_bounds
+from loopml.metrics import is_bounded
 
 CALIBRATION_FILE = "estimator.json"
 LOSS_MODEL_FILES = {"mae": "loss_absolute.skops", "rmse": "loss_squared.skops"}
@@ -160,9 +161,14 @@ class PerformanceEstimator:
             )
             if bounds is not None:
                 low, high, alpha_low, alpha_high, spread = bounds
-                entry.update(lower=min(low, value), upper=max(high, value), standard_error=spread)
+                entry.update(
+                    lower=_on_scale(name, min(low, value)),
+                    upper=_on_scale(name, max(high, value)),
+                    standard_error=spread,
+                )
                 if name == metric:
-                    entry["bound"] = alpha_low if relative_bounds(name) else alpha_high
+                    one_sided = alpha_low if relative_bounds(name) else alpha_high
+                    entry["bound"] = _on_scale(name, one_sided)
             result[name] = entry
         return result
 
@@ -244,3 +250,12 @@ class PerformanceEstimator:
             name: float(np.std([e[name] for e in estimates if name in e], ddof=1))
             for name in estimates[0]
         }
+
+
+def _on_scale(metric: str, value: float) -> float:
+    """``value`` within the values ``metric`` can take: an interval drawn around an estimate
+    near 1 (accuracy 0.9999) must not promise 1.0001. Every estimated metric is at least 0
+    (R² aside) and a bounded one at most 1."""
+    if metric != "r2":
+        value = max(value, 0.0)
+    return min(value, 1.0) if is_bounded(metric) else value

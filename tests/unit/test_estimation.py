@@ -346,3 +346,32 @@ def test_a_version_registered_without_an_estimator_has_none(tmp_path):
     old_version = SimpleNamespace(tags={"loopml.family": "logistic"}, run_id="r1")
 
     assert load_version_estimator(None, old_version, tmp_path) is None
+
+
+def test_intervals_of_a_nearly_perfect_model_stay_on_the_metrics_scale():
+    """Estimates near 1 with a spread around them: no bound may promise more than 1 (before,
+    an accuracy of 1.02 on 40 rows) or less than 0."""
+    rng = np.random.default_rng(5)
+    classes = np.array(["a", "b", "c"])
+    config = _config("classification", classes=list(classes))
+
+    def confident(rows: int) -> np.ndarray:
+        probabilities = np.full((rows, 3), 0.005)
+        probabilities[np.arange(rows), rng.integers(0, 3, rows)] = 0.99
+        return probabilities
+
+    reference = confident(3_000)
+    predicted = reference.argmax(axis=1)
+    truth = np.where(rng.random(3_000) < 0.99, predicted, (predicted + 1) % 3)
+    outputs = ModelOutputs(classes[predicted], reference, list(classes))
+    estimator = fit_estimator(config, outputs, pd.Series(classes[truth]), pd.DataFrame(), {})
+    batch = confident(40)
+    estimates = estimator.estimate(
+        ModelOutputs(classes[batch.argmax(axis=1)], batch, list(classes)), metric="f1_macro"
+    )
+
+    assert estimates["accuracy"]["value"] > 0.98
+    for name, entry in estimates.items():
+        for key in ("lower", "upper", "bound"):
+            if entry.get(key) is not None:
+                assert 0.0 <= entry[key] <= 1.0, (name, key, entry)
