@@ -22,7 +22,7 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model, ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
     RESOURCE_ALREADY_EXISTS,
@@ -30,6 +30,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, Schema
 from sklearn.model_selection import FixedThresholdClassifier
 
 from loopml.credentials import sqlite_creation_lock
@@ -158,15 +159,20 @@ def log_and_register(
     run_name: str,
     datasets: Sequence[LoggedDataset] = (),
     tables: dict[str, pd.DataFrame] | None = None,
+    training_features: pd.DataFrame | None = None,
 ) -> RegisteredVersion:
     """Log one training run (params, metrics, figures, reference data, model) and register
     the model as a new version of ``name`` carrying ``version_tags``.
 
     ``datasets`` go on the run as MLflow dataset inputs (``mlflow.log_input``, with their
     context); each of ``tables`` becomes a table artifact ``NAME.json`` (``mlflow.log_table``),
-    which the run's Artifacts tab shows as a table.
+    which the run's Artifacts tab shows as a table. ``training_features`` (default: the input
+    example) are the rows the model learned from, as users send them; the signature is
+    :func:`serving_signature`'s.
     """
-    signature = infer_signature(input_example, model.predict(input_example))
+    signature = serving_signature(
+        model, input_example, input_example if training_features is None else training_features
+    )
     owner = {TAG_OWNER: process_owner()}
     with (
         _fluent_api_on(client),
@@ -210,6 +216,42 @@ def log_and_register(
         run_id=run_id,
         model_uri=f"models:/{name}/{registered.version}",
     )
+
+
+def serving_signature(
+    model: Any, input_example: pd.DataFrame, training_features: pd.DataFrame
+) -> ModelSignature:
+    """The signature ``mlflow.pyfunc`` enforces: MLflow's, inferred from ``input_example``,
+    except that an integer column holding nulls in ``training_features`` is declared ``Any``.
+
+    Why: users send such a column as pandas' nullable Int64 (Parquet) or as float64 (CSV), and
+    MLflow's schema enforcement takes no scalar type from both: ``long`` refuses NA and float64,
+    ``double`` refuses Int64. ``Any`` passes either as it is to the pipeline, whose numeric step
+    reads both as floats, as ``loopml score`` does. Other columns keep their inferred types.
+    """
+    signature = infer_signature(input_example, model.predict(input_example))
+    nullable = set(nullable_integer_columns(training_features))
+    inputs = [
+        ColSpec(AnyType(), spec.name, required=spec.required) if spec.name in nullable else spec
+        for spec in signature.inputs.inputs
+    ]
+    return ModelSignature(Schema(inputs), signature.outputs, signature.params)
+
+
+def nullable_integer_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns of whole numbers with nulls among them: pandas' nullable integers (as Parquet
+    reads them) or floats whose values are all whole (as CSV reads an integer column with gaps).
+    """
+    columns = []
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            continue
+        if not values.hasnans:
+            continue
+        if pd.api.types.is_integer_dtype(values) or bool((values.dropna() % 1 == 0).all()):
+            columns.append(column)
+    return columns
 
 
 @contextmanager

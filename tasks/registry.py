@@ -134,6 +134,7 @@ def register_candidate(
             name=config.name,
             model=candidate.model,
             input_example=raw_features.head(20),
+            training_features=raw_features,
             trusted_types=modeling.skops_trusted_types(candidate.model),
             params={
                 "family": candidate.family,
