@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 
 from flows.naming import run_name, untagged_tasks
 from loopml.data import file_hash
+from loopml.errors import LoopmlError
 from loopml.runtime import open_runtime
 from tasks.estimation import estimate_performance, estimation_fields, watch_stream
 from tasks.monitoring import (
@@ -94,20 +95,27 @@ def monitor_flow(
         rolled_back=rolled_back,
     )
     # The verdict and its events are out; the report (seconds, on a sample) follows.
-    report = evidently_report(
-        runtime,
-        baseline,
-        current_sample,
-        reference_predictions,
-        current_predictions,
-        batch_id,
-        report_path,
-        serving=serving,
-        drift=drift,
-        performance=performance,
-        verdict=result,
-        estimated=estimated,
-    )
+    try:
+        report = evidently_report(
+            runtime,
+            baseline,
+            current_sample,
+            reference_predictions,
+            current_predictions,
+            batch_id,
+            report_path,
+            serving=serving,
+            drift=drift,
+            performance=performance,
+            verdict=result,
+            estimated=estimated,
+        )
+    except Exception as exc:
+        # Not undone: automations may already act on the events. The user is told both.
+        raise LoopmlError(
+            f"batch {batch_id}: the verdict was recorded and its events sent ({result['reason']}),"
+            f" but the Evidently report failed: {type(exc).__name__}: {exc}"
+        ) from exc
     result = {
         **result,
         "evidently_run": report.run_id,

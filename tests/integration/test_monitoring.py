@@ -319,6 +319,30 @@ def test_a_reference_without_a_feature_column_is_named_as_the_culprit(project, s
         _monitor(project, shifted["source"], reference=reference)
 
 
+def test_a_report_that_fails_says_the_verdict_was_recorded(project, monkeypatch):
+    """The verdict and its events go out before the report (automations may act on them): when
+    the report then fails, the one error line says so, and the verdict is the one recorded."""
+    from loopml import reports
+    from loopml.errors import LoopmlError
+    from loopml.status import last_monitoring
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the report's renderer broke")
+
+    monkeypatch.setattr(reports, "build_monitoring_report", broken)
+    source = project.write(project.batch(300, seed=67), "report-breaks.csv")
+
+    with pytest.raises(LoopmlError, match="the verdict was recorded and its events sent") as raised:
+        _monitor(project, source)
+
+    assert "the Evidently report failed: RuntimeError: the report's renderer broke" in str(
+        raised.value
+    )
+    recorded = last_monitoring(project.settings(), NAME)
+    assert f"batch {recorded['batch_id']}: " in str(raised.value)
+    assert recorded["reason"] in str(raised.value)
+
+
 def test_flipped_relation_degrades_performance_and_emits_the_event(project):
     frame = project.batch(300, seed=42, with_target=True)
     frame["churn"] = frame["churn"].map({"Yes": "No", "No": "Yes"})
