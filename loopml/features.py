@@ -7,6 +7,7 @@ import pandas as pd
 
 from loopml.config import ProjectConfig
 from loopml.errors import DataError
+from loopml.profiling import DEFAULT_DATE_FORMAT, date_text_format, dates_as_text
 
 
 def missing_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -111,9 +112,10 @@ def align_dtypes(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
         elif pd.api.types.is_datetime64_any_dtype(wanted):
             aligned[column] = as_datetime(values)
         elif pd.api.types.is_datetime64_any_dtype(values.dtype):
-            # Dates logged as datetimes join a reference that holds them as text.
-            text = values.dt.strftime("%Y-%m-%d %H:%M:%S")
-            aligned[column] = text.where(values.notna(), None).astype(object)
+            # Dates logged as datetimes join a reference that holds them as text: written in
+            # the reference's format, or the joined table would fail the suite's format check.
+            date_format = date_text_format(reference[column]) or DEFAULT_DATE_FORMAT
+            aligned[column] = dates_as_text(values, date_format)
     return aligned
 
 

@@ -1,8 +1,9 @@
 """Profiling a table: task, column roles, and a suggested Great Expectations suite.
 
 GX 1.x ships no profiler, so the suite a user reviews after ``loopml init`` is written here from
-the reference table: columns present, numeric dtypes, null rates, category sets and numeric ranges
-with a tolerance. Every expectation carries ``meta["loopml"]["role"]`` (``target``, ``feature``,
+the reference table: columns present, numeric dtypes, null rates, category sets, numeric ranges
+with a tolerance, and for date columns the format their text is written in and a date range with
+a tolerance. Every expectation carries ``meta["loopml"]["role"]`` (``target``, ``feature``,
 ``id``) so callers can skip target checks for scoring batches that have no labels yet.
 
 Column roles (decided here, written to the config, editable by the user):
@@ -26,11 +27,14 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from loopml.errors import DataError
 from loopml.label_rule import find_label
@@ -87,6 +91,15 @@ MAX_CATEGORIES_FOR_SET = 100  # more levels than this: no category-set expectati
 # what monitoring measures. A column never negative in the reference stays bounded at 0.
 RANGE_TOLERANCE = 0.5
 RANGE_MOSTLY = 0.99
+# Dates: text must be written as in the reference (a value in another format is read as another
+# day, or not at all, by the model), and the dates, as the model reads them, must fall within the
+# reference's range widened like numeric ranges, but by at least five years: batches keep
+# arriving after training, and the bounds are there to stop sentinels (1900-01-01, 9999-12-31).
+DATE_FORMAT_MOSTLY = 0.99
+DATE_RANGE_MIN_MARGIN = pd.Timedelta(days=1826)
+# Text loopml writes for datetimes when a date column has no text format to follow.
+DEFAULT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+DATE_FORMAT_GUESSES = 20  # values a date column's format is guessed from
 # pandas dtypes (and Python types, for object columns holding numbers) a numeric column may have:
 # int vs float and nullable dtypes all pass, so a CSV re-read or a column gaining nulls is fine.
 NUMERIC_TYPE_LIST = [
@@ -285,6 +298,8 @@ def suggest_suite(frame: pd.DataFrame, config: ProjectConfig) -> dict:
                 )
             )
             expectations.extend(_range_expectation(values, column, meta("feature", column)))
+        elif column in config.columns.datetime:
+            expectations.extend(_date_expectations(values, column, meta("feature", column)))
         elif column in config.columns.categorical:
             categories = _distinct(values)
             if 0 < len(categories) <= MAX_CATEGORIES_FOR_SET:
@@ -333,6 +348,8 @@ def suggest_suite(frame: pd.DataFrame, config: ProjectConfig) -> dict:
                     "category_set_mostly": CATEGORY_SET_MOSTLY,
                     "range_tolerance": RANGE_TOLERANCE,
                     "range_mostly": RANGE_MOSTLY,
+                    "date_format_mostly": DATE_FORMAT_MOSTLY,
+                    "date_range_min_margin_days": DATE_RANGE_MIN_MARGIN.days,
                 },
             }
         },
@@ -513,7 +530,7 @@ def _looks_like_dates(observed: pd.Series) -> bool:
     sample = observed.astype(str).head(DATETIME_SAMPLE_ROWS)
     if sample.str.match(DATE_TEXT_PATTERN).mean() < NUMERIC_PARSE_SHARE:
         return False
-    parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+    parsed = pd.to_datetime(sample, errors="coerce", format="mixed", utc=True)
     return bool(parsed.notna().mean() >= NUMERIC_PARSE_SHARE)
 
 
@@ -566,6 +583,109 @@ def _range_expectation(values: pd.Series, column: str, meta: dict) -> list[Any]:
             meta=meta,
         )
     ]
+
+
+def date_text_format(values: pd.Series) -> str | None:
+    """The strftime format a date column is written in (datetimes: as a CSV export writes them),
+    when all but 1 % of its values follow one; ``None`` otherwise."""
+    text = dates_as_text(values, None).dropna()
+    if text.empty:
+        return None
+    candidates: list[str] = []
+    with warnings.catch_warnings():  # pandas warns when day-first text is guessed month-first
+        warnings.simplefilter("ignore")
+        for value in text.head(DATE_FORMAT_GUESSES):
+            for dayfirst in (False, True):
+                guess = guess_datetime_format(str(value), dayfirst=dayfirst)
+                if guess and guess not in candidates:
+                    candidates.append(guess)
+    shares = {candidate: _format_share(text, candidate) for candidate in candidates}
+    best = max(shares, key=shares.__getitem__, default=None)  # ties: the month-first guess
+    return best if best is not None and shares[best] >= DATE_FORMAT_MOSTLY else None
+
+
+def dates_as_text(values: pd.Series, date_format: str | None) -> pd.Series:
+    """A date column as text: datetimes written in ``date_format`` (``None``: as pandas writes
+    them to CSV), text kept as it is, anything else as its ``str``, nulls kept.
+
+    A batch read from Parquet or a database holds datetimes where the reference CSV held text;
+    written in the reference's format, they pass its format check, as dates by type should.
+    """
+    if isinstance(values.dtype, pd.PeriodDtype):
+        values = values.dt.to_timestamp()
+    if pd.api.types.is_datetime64_any_dtype(values):
+        if date_format is None:
+            text = values.astype(str)
+        else:
+            zoned = values.dt.tz is not None
+            if "%z" in date_format and not zoned:
+                values = values.dt.tz_localize("UTC")  # loopml reads naive datetimes as UTC
+            elif "%z" not in date_format and zoned:
+                values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+            text = values.dt.strftime(date_format)
+        return text.where(values.notna(), None).astype(object)
+    if values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) != "string":
+        return values.map(lambda value: _date_text(value, date_format), na_action="ignore")
+    return values
+
+
+def _date_text(value: Any, date_format: str | None) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime | date):
+        return dates_as_text(pd.Series(pd.to_datetime([value])), date_format).iloc[0]
+    return str(value)
+
+
+def _format_share(text: pd.Series, date_format: str) -> float:
+    """The share of ``text`` that :func:`datetime.datetime.strptime` reads with ``date_format``
+    (what GX's strftime check runs), on a sample of a long column."""
+    sample = text.sample(n=min(len(text), PARSE_SAMPLE_ROWS), random_state=0)
+    return float(np.mean([_matches_format(value, date_format) for value in sample]))
+
+
+def _matches_format(value: Any, date_format: str) -> bool:
+    try:
+        datetime.strptime(str(value), date_format)  # noqa: DTZ007 (what GX's check runs)
+    except ValueError:
+        return False
+    return True
+
+
+def _date_expectations(values: pd.Series, column: str, meta: dict) -> list[Any]:
+    """The text format of a date column (when it is text, or read as text from a CSV export)
+    and its range, as the model reads the dates (naive UTC: :func:`loopml.features.as_datetime`).
+    """
+    import great_expectations.expectations as gxe
+
+    from loopml.features import as_datetime
+
+    expectations: list[Any] = []
+    date_format = date_text_format(values)
+    if date_format is not None:
+        expectations.append(
+            gxe.ExpectColumnValuesToMatchStrftimeFormat(
+                column=column,
+                strftime_format=date_format,
+                mostly=DATE_FORMAT_MOSTLY,
+                meta=meta,
+            )
+        )
+    moments = as_datetime(values).dropna()
+    if moments.empty:
+        return expectations
+    low, high = moments.min(), moments.max()
+    margin = max(RANGE_TOLERANCE * (high - low), DATE_RANGE_MIN_MARGIN)
+    expectations.append(
+        gxe.ExpectColumnValuesToBeBetween(
+            column=column,
+            min_value=(low - margin).floor("D").isoformat(),
+            max_value=(high + margin).ceil("D").isoformat(),
+            mostly=RANGE_MOSTLY,
+            meta={"loopml": {**meta["loopml"], "reads_as": "dates"}},
+        )
+    )
+    return expectations
 
 
 def _round_bound(value: float) -> float:
