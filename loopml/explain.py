@@ -25,7 +25,7 @@ import pandas as pd
 
 from loopml.config import ProjectConfig
 from loopml.errors import DataError
-from loopml.features import missing_columns, prepare_features
+from loopml.features import carried_name, missing_columns, prepare_features
 from loopml.modeling import inner_pipeline
 
 BACKGROUND_ROWS = 25
@@ -398,7 +398,8 @@ def explanation_frame(
 
     Columns: ``row_id``, ``output`` (the explained value), ``base_value``, the top reasons
     (``reason_K``, ``reason_K_value``, ``reason_K_contribution``), then every feature column
-    under its own name holding its contribution.
+    holding its contribution, under its own name or, when one of the columns before uses the
+    name, as ``feature:NAME`` (:func:`loopml.features.carried_name`).
     """
     head = pd.DataFrame(
         {
@@ -408,7 +409,11 @@ def explanation_frame(
         }
     )
     reasons = explanation.top_reasons(frame.reset_index(drop=True), top)
-    return pd.concat([head, reasons, explanation.contributions], axis=1)
+    taken = {*head.columns, *reasons.columns}
+    contributions = explanation.contributions.rename(
+        columns=lambda column: carried_name(column, taken)
+    )
+    return pd.concat([head, reasons, contributions], axis=1)
 
 
 def global_importance(explanation: Explanation) -> dict[str, float]:

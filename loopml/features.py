@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 import pandas as pd
 
 from loopml.config import ProjectConfig
 from loopml.errors import DataError
 from loopml.profiling import DEFAULT_DATE_FORMAT, date_text_format, dates_as_text
+
+CARRIED_PREFIX = "feature:"
+
+
+def carried_name(column: str, taken: Collection[str]) -> str:
+    """The name a column of the user's table is stored under beside loopml's own ``taken``
+    columns: its own, or ``feature:COLUMN`` when loopml uses that name.
+
+    A name that starts with ``feature:`` already gets the prefix too, so two columns never
+    meet under one name and the name can always be read back (:func:`carried_columns`).
+    """
+    clashes = column in taken or column.startswith(CARRIED_PREFIX)
+    return f"{CARRIED_PREFIX}{column}" if clashes else column
+
+
+def carried_columns(
+    frame: pd.DataFrame, columns: list[str], taken: Collection[str]
+) -> pd.DataFrame:
+    """``columns`` of ``frame`` (stored under their :func:`carried_name`), under their own names."""
+    return frame[[carried_name(column, taken) for column in columns]].set_axis(columns, axis=1)
 
 
 def missing_columns(frame: pd.DataFrame, columns: list[str]) -> list[str]:
@@ -165,11 +187,10 @@ def split_holdout(frame: pd.DataFrame, config: ProjectConfig) -> tuple[pd.DataFr
     if config.time_column:
         if config.time_column not in frame.columns:
             raise DataError(f"the table has no time column {config.time_column!r}")
-        ordered = frame.assign(
-            _order=pd.to_datetime(frame[config.time_column], errors="coerce")
-        ).sort_values("_order", kind="stable")
+        # Sorted by position, not by a helper column: any name could be one of the table's.
+        times = pd.to_datetime(frame[config.time_column], errors="coerce").reset_index(drop=True)
+        ordered = frame.iloc[times.sort_values(kind="stable").index]
         cut = int(round(len(ordered) * (1 - test_size)))
-        ordered = ordered.drop(columns="_order")
         return ordered.iloc[:cut], ordered.iloc[cut:]
     stratify = None
     if config.task == "classification":

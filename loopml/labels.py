@@ -10,16 +10,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from loopml.config import ProjectConfig
 from loopml.data import frame_hash, write_parquet
 from loopml.errors import DataError
-from loopml.features import prepare_target
+from loopml.features import carried_columns, carried_name, prepare_target
 from loopml.label_rule import label_keys
-from loopml.scoring import MODEL_VERSION, PREDICTION, PROBABILITY, ROW_ID, SCORED_AT, PredictionLog
+from loopml.scoring import (
+    LABEL,
+    LABELLED_AT,
+    MODEL_VERSION,
+    PREDICTION,
+    PROBABILITY,
+    ROW_ID,
+    SCORED_AT,
+    PredictionLog,
+    logged_features,
+)
 
-LABELLED_AT = "labelled_at"
 RECEIVED_AT = "received_at"
 
 
@@ -49,17 +59,19 @@ class LabelStore:
     def labels(self) -> pd.DataFrame:
         files = sorted((self.folder / "labels").glob("labels-*.parquet"))
         if not files:
-            return pd.DataFrame(columns=[ROW_ID, "target", LABELLED_AT])
+            return pd.DataFrame(columns=[ROW_ID, LABEL, LABELLED_AT])
         frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         # A later label for the same row corrects an earlier one.
         return frame.sort_values(LABELLED_AT, kind="stable").drop_duplicates(ROW_ID, keep="last")
 
     def add_labelled_batch(self, frame: pd.DataFrame, batch_id: str) -> Path:
-        """Keep a batch that arrived with its target (features + target) for retraining."""
+        """Keep a batch that arrived with its target (features + target) for retraining; a
+        column named like the arrival time is kept under its carried name."""
         path = self.folder / "batches" / f"batch={batch_id}.parquet"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            stamped = frame.assign(**{RECEIVED_AT: pd.Timestamp(datetime.now(UTC))})
+            stamped = frame.rename(columns=lambda column: carried_name(column, (RECEIVED_AT,)))
+            stamped[RECEIVED_AT] = pd.Timestamp(datetime.now(UTC))
             tmp = path.with_suffix(".tmp")
             write_parquet(stamped, tmp)
             tmp.replace(path)
@@ -138,7 +150,7 @@ def parse_labels(
     if ids.duplicated().any():
         raise DataError(f"{int(ids.duplicated().sum())} row ids appear more than once")
     return pd.DataFrame(
-        {ROW_ID: ids.to_numpy(), "target": target.to_numpy(), LABELLED_AT: pd.Timestamp.now(tz=UTC)}
+        {ROW_ID: ids.to_numpy(), LABEL: target.to_numpy(), LABELLED_AT: pd.Timestamp.now(tz=UTC)}
     )
 
 
@@ -152,7 +164,7 @@ def joined_predictions(log: PredictionLog, store: LabelStore) -> pd.DataFrame:
         return pd.DataFrame()
     predictions[ROW_ID] = predictions[ROW_ID].astype(str)
     # A batch scored twice by different versions keeps both rows; each is judged separately.
-    return predictions.merge(labels[[ROW_ID, "target", LABELLED_AT]], on=ROW_ID, how="inner")
+    return predictions.merge(labels[[ROW_ID, LABEL, LABELLED_AT]], on=ROW_ID, how="inner")
 
 
 def performance_by_version(
@@ -166,7 +178,7 @@ def performance_by_version(
         probabilities = rows[PROBABILITY].to_numpy() if PROBABILITY in rows else None
         result[str(version)] = {
             "rows": len(rows),
-            "metrics": metrics_fn(rows["target"], rows[PREDICTION], probabilities),
+            "metrics": metrics_fn(rows[LABEL], rows[PREDICTION], probabilities),
         }
     return result
 
@@ -181,25 +193,28 @@ def recent_window(
     """The most recent labelled rows (features + target), newest ``window_rows`` at most,
     none older than ``max_age_days``."""
     features = config.columns.features
-    parts = []
+    parts, times = [], []
     if not joined.empty:
-        part = joined[features].copy()
-        part[config.target] = joined["target"].to_numpy()
-        part["_at"] = pd.to_datetime(joined[SCORED_AT], utc=True)
+        part = logged_features(joined, config)
+        part[config.target] = joined[LABEL].to_numpy()
         parts.append(part)
-    if not batches.empty and config.target in batches.columns:
-        part = batches[[c for c in features if c in batches.columns]].copy()
-        part[config.target] = batches[config.target].to_numpy()
-        part["_at"] = pd.to_datetime(batches[RECEIVED_AT], utc=True)
-        parts.append(part)
+        times.append(pd.to_datetime(joined[SCORED_AT], utc=True))
+    stored = [*features, config.target]
+    kept = [c for c in stored if carried_name(c, (RECEIVED_AT,)) in batches.columns]
+    if not batches.empty and config.target in kept:
+        parts.append(carried_columns(batches, kept, (RECEIVED_AT,)))
+        times.append(pd.to_datetime(batches[RECEIVED_AT], utc=True))
     if not parts:
-        return pd.DataFrame(columns=[*features, config.target])
+        return pd.DataFrame(columns=stored)
     window = pd.concat(parts, ignore_index=True)
+    # The times stay beside the rows, not in a column: any name could be a feature's.
+    row_times = pd.concat(times, ignore_index=True)
+    keep = np.ones(len(window), dtype=bool)
     if config.retraining.max_age_days is not None:
         cutoff = (now or datetime.now(UTC)) - timedelta(days=config.retraining.max_age_days)
-        window = window[window["_at"] >= pd.Timestamp(cutoff)]
-    window = window.sort_values("_at", kind="stable").tail(config.retraining.window_rows)
-    return window.drop(columns="_at").reset_index(drop=True)
+        keep = (row_times >= pd.Timestamp(cutoff)).to_numpy()
+    newest = row_times[keep].sort_values(kind="stable").tail(config.retraining.window_rows).index
+    return window.loc[newest].reset_index(drop=True)
 
 
 def split_recent_window(

@@ -25,7 +25,7 @@ from sklearn.model_selection import FixedThresholdClassifier
 from loopml.config import ProjectConfig
 from loopml.data import check_output_path, write_parquet
 from loopml.errors import DataError
-from loopml.features import prepare_features
+from loopml.features import carried_columns, carried_name, prepare_features
 from loopml.label_rule import label_index
 
 ROW_ID = "row_id"
@@ -34,7 +34,27 @@ PROBABILITY = "probability"
 MODEL_VERSION = "model_version"
 BATCH_ID = "batch_id"
 SCORED_AT = "scored_at"
+LABEL = "target"  # a logged row joined to its late label (loopml.labels) gains these two
+LABELLED_AT = "labelled_at"
 SUCCESS_MARKER = "_SUCCESS"
+
+# loopml's own columns of a prediction-log row: a feature of the same name is logged under
+# its carried name (a table may well have a column called ``prediction`` or ``row_id``).
+LOG_COLUMNS = (
+    ROW_ID,
+    PREDICTION,
+    PROBABILITY,
+    MODEL_VERSION,
+    BATCH_ID,
+    SCORED_AT,
+    LABEL,
+    LABELLED_AT,
+)
+
+
+def logged_features(rows: pd.DataFrame, config: ProjectConfig) -> pd.DataFrame:
+    """The feature columns of prediction-log rows, under the table's own names."""
+    return carried_columns(rows, list(config.columns.features), LOG_COLUMNS)
 
 
 def row_ids(frame: pd.DataFrame, config: ProjectConfig, batch_id: str, offset: int) -> pd.Series:
@@ -175,7 +195,8 @@ def score_chunk(
     """Score one chunk: the user's output rows and the prediction-log rows.
 
     With ``reasons``, the output rows end with their strongest reasons (:func:`score_reasons`,
-    explained against ``background``); the log rows are the same either way.
+    explained against ``background``); the log rows are the same either way. The log rows
+    hold loopml's columns and each feature under its carried name (:data:`LOG_COLUMNS`).
     """
     features = prepare_features(chunk, config)
     labels, scores = predict(model, features, config)
@@ -184,11 +205,15 @@ def score_chunk(
     if scores is not None:
         output[PROBABILITY] = scores
     output[MODEL_VERSION] = model_version
-    log = pd.concat([output, features.reset_index(drop=True)], axis=1)
+    logged = features.reset_index(drop=True).rename(
+        columns=lambda column: carried_name(column, LOG_COLUMNS)
+    )
+    log = pd.concat([output, logged], axis=1)
     log[BATCH_ID] = batch_id
     log[SCORED_AT] = pd.Timestamp(scored_at)
     if config.time_column and config.time_column in chunk.columns:
-        log[config.time_column] = chunk[config.time_column].reset_index(drop=True)
+        time_values = chunk[config.time_column].reset_index(drop=True)
+        log[carried_name(config.time_column, LOG_COLUMNS)] = time_values
     if reasons is not None:
         output = pd.concat(
             [output, score_reasons(model, chunk, config, reasons, background)], axis=1

@@ -20,7 +20,7 @@ from loopml.drift.profile import ReferenceProfile, build_reference_profile
 from loopml.drift.verdict import detect_drift
 from loopml.errors import DataError
 from loopml.estimation.outputs import ModelOutputs, model_outputs
-from loopml.features import missing_columns, prepare_features, prepare_target
+from loopml.features import carried_name, missing_columns, prepare_features, prepare_target
 from loopml.labels import LabelStore, joined_predictions
 from loopml.registry import download_reference, version_metrics
 from loopml.runtime import Runtime
@@ -332,8 +332,16 @@ def evidently_report(
     if labelled and reference.holdout is not None and config.target in reference.holdout:
         reference_rows = reference.holdout
         reference_predictions = reference.predictions_of("holdout", serving, config)
-    reference_frame = prepare_features(reference_rows, config)
-    current_frame = current_sample[config.columns.features].copy()
+    estimates = {
+        **_estimates_for_report(config.performance_metric, estimated),
+        reports.WEIGHTED_DRIFT_COLUMN: drift.get("weighted_drift_share"),
+    }
+    # The report's own columns keep their names; a feature called ``prediction`` (or like any
+    # of them) is shown as ``feature:prediction``.
+    taken = {PREDICTION, PROBABILITY, config.target, *estimates}
+    shown = {column: carried_name(column, taken) for column in config.columns.features}
+    reference_frame = prepare_features(reference_rows, config).rename(columns=shown)
+    current_frame = current_sample[config.columns.features].rename(columns=shown)
     for frame, predictions in (
         (reference_frame, reference_predictions),
         (current_frame, current_predictions),
@@ -362,8 +370,8 @@ def evidently_report(
     snapshot = reports.build_monitoring_report(
         reference_frame,
         current_frame,
-        numeric_columns=config.columns.numeric,
-        categorical_columns=config.columns.categorical,
+        numeric_columns=[shown[column] for column in config.columns.numeric],
+        categorical_columns=[shown[column] for column in config.columns.categorical],
         target=target,
         prediction=PREDICTION,
         probability=PROBABILITY if config.is_binary else None,
@@ -372,10 +380,7 @@ def evidently_report(
         sample_rows=config.monitoring.report_rows,
         drift_policy=config.monitoring.drift,
         tags=reports.snapshot_tags(verdict),
-        estimates={
-            **_estimates_for_report(config.performance_metric, estimated),
-            reports.WEIGHTED_DRIFT_COLUMN: drift.get("weighted_drift_share"),
-        },
+        estimates=estimates,
         reference_estimates={
             reports.estimated_column(config.performance_metric): (estimated or {}).get("baseline")
         },

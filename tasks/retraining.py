@@ -35,7 +35,7 @@ from loopml.labels import (
 )
 from loopml.registry import download_reference, require_champion
 from loopml.runtime import Runtime
-from loopml.scoring import MODEL_VERSION, ROW_ID, PredictionLog
+from loopml.scoring import LABEL, MODEL_VERSION, ROW_ID, PredictionLog, logged_features
 from loopml.search.fit import fit_best
 from tasks.ingest import transient
 
@@ -409,7 +409,7 @@ def rollback_on_new_labels(
         joined[ROW_ID].isin(set(new_labels[ROW_ID]))
         & (joined[MODEL_VERSION].astype(str) == str(champion.version))
     ]
-    rows = fresh[config.columns.features].assign(**{config.target: fresh["target"].to_numpy()})
+    rows = logged_features(fresh, config).assign(**{config.target: fresh[LABEL].to_numpy()})
     return rollback_if_worse.fn(runtime, rows.reset_index(drop=True), labels_id)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loopml.features import carried_name
+
 PREDICTION_COLUMN = "__prediction__"
 
 
@@ -14,8 +16,11 @@ def loss_model_input(features: pd.DataFrame, predictions: np.ndarray) -> pd.Data
     """DLE's input: the features and the model's own prediction (errors depend on both).
 
     Dates become days since the epoch and flags 0/1, so the loss model sees numbers or text only.
+    A feature named like the prediction's column keeps its values under its carried name.
     """
-    frame = features.reset_index(drop=True).copy()
+    frame = features.reset_index(drop=True).rename(
+        columns=lambda column: carried_name(column, (PREDICTION_COLUMN,))
+    )
     for column in frame.columns:
         values = frame[column]
         if pd.api.types.is_datetime64_any_dtype(values):
