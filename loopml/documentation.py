@@ -101,7 +101,7 @@ def document_version(
     # The figure worker draws the card's profile while this process makes and draws the
     # partial dependence figure and cuts the slices.
     render_ahead([profile])
-    top = [c for c in importances if c in config.columns.features][:PARTIAL_DEPENDENCE_COLUMNS]
+    top = explain.partial_dependence_columns(importances, config, PARTIAL_DEPENDENCE_COLUMNS)
     partial_dependence = None
     if top:
         try:

@@ -17,6 +17,7 @@ such a pipeline (a stacked ensemble, say) is explained by permutation on the raw
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -420,6 +421,16 @@ def global_importance(explanation: Explanation) -> dict[str, float]:
     """Mean absolute contribution per column, largest first."""
     means = explanation.contributions.abs().mean().sort_values(ascending=False)
     return {str(column): float(value) for column, value in means.items()}
+
+
+def partial_dependence_columns(
+    importances: Mapping[str, float], config: ProjectConfig, top: int
+) -> list[str]:
+    """The ``top`` most important numeric or categorical columns, most important first. Date
+    columns are left out: scikit-learn's partial dependence cannot grid datetimes (it failed
+    the whole figure)."""
+    plottable = {*config.columns.numeric, *config.columns.categorical}
+    return [column for column in importances if column in plottable][:top]
 
 
 def partial_dependence_figure(

@@ -126,3 +126,31 @@ def test_a_multiclass_row_is_explained_for_the_class_it_is_predicted_to_be(telco
     total = explanation.contributions.sum(axis=1).to_numpy() + explanation.base_value
     np.testing.assert_allclose(total, expected, atol=1e-6)
     assert explanation.output_name == "probability of the predicted class"
+
+
+def test_partial_dependence_is_drawn_when_a_date_column_is_the_most_important(telco):
+    """scikit-learn cannot grid datetimes: a date column among the top features made the
+    whole figure fail (the model card had none); it is left out of the plotted columns."""
+    from loopml.explain import partial_dependence_columns, partial_dependence_figure
+
+    frame, config = telco
+    days = pd.to_timedelta(frame["tenure"] * 30, unit="D")
+    frame = frame.assign(signed_up=(pd.Timestamp("2026-01-01") - days).dt.strftime("%Y-%m-%d"))
+    config = config.model_copy(
+        update={"columns": config.columns.model_copy(update={"datetime": ["signed_up"]})}
+    )
+    model = modeling.build_pipeline(
+        "hist_gradient_boosting",
+        numeric_columns=NUMERIC,
+        categorical_columns=CATEGORICAL,
+        datetime_columns=["signed_up"],
+        task="classification",
+        random_state=0,
+    ).fit(prepare_features(frame, config), prepare_target(frame, config))
+    importances = {"signed_up": 0.3, "monthly_charges": 0.2, "contract": 0.1, "tenure": 0.05}
+
+    columns = partial_dependence_columns(importances, config, 3)
+    figure = partial_dependence_figure(model, prepare_features(frame, config), columns, config)
+
+    assert columns == ["monthly_charges", "contract", "tenure"]
+    assert len(figure.axes) >= 3
