@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from loopml import explain, fairness, slices
 from loopml.config import ProjectConfig
-from loopml.data import read_table, write_table
+from loopml.data import file_hash, read_table, write_table
 from loopml.errors import DataError, RegistryError
 from loopml.features import prepare_features, prepare_target
 from loopml.figures import png_bytes, render_ahead
@@ -38,7 +38,7 @@ from loopml.registry import (
     require_champion,
     version_by_alias,
 )
-from loopml.scoring import predict
+from loopml.scoring import predict, row_ids
 
 SLICES_FILE = "slices.json"
 FAIRNESS_FILE = "fairness.json"
@@ -251,10 +251,9 @@ def explain_file(
         download_reference(client, champion.run_id, "train.parquet", references_dir / config.name)
     )
     explanation = explain.explain_rows(model, frame, config, background=background)
-    if config.id_column and config.id_column in frame.columns:
-        ids = frame[config.id_column].astype(str)
-    else:
-        ids = pd.Series(np.arange(len(frame)))
+    # The ids ``loopml score`` gives the same file's rows, so explanations join predictions
+    # and labels.
+    ids = row_ids(frame, config, "b" + file_hash(data), 0)
     table = explain.explanation_frame(explanation, frame, ids, top)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, out)

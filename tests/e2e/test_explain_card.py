@@ -191,6 +191,7 @@ def test_score_with_reasons_adds_each_rows_strongest_contributions_as_explain_ha
     assert result.returncode == 0, result.stderr
     explanation = pd.read_csv(tmp_path / "explained.csv")
     pd.testing.assert_frame_equal(table[reason_columns], explanation[reason_columns])
+    assert explanation["row_id"].tolist() == table["row_id"].tolist()  # they join
 
 
 @pytest.mark.parametrize("reasons", ["0", "-3"])
