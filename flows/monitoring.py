@@ -10,8 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.naming import run_name, untagged_tasks
-from loopml.data import file_hash
-from loopml.errors import LoopmlError
+from loopml.data import batch_id as batch_id_of
 from loopml.runtime import open_runtime
 from tasks.estimation import estimate_performance, estimation_fields, watch_stream
 from tasks.monitoring import (
@@ -46,7 +45,7 @@ def monitor_flow(
     """
     runtime = open_runtime(project, project_dir)
     source = Path(data)
-    batch_id = batch_id or "b" + file_hash(source)
+    batch_id = batch_id or batch_id_of(source)
     checked_at = checked_at or flow_run.scheduled_start_time
     serving = load_champion(runtime)
     baseline = load_reference(runtime, serving, reference)
@@ -95,27 +94,20 @@ def monitor_flow(
         rolled_back=rolled_back,
     )
     # The verdict and its events are out; the report (seconds, on a sample) follows.
-    try:
-        report = evidently_report(
-            runtime,
-            baseline,
-            current_sample,
-            reference_predictions,
-            current_predictions,
-            batch_id,
-            report_path,
-            serving=serving,
-            drift=drift,
-            performance=performance,
-            verdict=result,
-            estimated=estimated,
-        )
-    except Exception as exc:
-        # Not undone: automations may already act on the events. The user is told both.
-        raise LoopmlError(
-            f"batch {batch_id}: the verdict was recorded and its events sent ({result['reason']}),"
-            f" but the Evidently report failed: {type(exc).__name__}: {exc}"
-        ) from exc
+    report = evidently_report(
+        runtime,
+        baseline,
+        current_sample,
+        reference_predictions,
+        current_predictions,
+        batch_id,
+        report_path,
+        serving=serving,
+        drift=drift,
+        performance=performance,
+        verdict=result,
+        estimated=estimated,
+    )
     result = {
         **result,
         "evidently_run": report.run_id,

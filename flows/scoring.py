@@ -14,7 +14,8 @@ from prefect.states import State
 
 from flows.naming import run_name, untagged_tasks
 from flows.states import quarantined
-from loopml.data import check_output_path, file_hash
+from loopml.data import batch_id as batch_id_of
+from loopml.data import check_output_path
 from loopml.errors import ValidationFailed
 from loopml.runtime import open_runtime
 from tasks.parallel import parallel_workers, score_in_partitions
@@ -39,7 +40,7 @@ def score_flow(
     check_output_path(out_path)  # before the champion is loaded or a row is validated
     runtime = open_runtime(project, project_dir)
     source = Path(data)
-    batch_id = "b" + file_hash(source)
+    batch_id = batch_id_of(source)
     serving = load_champion(runtime)
     try:
         validate_file(runtime, source, batch_id=batch_id, require_target=False)

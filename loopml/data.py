@@ -288,6 +288,12 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def batch_id(path: str | Path) -> str:
+    """The id every command gives a batch file: ``b`` + its content hash (:func:`file_hash`),
+    so scoring, monitoring, the inbox and explain name the same file's rows alike."""
+    return "b" + file_hash(path)
+
+
 def bundled_sample_path() -> Path:
     """The Telco churn sample shipped with loopml."""
     return Path(__file__).parent / "data" / "telco_churn.csv"

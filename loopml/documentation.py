@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from loopml import explain, fairness, slices
 from loopml.config import ProjectConfig
-from loopml.data import file_hash, read_table, write_table
+from loopml.data import batch_id, read_table, write_table
 from loopml.errors import DataError, RegistryError
 from loopml.features import prepare_features, prepare_target
 from loopml.figures import png_bytes, render_ahead
@@ -253,7 +253,7 @@ def explain_file(
     explanation = explain.explain_rows(model, frame, config, background=background)
     # The ids ``loopml score`` gives the same file's rows, so explanations join predictions
     # and labels.
-    ids = row_ids(frame, config, "b" + file_hash(data), 0)
+    ids = row_ids(frame, config, batch_id(data), 0)
     table = explain.explanation_frame(explanation, frame, ids, top)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_table(table, out)

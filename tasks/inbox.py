@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from loopml.data import file_hash
+from loopml.data import batch_id
 from loopml.inbox import move_aside, ready_files, record_outcome
 from loopml.settings import Settings
 
@@ -24,7 +24,7 @@ def list_ready_files(folder: Path, settle_seconds: float) -> list[Path]:
 @task(name="fingerprint", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def fingerprint(path: Path) -> str:
     """The batch id every flow uses for this file: ``b`` + its content hash."""
-    return "b" + file_hash(path)
+    return batch_id(path)
 
 
 @task(name="file-away", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)

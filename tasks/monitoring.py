@@ -18,7 +18,7 @@ from loopml import events, links, monitoring, reports
 from loopml.data import iter_table_chunks, read_table, release_read_buffers
 from loopml.drift.profile import ReferenceProfile, build_reference_profile
 from loopml.drift.verdict import detect_drift
-from loopml.errors import DataError
+from loopml.errors import DataError, LoopmlError
 from loopml.estimation.outputs import ModelOutputs, model_outputs
 from loopml.features import carried_name, missing_columns, prepare_features, prepare_target
 from loopml.labels import LabelStore, joined_predictions
@@ -367,33 +367,41 @@ def evidently_report(
             reference_frame = reference_frame.drop(columns=target)
             current_frame = current_frame.drop(columns=target)
             target = None
-    snapshot = reports.build_monitoring_report(
-        reference_frame,
-        current_frame,
-        numeric_columns=[shown[column] for column in config.columns.numeric],
-        categorical_columns=[shown[column] for column in config.columns.categorical],
-        target=target,
-        prediction=PREDICTION,
-        probability=PROBABILITY if config.is_binary else None,
-        task=config.task,
-        positive_label=config.positive_label if config.is_binary else None,
-        sample_rows=config.monitoring.report_rows,
-        drift_policy=config.monitoring.drift,
-        tags=reports.snapshot_tags(verdict),
-        estimates=estimates,
-        reference_estimates={
-            reports.estimated_column(config.performance_metric): (estimated or {}).get("baseline")
-        },
-        metadata={
-            "loopml_verdict": reason,
-            "batch_id": batch_id,
-            "model_version": str(serving.version),
-            "performance_reference": "held-out split"
-            if reference_rows is not reference.sample
-            else "training sample",
-        },
-    )
-    reports.save_report_html(snapshot, path)
+    baseline = (estimated or {}).get("baseline")
+    try:
+        snapshot = reports.build_monitoring_report(
+            reference_frame,
+            current_frame,
+            numeric_columns=[shown[column] for column in config.columns.numeric],
+            categorical_columns=[shown[column] for column in config.columns.categorical],
+            target=target,
+            prediction=PREDICTION,
+            probability=PROBABILITY if config.is_binary else None,
+            task=config.task,
+            positive_label=config.positive_label if config.is_binary else None,
+            sample_rows=config.monitoring.report_rows,
+            drift_policy=config.monitoring.drift,
+            tags=reports.snapshot_tags(verdict),
+            estimates=estimates,
+            reference_estimates={reports.estimated_column(config.performance_metric): baseline},
+            metadata={
+                "loopml_verdict": reason,
+                "batch_id": batch_id,
+                "model_version": str(serving.version),
+                "performance_reference": "held-out split"
+                if reference_rows is not reference.sample
+                else "training sample",
+            },
+        )
+        reports.save_report_html(snapshot, path)
+    except Exception as exc:
+        # The verdict and its events went out before the report (automations may already act
+        # on them) and are not undone: the one error line says both.
+        raise LoopmlError(
+            f"batch {batch_id}: the verdict was recorded and its events sent "
+            f"({verdict['reason']}), but the Evidently report failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     run_id = project_id = None
     try:
         workspace = runtime.settings.evidently_workspace
